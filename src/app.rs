@@ -1,0 +1,175 @@
+//! Wiring: [`App::build`] turns a validated config into a running gateway's parts, and
+//! [`App::serve`] runs both listeners until shutdown. `main` and the integration tests
+//! drive exactly this.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+
+use crate::config::{Config, Problems, Store as StoreConfig};
+use crate::conversation::{Clock, MemoryStore, RedisStore, Store, StoreError};
+use crate::http::admin::{self, AdminState};
+use crate::http::layers::{DeadlineLayer, TelemetryLayer};
+use crate::http::{self as server, webhook};
+use crate::pipeline::Gateway;
+use crate::reload::{Env, Reloader};
+use crate::runtime::Runtime;
+use crate::shutdown::{self, Shutdown};
+use crate::telemetry::Metrics;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(#[from] Problems),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// A gateway ready to serve.
+pub struct App {
+    gateway: Gateway,
+    reloader: Reloader,
+    ready: Arc<AtomicBool>,
+    watch: bool,
+}
+
+/// How long the rules-folder watcher waits for changes to settle.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(250);
+
+impl App {
+    /// Connects the store, compiles the rules and builds the upstream clients.
+    pub async fn build(config: Config, env: Env) -> Result<Self, AppError> {
+        let metrics = Arc::new(Metrics::new());
+        let store = match &config.state.store {
+            StoreConfig::Memory => Store::Memory(MemoryStore::new(config.state.ttl)),
+            StoreConfig::Redis {
+                url,
+                prefix,
+                timeout,
+            } => Store::Redis(RedisStore::connect(url, prefix, config.state.ttl, *timeout).await?),
+        };
+        for sub in config.subscriptions.values().filter(|s| s.is_demo) {
+            tracing::warn!(
+                subscription = %sub.id,
+                "subscription uses the public DEMO secret from the shipped example; set MPLUS_SECRET before real tills call"
+            );
+        }
+        let path = config.path.clone();
+        let watch = config.watch;
+        let runtime = Runtime::build(config, &metrics, 1)?;
+        metrics.set_generation(1);
+        let gateway = Gateway::new(runtime, store, Clock::system(), metrics);
+        let reloader = Reloader::new(gateway.clone(), path, env);
+        Ok(Self {
+            gateway,
+            reloader,
+            ready: Arc::new(AtomicBool::new(false)),
+            watch,
+        })
+    }
+
+    /// The gateway's shared parts (for tests and tools).
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Serves webhooks on `webhook` and the admin endpoints on `admin` until `shutdown`;
+    /// then drains calls in flight and background forwards within `server.shutdown_grace`.
+    pub async fn serve(self, webhook: TcpListener, admin: TcpListener, shutdown: Shutdown) {
+        let (config_grace, request_timeout) = {
+            let rt = self.gateway.runtime.load();
+            (
+                rt.config.server.shutdown_grace,
+                rt.config.server.request_timeout,
+            )
+        };
+        let (admin_stop, admin_shutdown) = shutdown::channel();
+        let admin_state = AdminState {
+            gateway: self.gateway.clone(),
+            reloader: self.reloader.clone(),
+            ready: self.ready.clone(),
+        };
+        let admin_service = tower::service_fn(move |req| admin::handle(admin_state.clone(), req));
+        let admin_task = tokio::spawn(server::serve(
+            admin,
+            admin_service,
+            admin_shutdown,
+            Duration::from_secs(1),
+        ));
+
+        let mut background = Vec::new();
+        background.push(tokio::spawn(
+            self.reloader.clone().on_sighup(shutdown.clone()),
+        ));
+        if self.watch {
+            background.push(tokio::spawn(
+                self.reloader
+                    .clone()
+                    .watch_folder(WATCH_DEBOUNCE, shutdown.clone()),
+            ));
+        }
+        if let Store::Memory(memory) = &self.gateway.store {
+            background.push(tokio::spawn(sweep(
+                memory.clone(),
+                self.gateway.clock,
+                shutdown.clone(),
+            )));
+        }
+
+        let gateway = self.gateway.clone();
+        let no_event = gateway.runtime.load().no_event.clone();
+        // The stack, outermost first; see `http::layers` for why each layer is where it is.
+        let service = ServiceBuilder::new()
+            .layer(TelemetryLayer)
+            .layer(DeadlineLayer {
+                timeout: request_timeout,
+                metrics: no_event,
+            })
+            .service_fn(move |req| webhook::handle(gateway.clone(), req));
+
+        self.ready.store(true, Ordering::Release);
+        let ready = self.ready.clone();
+        let mut stopping = shutdown.clone();
+        let unready = tokio::spawn(async move {
+            stopping.wait().await;
+            ready.store(false, Ordering::Release);
+        });
+        server::serve(webhook, service, shutdown, config_grace).await;
+        let _ = unready.await;
+        let running = self.gateway.forwarder.running();
+        if running > 0 {
+            tracing::info!(running, "waiting for background forwards");
+        }
+        if !self.gateway.forwarder.drain(config_grace).await {
+            tracing::warn!("background forwards still running after {config_grace:?}; their leases will let another replica resend");
+        }
+        admin_stop.fire();
+        let _ = admin_task.await;
+        for task in background {
+            task.abort();
+        }
+        tracing::info!("pollgate stopped");
+    }
+}
+
+/// Forgets expired conversations of the memory store now and then.
+async fn sweep(store: MemoryStore, clock: Clock, mut shutdown: Shutdown) {
+    let every = (store.ttl() / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let dropped = store.sweep(clock.now_ms());
+                if dropped > 0 {
+                    tracing::debug!(dropped, "expired conversations forgotten");
+                }
+            }
+            () = shutdown.wait() => return,
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Request bodies: strict JSON first, then the lenient reading MPLUS.md 7 asks for.
+//!
+//! The documented examples carry duplicate keys (last one wins, as in every JSON map
+//! reader here), trailing commas and comments. The lenient pass copies the body without
+//! comments and trailing commas (outside strings) and parses that strictly; the signature
+//! was already checked over the original bytes.
+
+use rhai::{Dynamic, Map};
+
+/// Why a body is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("the body is JSON but not an object")]
+    NotAnObject,
+}
+
+/// Parses a request body into the map a rule sees as `event`.
+pub fn parse(body: &[u8]) -> Result<Map, BodyError> {
+    let value: Dynamic = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(strict) => {
+            let cleaned = strip_comments_and_trailing_commas(body)
+                .ok_or_else(|| BodyError::InvalidJson(strict.to_string()))?;
+            serde_json::from_slice(&cleaned)
+                .map_err(|_| BodyError::InvalidJson(strict.to_string()))?
+        }
+    };
+    value.try_cast::<Map>().ok_or(BodyError::NotAnObject)
+}
+
+/// The body without `//` and `/* */` comments and without commas before `}` or `]`;
+/// `None` when there is nothing to clean (so the strict error stands).
+pub fn strip_comments_and_trailing_commas(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < input.len() {
+        let b = input[i];
+        match b {
+            b'"' => {
+                let end = string_end(input, i);
+                out.extend_from_slice(&input[i..end]);
+                i = end;
+            }
+            b'/' if input.get(i + 1) == Some(&b'/') => {
+                changed = true;
+                while i < input.len() && input[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if input.get(i + 1) == Some(&b'*') => {
+                changed = true;
+                i += 2;
+                while i < input.len() && !(input[i] == b'*' && input.get(i + 1) == Some(&b'/')) {
+                    i += 1;
+                }
+                i = (i + 2).min(input.len());
+                out.push(b' ');
+            }
+            b',' if next_significant(input, i + 1).is_some_and(|c| c == b'}' || c == b']') => {
+                changed = true;
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
+/// Index just past the string starting at `start` (a `"`), honouring escapes.
+fn string_end(input: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < input.len() {
+        match input[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    input.len()
+}
+
+/// The next byte that is not whitespace or inside a comment.
+fn next_significant(input: &[u8], mut i: usize) -> Option<u8> {
+    while i < input.len() {
+        match input[i] {
+            b' ' | b'\t' | b'\r' | b'\n' => i += 1,
+            b'/' if input.get(i + 1) == Some(&b'/') => {
+                while i < input.len() && input[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if input.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i < input.len() && !(input[i] == b'*' && input.get(i + 1) == Some(&b'/')) {
+                    i += 1;
+                }
+                i += 2;
+            }
+            b => return Some(b),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(map: &Map, path: &[&str]) -> Dynamic {
+        let mut value = Dynamic::from(map.clone());
+        for p in path {
+            let next = value
+                .as_map_ref()
+                .expect("map")
+                .get(*p)
+                .cloned()
+                .expect("field");
+            value = next;
+        }
+        value
+    }
+
+    #[test]
+    fn documented_polling_example_is_accepted() {
+        let body = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/mplus/examples/polling-addSessionLine.doc.json"
+        ))
+        .expect("example file");
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&body).is_err(),
+            "has defects"
+        );
+        let map = parse(&body).expect("lenient parse");
+        assert_eq!(get(&map, &["event", "eventBlocking"]).as_bool(), Ok(true));
+        assert_eq!(get(&map, &["sender", "employeeNumber"]).as_int(), Ok(1));
+        assert_eq!(
+            get(&map, &["addSessionLine", "priceIncl"]).as_float(),
+            Ok(2.5)
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_value() {
+        let map = parse(br#"{"a": 1, "a": 2}"#).expect("parse");
+        assert_eq!(get(&map, &["a"]).as_int(), Ok(2));
+    }
+
+    #[test]
+    fn comments_and_trailing_commas_are_ignored_outside_strings() {
+        let body = br#"{
+            // line comment
+            "url": "http://x/*not a comment*/", /* block */
+            "list": [1, 2, ],
+            "s": "a, }",
+        }"#;
+        let map = parse(body).expect("parse");
+        assert_eq!(get(&map, &["url"]).to_string(), "http://x/*not a comment*/");
+        assert_eq!(get(&map, &["s"]).to_string(), "a, }");
+        assert_eq!(get(&map, &["list"]).as_array_ref().map(|a| a.len()), Ok(2));
+    }
+
+    #[test]
+    fn broken_json_and_non_objects_are_refused() {
+        assert!(matches!(
+            parse(br#"{"event": "#),
+            Err(BodyError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            parse(br#"{"a" 1}"#),
+            Err(BodyError::InvalidJson(_))
+        ));
+        assert!(matches!(parse(b"[1,2,3]"), Err(BodyError::NotAnObject)));
+        assert!(matches!(parse(b"\"text\""), Err(BodyError::NotAnObject)));
+        assert!(matches!(parse(b""), Err(BodyError::InvalidJson(_))));
+    }
+}

@@ -1,0 +1,184 @@
+//! `pollgate simulate`: a till in a terminal. Sends a signed event, checks the signature
+//! of every answer, repeats while polling, and shows what the till's screens would show.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::Value;
+
+use crate::config::parse_duration;
+use crate::signature::{Secret, SIGNATURE_HEADER};
+
+use super::EncodingArg;
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The subscription's base URL; the event name is appended.
+    #[arg(long, default_value = "http://127.0.0.1:8080/webhooks")]
+    pub url: String,
+    /// The event to send, e.g. scanCode, addSessionLine, completeSession.
+    #[arg(long)]
+    pub event: String,
+    /// The subscription's secret as the back office shows it [default: the shipped demo secret]
+    #[arg(
+        long,
+        env = "MPLUS_SECRET",
+        hide_env_values = true,
+        default_value = "ZGVtby1zZWNyZXQtZm9yLXBvbGxnYXRlLWV4YW1wbGVz",
+        hide_default_value = true
+    )]
+    pub secret: String,
+    /// How the secret becomes the key.
+    #[arg(long, value_enum, default_value = "base64")]
+    pub encoding: EncodingArg,
+    /// The X-Mplus-Subscription-Id to send.
+    #[arg(long, default_value = "example_subscription")]
+    pub subscription: String,
+    /// The request body (JSON). Default: a fresh example event (new session, now as its time).
+    #[arg(long)]
+    pub body: Option<PathBuf>,
+    /// Pause between polls, like 500ms or 2s.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Give up (exit 1) after this many calls without `finished: true`.
+    #[arg(long, default_value_t = 30)]
+    pub max_polls: u32,
+}
+
+/// Runs the simulation; prints to `out`.
+pub async fn simulate(args: &SimulateArgs, out: &mut dyn Write) -> ExitCode {
+    match run(args, out).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(out, "error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
+    let secret =
+        Secret::decode(&args.secret, args.encoding.into()).map_err(|e| format!("--secret: {e}"))?;
+    let body = match &args.body {
+        Some(path) => std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        None => example_body(&args.event),
+    };
+    let url = format!("{}/{}", args.url.trim_end_matches('/'), args.event);
+    let signature = secret.sign(&body);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    for poll in 1..=args.max_polls {
+        let _ = writeln!(out, "-> POST {url} (call {poll})");
+        let response = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .header("x-mplus-subscription-id", &args.subscription)
+            .header(SIGNATURE_HEADER, &signature)
+            .body(body.clone())
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        let status = response.status().as_u16();
+        let answer_signature = response
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .map(|v| v.as_bytes().to_vec());
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = writeln!(out, "<- {status} {text}");
+        match answer_signature {
+            None => return Err("the answer is not signed (no X-Mplus-Signature)".into()),
+            Some(sig) => secret
+                .verify(&sig, &bytes)
+                .map_err(|e| format!("the answer's signature is wrong: {e}"))?,
+        }
+        let json: Value =
+            serde_json::from_slice(&bytes).map_err(|_| "the answer is not JSON".to_owned())?;
+        if status != 200 {
+            let error = &json["error"];
+            return Err(format!(
+                "error answer {status}: {} {}",
+                error["code"], error["message"]
+            ));
+        }
+        show(&json, out);
+        match json.pointer("/polling/finished").and_then(Value::as_bool) {
+            Some(false) => tokio::time::sleep(args.interval).await,
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "finished after {poll} call{}",
+                    if poll == 1 { "" } else { "s" }
+                );
+                return Ok(());
+            }
+        }
+    }
+    Err(format!("not finished after --max-polls {}", args.max_polls))
+}
+
+fn show(answer: &Value, out: &mut dyn Write) {
+    for object in ["polling", "scanCode"] {
+        let Some(o) = answer.get(object) else {
+            continue;
+        };
+        if let Some(m) = o.get("message").and_then(Value::as_str) {
+            let _ = writeln!(out, "   cashier screen:   {m}");
+        }
+        if let Some(m) = o.get("customerMessage").and_then(Value::as_str) {
+            let _ = writeln!(out, "   customer display: {m}");
+        }
+    }
+    if let Some(text) = answer
+        .pointer("/receiptFooter/text")
+        .and_then(Value::as_str)
+    {
+        let _ = writeln!(out, "   receipt footer:   {text}");
+    }
+}
+
+/// A plausible event body: a new session and line each run, so each run is a new conversation.
+fn example_body(event: &str) -> Vec<u8> {
+    let now = std::time::SystemTime::now();
+    let stamp = humantime::format_rfc3339_millis(now)
+        .to_string()
+        .replace('Z', "+00:00");
+    let n = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let id = |salt: u128| {
+        let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(salt);
+        format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            (x >> 96) as u32,
+            (x >> 80) as u16,
+            (x >> 68) as u16 & 0xfff,
+            (x >> 56) as u16 & 0xfff,
+            x as u64 & 0xffff_ffff_ffff
+        )
+    };
+    let line = serde_json::json!({
+        "lineId": id(1), "articleNumber": 1017, "priceIncl": 4.25, "quantity": 1, "text": "Cappuccino"
+    });
+    let mut body = serde_json::json!({
+        "event": {"eventBlocking": true, "eventCounter": 1, "eventTimestamp": stamp},
+        "sender": {"branchNumber": 1, "workplaceNumber": 1, "instanceId": id(2)},
+        "session": {"sessionId": id(3), "lines": [&line]},
+    });
+    let specific = match event {
+        "scanCode" => serde_json::json!({"scannedCode": "2500001234567", "codeType": "barcode"}),
+        "addSessionLine" | "removeSessionLine" | "updateSessionLine" => {
+            serde_json::json!({"line": line})
+        }
+        _ => serde_json::json!({}),
+    };
+    body[event] = specific;
+    serde_json::to_vec_pretty(&body).unwrap_or_default()
+}

@@ -1,0 +1,188 @@
+//! The validated configuration (GATEWAY.md 2): plain data, built by [`Config::load`] before
+//! any port is bound. Every `${VAR}` is expanded, every secret decoded, every URL parsed and
+//! every reference checked here; rules are compiled by [`crate::rules`] from the sources
+//! read here.
+
+mod env;
+mod load;
+mod problem;
+pub(crate) mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use env::{expand, process_env, EnvError};
+pub use problem::{Problem, Problems};
+pub use raw::parse_duration;
+
+use crate::conversation::KeyPart;
+use crate::signature::Secret;
+
+/// The base64 demo secret of the shipped example config and of `../shared/mplus` vectors.
+pub const DEMO_SECRET_KEY: &[u8] = b"demo-secret-for-pollgate-examples";
+
+/// Where the config comes from when neither `--config` nor `$POLLGATE_CONFIG` says.
+pub const DEFAULT_CONFIG_PATH: &str = "rules/pollgate.yaml";
+
+/// A loaded, validated config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file, as given.
+    pub path: PathBuf,
+    /// The folder relative paths are resolved against (and that reload watches).
+    pub dir: PathBuf,
+    pub server: Server,
+    pub admin: Admin,
+    pub subscriptions: HashMap<String, Arc<Subscription>>,
+    pub events: BTreeMap<String, Event>,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub state: State,
+    pub limits: Limits,
+    /// Watch the rules folder and reload on changes.
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// Without a trailing slash; events arrive at `{base_path}/{eventName}`.
+    pub base_path: String,
+    pub max_body_bytes: usize,
+    /// Last-resort bound on one call, held calls included.
+    pub request_timeout: Duration,
+    /// How long shutdown waits for calls in flight and background forwards.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+/// A till subscription: its id (the `X-Mplus-Subscription-Id` value) and secret.
+#[derive(Debug)]
+pub struct Subscription {
+    pub id: String,
+    pub secret: Secret,
+    /// True when the secret is the shipped demo secret.
+    pub is_demo: bool,
+}
+
+/// How one event (or `"*"`) is answered.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub name: String,
+    pub answer: Answer,
+    /// The upstream every call of this event is forwarded to, once per conversation.
+    pub forward: Option<String>,
+    /// How long a call may wait for a pending forward before answering; `None`: 0 for
+    /// polling events, the upstream's whole budget for others (GATEWAY.md 5).
+    pub hold: Option<Duration>,
+    pub polling: Option<Polling>,
+    /// The cashier's message when a forward without a rule fails.
+    pub unavailable_message: String,
+}
+
+/// Where an event's answer comes from.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A Rhai rule file, read but not yet compiled.
+    Rule { path: PathBuf, source: Arc<str> },
+    /// A fixed answer body.
+    Respond(serde_json::Value),
+    /// No rule: the forward's reply is the answer (GATEWAY.md 5).
+    Reply,
+}
+
+#[derive(Debug, Clone)]
+pub struct Polling {
+    pub timeout: Duration,
+    pub timeout_message: String,
+    pub pending_message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// Base URL without a trailing slash; events go to `{url}/{eventName}`.
+    pub url: reqwest::Url,
+    pub timeout: Duration,
+    pub retries: u32,
+    /// `None`: sign with the calling subscription's secret.
+    pub secret: Option<Secret>,
+    pub max_connections: usize,
+    pub max_reply_bytes: usize,
+}
+
+impl Upstream {
+    /// The longest a forward to this upstream can take, retries and backoff included.
+    pub fn budget(&self) -> Duration {
+        let attempts = self.retries + 1;
+        self.timeout * attempts + crate::upstream::backoff_ceiling(self.retries)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    pub store: Store,
+    pub ttl: Duration,
+    /// Which parts of a call identify its conversation.
+    pub key: Vec<KeyPart>,
+}
+
+/// The conversation store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    Memory,
+    Redis {
+        url: String,
+        prefix: String,
+        /// Bound on each Redis command, so Redis trouble is an answer, not a hang.
+        timeout: Duration,
+    },
+}
+
+/// Bounds on one rule evaluation (GATEWAY.md 4.4).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_operations: u64,
+    pub max_call_levels: usize,
+    pub max_expr_depth: usize,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        load::limits(&raw::RawLimits::default())
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`, expanding `${VAR}` with `env`.
+    pub fn load(
+        path: impl Into<PathBuf>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Problems> {
+        load::load(&path.into(), env)
+    }
+
+    /// Parses config text as if read from `path` (whose folder anchors relative paths).
+    pub fn from_text(
+        path: impl Into<PathBuf>,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Problems> {
+        load::from_text(&path.into(), text, env)
+    }
+
+    /// The event config for `name`: its own, else `"*"`, else none.
+    pub fn event(&self, name: &str) -> Option<&Event> {
+        self.events.get(name).or_else(|| self.events.get("*"))
+    }
+}

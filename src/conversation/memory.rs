@@ -1,0 +1,302 @@
+//! Conversations in this process: a sharded map behind std mutexes.
+//!
+//! std (not tokio) mutexes because every critical section is a few field updates with no
+//! `.await` inside; sharding keeps two cores from queueing on one lock. Expired
+//! conversations are dropped by [`MemoryStore::sweep`], which the app runs periodically,
+//! and ignored on access, so memory stays proportional to the live conversations.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    Commit, ConversationKey, ConversationStore, FinalAnswer, ForwardState, Reply, Snapshot,
+    StoreError, Summary, Update,
+};
+
+const SHARDS: usize = 64;
+
+/// The in-process store; clones share the same conversations.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Vec<Mutex<Shard>>,
+    ttl_ms: u64,
+}
+
+type Shard = HashMap<ConversationKey, Entry, BuildHasherDefault<KeyHasher>>;
+
+struct Entry {
+    event: Arc<str>,
+    first_seen_ms: u64,
+    last_seen_ms: u64,
+    version: u64,
+    attempts: u32,
+    state: Option<Bytes>,
+    finished: Option<FinalAnswer>,
+    forwards: Vec<(Arc<str>, ForwardState)>,
+}
+
+impl Entry {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            version: self.version,
+            attempt: self.attempts,
+            first_seen_ms: self.first_seen_ms,
+            state: self.state.clone(),
+            finished: self.finished.clone(),
+            forwards: self.forwards.clone(),
+        }
+    }
+}
+
+/// Keys are SHA-256 prefixes already; their `Hash` writes one u64, taken as it is.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl MemoryStore {
+    /// A store that forgets conversations `ttl` after their last call.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+
+    fn shard(&self, key: &ConversationKey) -> MutexGuard<'_, Shard> {
+        let index = usize::from(key.as_bytes()[15]) % SHARDS;
+        // A poisoned shard only means a panic elsewhere mid-update of plain fields; the
+        // map itself is still consistent, so keep serving it.
+        self.inner.shards[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn live<'a>(
+        &self,
+        shard: &'a mut Shard,
+        key: &ConversationKey,
+        now_ms: u64,
+    ) -> Option<&'a mut Entry> {
+        let expired = shard
+            .get(key)
+            .is_some_and(|e| e.last_seen_ms.saturating_add(self.inner.ttl_ms) <= now_ms);
+        if expired {
+            shard.remove(key);
+        }
+        shard.get_mut(key)
+    }
+
+    /// Drops every conversation idle for longer than the TTL; returns how many.
+    pub fn sweep(&self, now_ms: u64) -> usize {
+        let ttl = self.inner.ttl_ms;
+        let mut dropped = 0;
+        for shard in &self.inner.shards {
+            let mut shard = shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let before = shard.len();
+            shard.retain(|_, e| e.last_seen_ms.saturating_add(ttl) > now_ms);
+            // Give memory back after a burst, not on every sweep.
+            if shard.capacity() > 64 && shard.capacity() > 4 * shard.len() {
+                shard.shrink_to_fit();
+            }
+            dropped += before - shard.len();
+        }
+        dropped
+    }
+
+    /// The TTL this store applies.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.inner.ttl_ms)
+    }
+}
+
+impl ConversationStore for MemoryStore {
+    async fn begin(
+        &self,
+        key: ConversationKey,
+        event: &str,
+        now_ms: u64,
+    ) -> Result<Snapshot, StoreError> {
+        let mut shard = self.shard(&key);
+        if self.live(&mut shard, &key, now_ms).is_none() {
+            shard.insert(
+                key,
+                Entry {
+                    event: event.into(),
+                    first_seen_ms: now_ms,
+                    last_seen_ms: now_ms,
+                    version: 0,
+                    attempts: 0,
+                    state: None,
+                    finished: None,
+                    forwards: Vec::new(),
+                },
+            );
+        }
+        let entry = shard
+            .get_mut(&key)
+            .ok_or_else(|| StoreError::Corrupt("entry vanished".into()))?;
+        entry.attempts = entry.attempts.saturating_add(1);
+        entry.last_seen_ms = now_ms;
+        Ok(entry.snapshot())
+    }
+
+    async fn load(&self, key: ConversationKey) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.shard(&key).get(&key).map(Entry::snapshot))
+    }
+
+    async fn commit(
+        &self,
+        key: ConversationKey,
+        version: u64,
+        update: Update,
+        now_ms: u64,
+    ) -> Result<Commit, StoreError> {
+        let mut shard = self.shard(&key);
+        let Some(entry) = self.live(&mut shard, &key, now_ms) else {
+            // Expired between begin and commit (a TTL shorter than a call): start afresh.
+            return Err(StoreError::Corrupt(
+                "conversation expired during the call".into(),
+            ));
+        };
+        if entry.version != version {
+            return Ok(Commit::Conflict(entry.snapshot()));
+        }
+        entry.version += 1;
+        entry.last_seen_ms = now_ms;
+        if let Some(state) = update.state {
+            entry.state = state;
+        }
+        if update.finished.is_some() {
+            entry.finished = update.finished;
+        }
+        Ok(Commit::Saved)
+    }
+
+    async fn claim_forward(
+        &self,
+        key: ConversationKey,
+        upstream: &str,
+        now_ms: u64,
+        lease_until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut shard = self.shard(&key);
+        let Some(entry) = self.live(&mut shard, &key, now_ms) else {
+            return Ok(false);
+        };
+        let slot = entry
+            .forwards
+            .iter_mut()
+            .find(|(name, _)| &**name == upstream);
+        match slot {
+            None => {
+                entry
+                    .forwards
+                    .push((upstream.into(), ForwardState::Pending { lease_until_ms }));
+                Ok(true)
+            }
+            Some((_, state)) => match state {
+                ForwardState::Pending {
+                    lease_until_ms: until,
+                } if *until <= now_ms => {
+                    *state = ForwardState::Pending { lease_until_ms };
+                    Ok(true)
+                }
+                _ => Ok(false),
+            },
+        }
+    }
+
+    async fn complete_forward(
+        &self,
+        key: ConversationKey,
+        upstream: &str,
+        reply: &Reply,
+    ) -> Result<(), StoreError> {
+        let mut shard = self.shard(&key);
+        if let Some(entry) = shard.get_mut(&key) {
+            let done = ForwardState::Done(Arc::new(reply.clone()));
+            match entry
+                .forwards
+                .iter_mut()
+                .find(|(name, _)| &**name == upstream)
+            {
+                Some((_, state)) => *state = done,
+                None => entry.forwards.push((upstream.into(), done)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, now_ms: u64, limit: usize) -> Result<Vec<Summary>, StoreError> {
+        let ttl = self.inner.ttl_ms;
+        let mut out = Vec::new();
+        for shard in &self.inner.shards {
+            let shard = shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (key, e) in shard.iter() {
+                if e.last_seen_ms.saturating_add(ttl) <= now_ms {
+                    continue;
+                }
+                let mut s = Summary::new(*key, &e.event, now_ms, e.first_seen_ms, e.last_seen_ms);
+                s.attempts = e.attempts;
+                s.finished = e.finished.is_some();
+                s.pending_forwards = e
+                    .forwards
+                    .iter()
+                    .filter(|(_, f)| matches!(f, ForwardState::Pending { .. }))
+                    .map(|(n, _)| n.to_string())
+                    .collect();
+                out.push(s);
+            }
+        }
+        out.sort_by_key(|s| s.age_ms);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        let total: usize = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .len()
+            })
+            .sum();
+        Ok(total as u64)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

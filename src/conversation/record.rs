@@ -1,0 +1,121 @@
+//! What a store keeps of one conversation, and the values passed in and out of it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::ConversationKey;
+
+/// A conversation as one call sees it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Bumped by every successful [`super::ConversationStore::commit`].
+    pub version: u64,
+    /// 1 on the first call, then 2, 3, ...
+    pub attempt: u32,
+    pub first_seen_ms: u64,
+    /// The rule's `state` map as JSON; `None` while empty.
+    pub state: Option<Bytes>,
+    /// The final answer, once the conversation finished.
+    pub finished: Option<FinalAnswer>,
+    /// Forwards by upstream name.
+    pub forwards: Vec<(Arc<str>, ForwardState)>,
+}
+
+impl Snapshot {
+    /// The forward to `upstream`, if one was started.
+    pub fn forward(&self, upstream: &str) -> Option<&ForwardState> {
+        self.forwards
+            .iter()
+            .find(|(name, _)| &**name == upstream)
+            .map(|(_, state)| state)
+    }
+
+    /// Names of forwards still waiting for a reply.
+    pub fn pending(&self) -> impl Iterator<Item = &str> {
+        self.forwards
+            .iter()
+            .filter(|(_, s)| matches!(s, ForwardState::Pending { .. }))
+            .map(|(name, _)| &**name)
+    }
+}
+
+/// An answer given once and replayed byte for byte to later calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalAnswer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// A forward's progress.
+#[derive(Debug, Clone)]
+pub enum ForwardState {
+    /// Sent (or being sent) by whoever holds the lease.
+    Pending {
+        lease_until_ms: u64,
+    },
+    Done(Arc<Reply>),
+}
+
+/// An upstream's reply as rules see it (GATEWAY.md 4.2): `#{ ok, status, body, error, elapsed_ms }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// True for a 2xx answer.
+    pub ok: bool,
+    /// The HTTP status; 0 when no HTTP answer came.
+    pub status: u16,
+    /// The parsed JSON body, or the body as a string when it is not JSON.
+    pub body: serde_json::Value,
+    /// Why there was no usable answer.
+    pub error: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+/// What a call writes back.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    /// `Some(new)` replaces the rule's state (`Some(None)` clears it).
+    pub state: Option<Option<Bytes>>,
+    pub finished: Option<FinalAnswer>,
+}
+
+/// The result of a compare-and-set.
+#[derive(Debug)]
+pub enum Commit {
+    Saved,
+    /// Someone wrote first: this is the conversation now (the caller decides again).
+    Conflict(Snapshot),
+}
+
+/// One live conversation, for `GET /conversations` (no bodies, no secrets).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub key: String,
+    pub event: String,
+    pub attempts: u32,
+    pub age_ms: u64,
+    pub idle_ms: u64,
+    pub finished: bool,
+    pub pending_forwards: Vec<String>,
+}
+
+impl Summary {
+    pub(crate) fn new(
+        key: ConversationKey,
+        event: &str,
+        now_ms: u64,
+        first_seen_ms: u64,
+        last_seen_ms: u64,
+    ) -> Self {
+        Self {
+            key: key.to_string(),
+            event: event.to_owned(),
+            attempts: 0,
+            age_ms: now_ms.saturating_sub(first_seen_ms),
+            idle_ms: now_ms.saturating_sub(last_seen_ms),
+            finished: false,
+            pending_forwards: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The tower layers around the webhook handler. The stack, outermost first:
+//!
+//! 1. [`Telemetry`]: outermost, so every answer is counted and logged once, 404s and
+//!    deadline answers included. It reads the [`CallRecord`] the handler leaves in the
+//!    response's extensions and removes it.
+//! 2. [`Deadline`]: a last-resort bound on one call (`server.request_timeout`); inside
+//!    telemetry so its answers are counted too. The pipeline's own bounds (rule limits,
+//!    hold, upstream budgets, store timeouts) normally answer long before.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Layer, Service};
+
+use crate::config::Subscription;
+use crate::pipeline::{error_bytes, CallNote};
+use crate::telemetry::{EventMetrics, Outcome};
+
+use super::json_response;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the handler tells telemetry about a call.
+#[derive(Clone)]
+pub struct CallRecord {
+    pub metrics: Arc<EventMetrics>,
+    pub outcome: Outcome,
+    pub event: Option<String>,
+    pub subscription: Option<Arc<Subscription>>,
+    pub note: CallNote,
+}
+
+#[derive(Clone)]
+pub struct TelemetryLayer;
+
+impl<S> Layer<S> for TelemetryLayer {
+    type Service = Telemetry<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Telemetry { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Telemetry<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for Telemetry<S>
+where
+    S: Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = future.await?;
+            let elapsed = started.elapsed();
+            if let Some(record) = response.extensions_mut().remove::<CallRecord>() {
+                record.metrics.call(record.outcome, elapsed);
+                log_call(&record, response.status().as_u16(), elapsed);
+            }
+            Ok(response)
+        })
+    }
+}
+
+fn log_call(record: &CallRecord, status: u16, elapsed: Duration) {
+    if !tracing::enabled!(target: "pollgate::access", tracing::Level::INFO) {
+        return;
+    }
+    let event = record.event.as_deref().unwrap_or("-");
+    let subscription = record.subscription.as_ref().map_or("-", |s| s.id.as_str());
+    let key = record.note.key.map(|k| k.to_string()).unwrap_or_default();
+    tracing::info!(
+        target: "pollgate::access",
+        event,
+        subscription,
+        key = %key,
+        attempt = record.note.attempt,
+        decision = record.outcome.label(),
+        status,
+        duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        forward = record.note.forward,
+        "call"
+    );
+}
+
+#[derive(Clone)]
+pub struct DeadlineLayer {
+    pub timeout: Duration,
+    pub metrics: Arc<EventMetrics>,
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    layer: DeadlineLayer,
+}
+
+impl<S, B> Service<Request<B>> for Deadline<S>
+where
+    S: Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let future = self.inner.call(req);
+        let DeadlineLayer { timeout, metrics } = self.layer.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, future).await {
+                Ok(response) => response,
+                Err(_) => {
+                    tracing::error!("a call outlived server.request_timeout ({timeout:?})");
+                    let body = error_bytes("TIMEOUT", "the gateway could not answer in time");
+                    let mut response = json_response(503, body, None);
+                    response.extensions_mut().insert(CallRecord {
+                        metrics,
+                        outcome: Outcome::Deadline,
+                        event: None,
+                        subscription: None,
+                        note: CallNote::default(),
+                    });
+                    Ok(response)
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,37 @@
+//! pollgate: a gateway for MplusKASSA point-of-sale webhooks.
+//!
+//! A call's path through the modules:
+//!
+//! - [`http`]: the webhook listener (routing, body limits, signing answers) behind its
+//!   tower stack, the admin listener, and graceful serving.
+//! - [`pipeline`]: the checks of GATEWAY.md 6 ([`pipeline::Verified`] is made only there)
+//!   and a verified call's way to its answer: conversation, forwards, `hold`, the rule.
+//! - [`signature`]: `X-Mplus-Signature`, HMAC-SHA256 over raw bytes.
+//! - [`body`]: strict then lenient JSON parsing of request bodies.
+//! - [`conversation`]: conversation keys, the store trait, the memory and Redis stores.
+//! - [`rules`]: the Rhai engine, the rule API, limits and evaluation.
+//! - [`upstream`]: the HTTP client to back ends and the background forwards.
+//! - [`runtime`]: one compiled configuration generation (swapped whole on reload).
+//! - [`config`]: the YAML config file, validated before any port is bound.
+//!
+//! Around them: [`app`] wires the parts and serves, [`reload`] swaps generations,
+//! [`shutdown`] is shutdown as a value, [`telemetry`] has logs and metrics, [`cli`] the
+//! command line and [`testing`] the rule test runner behind `pollgate test`.
+
+pub mod app;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod conversation;
+pub mod http;
+pub mod pipeline;
+pub mod reload;
+pub mod rules;
+pub mod runtime;
+pub mod shutdown;
+pub mod signature;
+pub mod telemetry;
+pub mod testing;
+pub mod upstream;
+
+pub use app::{App, AppError};

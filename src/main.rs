@@ -1,0 +1,94 @@
+//! The `pollgate` binary: parses the command line, sets up logging, loads the config,
+//! binds the listeners and hands over to the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use pollgate::cli::{self, Cli, Command, ServeArgs};
+use pollgate::config::{process_env, Config};
+use pollgate::{shutdown, telemetry, App};
+use tokio::net::TcpListener;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            telemetry::init(args.log_format);
+            match runtime().and_then(|rt| rt.block_on(serve(args))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pollgate: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Check(args) => cli::check(&args),
+        Command::Sign(args) => cli::sign(&args),
+        Command::Test(args) => cli::test(&args),
+        Command::Simulate(args) => match runtime() {
+            Ok(rt) => rt.block_on(cli::simulate(&args, &mut std::io::stdout())),
+            Err(e) => {
+                eprintln!("pollgate: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let path = args.config.config;
+    let config = Config::load(&path, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let (listen, admin) = (config.server.listen, config.admin.listen);
+    let webhook = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+    let admin_listener = TcpListener::bind(admin)
+        .await
+        .with_context(|| format!("cannot listen on {admin} (admin.listen)"))?;
+    let app = App::build(config, Arc::new(process_env)).await?;
+    tracing::info!(
+        webhooks = %webhook.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        config = %path.display(),
+        "pollgate listening"
+    );
+    let (trigger, shutdown) = shutdown::channel();
+    tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        tracing::info!("stop signal received; finishing calls in flight");
+        trigger.fire();
+    });
+    app.serve(webhook, admin_listener, shutdown).await;
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,64 @@
+//! What the pipeline hands back to the HTTP layer: status, exact body bytes, and what
+//! happened, for the access log and metrics.
+
+use bytes::Bytes;
+use rhai::Map;
+
+use crate::conversation::ConversationKey;
+use crate::telemetry::Outcome;
+
+/// Facts about a call for its log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallNote {
+    pub key: Option<ConversationKey>,
+    pub attempt: u32,
+    /// `""`, `"pending"` or `"done"`.
+    pub forward: &'static str,
+}
+
+/// The answer to send, before signing.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+    pub outcome: Outcome,
+    pub note: CallNote,
+}
+
+impl Answer {
+    pub fn json(status: u16, body: Bytes, outcome: Outcome, note: CallNote) -> Self {
+        Self {
+            status,
+            body,
+            outcome,
+            note,
+        }
+    }
+}
+
+/// `{"error": {"code", "message"}}` as a map.
+pub(super) fn error_body(code: &str, message: &str) -> Map {
+    let mut error = Map::new();
+    error.insert("code".into(), code.into());
+    error.insert("message".into(), message.into());
+    let mut body = Map::new();
+    body.insert("error".into(), error.into());
+    body
+}
+
+/// `{"error": {"code", "message"}}` as bytes.
+pub fn error_bytes(code: &str, message: &str) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Error<'a> {
+        code: &'a str,
+        message: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        error: Error<'a>,
+    }
+    let body = Body {
+        error: Error { code, message },
+    };
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec()))
+}

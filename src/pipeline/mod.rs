@@ -1,0 +1,602 @@
+//! A verified call's way to its answer: conversation lookup, replay of finished answers,
+//! polling timeout, forwards and `hold`, the rule, and the compare-and-set that records
+//! what the call changed. The HTTP layer signs and sends what this returns.
+
+mod answer;
+mod verify;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use rhai::{Dynamic, Map};
+use tokio::time::Instant;
+
+pub use answer::{error_bytes, Answer, CallNote};
+pub use verify::{signature_present, subscription, verify, Refusal, Verified, SUBSCRIPTION_HEADER};
+
+use crate::conversation::{
+    Clock, Commit, ConversationKey, ConversationStore, FinalAnswer, ForwardState, Snapshot, Store,
+    Update,
+};
+use crate::rules::{finish_answer, Input, Verdict};
+use crate::runtime::{CompiledEvent, How, Runtime};
+use crate::telemetry::{Metrics, Outcome};
+use crate::upstream::{Forwarder, Outgoing};
+
+/// The cashier's message when a polling event's rule failed.
+pub const RULE_FAILED_MESSAGE: &str = "This step could not be checked; please continue";
+/// The cashier's message while the conversation store cannot be reached.
+pub const STORE_DOWN_MESSAGE: &str = "The gateway cannot reach its state store; retrying";
+/// How many times a call decides again after another call changed the conversation.
+const MAX_CONFLICTS: usize = 8;
+
+/// Everything that outlives a config generation: the store, forwards, clock, metrics,
+/// and the current generation itself. A cheap-clone handle.
+#[derive(Clone)]
+pub struct Gateway {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub store: Store,
+    pub forwarder: Forwarder,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The state of one decision within a call.
+struct Decision {
+    status: u16,
+    body: Map,
+    outcome: Outcome,
+    /// Final answers are remembered and replayed.
+    finished: bool,
+    state: Option<Map>,
+}
+
+impl Gateway {
+    pub fn new(runtime: Runtime, store: Store, clock: Clock, metrics: Arc<Metrics>) -> Self {
+        let forwarder = Forwarder::new(store.clone(), clock, metrics.clone());
+        Self {
+            runtime: Arc::new(ArcSwap::from_pointee(runtime)),
+            store,
+            forwarder,
+            clock,
+            metrics,
+        }
+    }
+
+    /// Answers a verified call, using the generation it started with.
+    pub async fn answer(&self, rt: &Arc<Runtime>, call: Verified) -> Answer {
+        let Some(event) = rt.event(&call.event_name) else {
+            return Answer::json(
+                200,
+                Bytes::from_static(b"{}"),
+                Outcome::Unconfigured,
+                CallNote::default(),
+            );
+        };
+        if is_error_request(&call.body) {
+            return self.error_request(rt, event, call);
+        }
+        let key = ConversationKey::derive(
+            &rt.config.state.key,
+            &call.subscription.id,
+            &call.event_name,
+            &call.body,
+        );
+        let started = Instant::now();
+        match self
+            .store
+            .begin(key, &call.event_name, self.clock.now_ms())
+            .await
+        {
+            Ok(snapshot) => self.converse(rt, event, call, key, snapshot, started).await,
+            Err(e) => self.store_failure(event, key, &e),
+        }
+    }
+
+    async fn converse(
+        &self,
+        rt: &Arc<Runtime>,
+        event: &CompiledEvent,
+        call: Verified,
+        key: ConversationKey,
+        mut snapshot: Snapshot,
+        started: Instant,
+    ) -> Answer {
+        let attempt = snapshot.attempt;
+        let mut note = CallNote {
+            key: Some(key),
+            attempt,
+            forward: "",
+        };
+        let mut body = Some(Dynamic::from_map(call.body));
+        for _ in 0..MAX_CONFLICTS {
+            if let Some(done) = &snapshot.finished {
+                return Answer::json(done.status, done.body.clone(), Outcome::Replayed, note);
+            }
+            let decision = match self
+                .decide(
+                    rt,
+                    event,
+                    &call.raw,
+                    &call.subscription.id,
+                    &call.event_name,
+                    key,
+                    &mut snapshot,
+                    &mut body,
+                    started,
+                )
+                .await
+            {
+                Ok(decision) => decision,
+                Err(e) => return self.store_failure(event, key, &e),
+            };
+            note.forward = forward_note(&snapshot);
+            let bytes = to_json(decision.body);
+            if decision.outcome == Outcome::RuleError {
+                // Fail-safe answers are not remembered: a retry after a fix runs the rule again.
+                return Answer::json(decision.status, bytes, decision.outcome, note);
+            }
+            let update = Update {
+                state: decision.state.map(|s| encode_state(&s)),
+                finished: decision.finished.then(|| FinalAnswer {
+                    status: decision.status,
+                    body: bytes.clone(),
+                }),
+            };
+            match self
+                .store
+                .commit(key, snapshot.version, update, self.clock.now_ms())
+                .await
+            {
+                Ok(Commit::Saved) => {
+                    return Answer::json(decision.status, bytes, decision.outcome, note)
+                }
+                Ok(Commit::Conflict(newer)) => snapshot = Snapshot { attempt, ..newer },
+                Err(e) => return self.store_failure(event, key, &e),
+            }
+        }
+        tracing::warn!(%key, "conversation changed under this call {MAX_CONFLICTS} times; answering without saving");
+        self.store_failure(
+            event,
+            key,
+            &crate::conversation::StoreError::Corrupt("too many concurrent updates".into()),
+        )
+    }
+
+    /// One decision: timeout, forwards and hold, then the rule (again after `hold` if the
+    /// rule asked for a new forward).
+    #[allow(clippy::too_many_arguments)]
+    async fn decide(
+        &self,
+        rt: &Arc<Runtime>,
+        event: &CompiledEvent,
+        raw: &Bytes,
+        subscription: &str,
+        event_name: &str,
+        key: ConversationKey,
+        snapshot: &mut Snapshot,
+        body: &mut Option<Dynamic>,
+        started: Instant,
+    ) -> Result<Decision, crate::conversation::StoreError> {
+        let now = self.clock.now_ms();
+        let elapsed_ms = now.saturating_sub(snapshot.first_seen_ms);
+        if let Some(polling) = &event.config.polling {
+            if Duration::from_millis(elapsed_ms) >= polling.timeout {
+                return Ok(Decision {
+                    status: 200,
+                    body: finish_answer(true, &polling.timeout_message, ""),
+                    outcome: Outcome::TimedOut,
+                    finished: true,
+                    state: None,
+                });
+            }
+        }
+        if let Some(upstream) = &event.config.forward {
+            if snapshot.forward(upstream).is_none() {
+                self.start_forward(
+                    rt,
+                    key,
+                    upstream,
+                    raw.clone(),
+                    subscription,
+                    event_name,
+                    snapshot,
+                )
+                .await?;
+            }
+        }
+        self.hold(rt, event, key, snapshot, started).await?;
+        let mut decision = self.evaluate(
+            rt,
+            event,
+            subscription,
+            event_name,
+            key,
+            snapshot,
+            body,
+            elapsed_ms,
+        );
+        if let Some(requested) = decision.1.take() {
+            for request in requested {
+                let bytes = request.body.map_or_else(|| raw.clone(), Bytes::from);
+                self.start_forward(
+                    rt,
+                    key,
+                    &request.upstream,
+                    bytes,
+                    subscription,
+                    event_name,
+                    snapshot,
+                )
+                .await?;
+            }
+            if self.hold(rt, event, key, snapshot, started).await? {
+                decision = self.evaluate(
+                    rt,
+                    event,
+                    subscription,
+                    event_name,
+                    key,
+                    snapshot,
+                    body,
+                    elapsed_ms,
+                );
+            }
+        }
+        Ok(decision.0)
+    }
+
+    /// Waits for pending forwards up to the event's hold (counted from the call's start);
+    /// true when it waited and something may have changed.
+    async fn hold(
+        &self,
+        rt: &Runtime,
+        event: &CompiledEvent,
+        key: ConversationKey,
+        snapshot: &mut Snapshot,
+        started: Instant,
+    ) -> Result<bool, crate::conversation::StoreError> {
+        let hold = match event.config.hold {
+            Some(hold) => hold,
+            None if event.config.polling.is_some() => Duration::ZERO,
+            None => snapshot
+                .pending()
+                .filter_map(|name| rt.config.upstreams.get(name))
+                .map(crate::config::Upstream::budget)
+                .max()
+                .unwrap_or_default(),
+        };
+        if hold.is_zero() || snapshot.pending().next().is_none() {
+            return Ok(false);
+        }
+        if let Some(newer) = self.forwarder.wait(key, started + hold).await? {
+            snapshot.forwards = newer.forwards;
+        }
+        Ok(true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_forward(
+        &self,
+        rt: &Arc<Runtime>,
+        key: ConversationKey,
+        upstream: &str,
+        body: Bytes,
+        subscription: &str,
+        event_name: &str,
+        snapshot: &mut Snapshot,
+    ) -> Result<(), crate::conversation::StoreError> {
+        let Some(config) = rt.config.upstreams.get(upstream) else {
+            return Ok(());
+        };
+        let secret = match &config.secret {
+            Some(secret) => secret,
+            None => match rt.config.subscriptions.get(subscription) {
+                Some(sub) => &sub.secret,
+                None => return Ok(()),
+            },
+        };
+        let outgoing = Outgoing {
+            upstream: upstream.to_owned(),
+            event: event_name.to_owned(),
+            signature: secret.sign(&body),
+            body,
+            subscription: subscription.to_owned(),
+            idempotency_key: key.to_string(),
+        };
+        self.forwarder
+            .start(rt.upstreams.clone(), key, config.budget(), outgoing)
+            .await?;
+        // Whoever sends it, the forward is now pending (or done) for this conversation.
+        if snapshot.forward(upstream).is_none() {
+            snapshot
+                .forwards
+                .push((upstream.into(), ForwardState::Pending { lease_until_ms: 0 }));
+        }
+        Ok(())
+    }
+
+    /// Runs the event's rule (or fixed answer, or reply mapping) and shapes the answer.
+    /// Also returns forwards the rule asked for that are not started yet.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &self,
+        rt: &Runtime,
+        event: &CompiledEvent,
+        subscription: &str,
+        event_name: &str,
+        key: ConversationKey,
+        snapshot: &Snapshot,
+        body: &mut Option<Dynamic>,
+        elapsed_ms: u64,
+    ) -> (Decision, Option<Vec<crate::rules::ForwardRequest>>) {
+        let pending = snapshot.pending().next().is_some();
+        match &event.how {
+            How::Respond(map) => (self.shape(event, map.clone(), pending, None), None),
+            How::Reply => (self.reply_answer(event, snapshot, pending), None),
+            How::Rule(rule) => {
+                let state = decode_state(snapshot.state.as_deref());
+                let input = Input {
+                    event: body.take().unwrap_or_default(),
+                    name: event_name.to_owned(),
+                    subscription: subscription.to_owned(),
+                    received_at: Clock::rfc3339(self.clock.now_ms()),
+                    attempt: snapshot.attempt,
+                    elapsed_ms,
+                    key: key.to_string(),
+                    state,
+                    forwards: forward_views(snapshot),
+                    upstreams: Some(rt.upstream_names.clone()),
+                };
+                let t = std::time::Instant::now();
+                let evaluation = rt.engine.evaluate(rule, input);
+                *body = Some(evaluation.event);
+                let failed = evaluation.verdict.is_err();
+                event.metrics.rule(t.elapsed(), failed);
+                let requested = (!evaluation.requested.is_empty()).then_some(evaluation.requested);
+                let decision = match evaluation.verdict {
+                    Ok(Verdict::Answer(map)) => self.shape(
+                        event,
+                        map,
+                        pending || requested.is_some(),
+                        Some(evaluation.state),
+                    ),
+                    Ok(Verdict::Reject(reject)) => Decision {
+                        status: 400,
+                        body: answer::error_body(&reject.code, &reject.message),
+                        outcome: Outcome::Rejected,
+                        finished: true,
+                        state: Some(evaluation.state),
+                    },
+                    Err(error) => {
+                        tracing::error!(event = %event.config.name, %key, "rule failed: {error}");
+                        self.fail_safe(event)
+                    }
+                };
+                (decision, requested)
+            }
+        }
+    }
+
+    /// GATEWAY.md 4.3: a polling event's answer always has `polling.finished`.
+    fn shape(
+        &self,
+        event: &CompiledEvent,
+        mut body: Map,
+        pending: bool,
+        state: Option<Map>,
+    ) -> Decision {
+        let Some(polling) = &event.config.polling else {
+            return Decision {
+                status: 200,
+                body,
+                outcome: Outcome::Answered,
+                finished: !pending,
+                state,
+            };
+        };
+        let finished = match body.get_mut("polling") {
+            Some(p) => ensure_finished(p),
+            None if pending => {
+                body.extend(finish_answer(false, &polling.pending_message, ""));
+                false
+            }
+            None => {
+                body.extend(finish_answer(true, "", ""));
+                true
+            }
+        };
+        let outcome = if finished {
+            Outcome::Finished
+        } else {
+            Outcome::KeepPolling
+        };
+        Decision {
+            status: 200,
+            body,
+            outcome,
+            finished,
+            state,
+        }
+    }
+
+    /// No rule: a 2xx JSON object reply is the answer; anything else is "unavailable".
+    fn reply_answer(&self, event: &CompiledEvent, snapshot: &Snapshot, pending: bool) -> Decision {
+        let reply = event
+            .config
+            .forward
+            .as_deref()
+            .and_then(|up| match snapshot.forward(up) {
+                Some(ForwardState::Done(reply)) => Some(reply.clone()),
+                _ => None,
+            });
+        let body = match reply {
+            Some(reply) if reply.ok && reply.body.is_object() => {
+                rhai::serde::to_dynamic(&reply.body)
+                    .ok()
+                    .and_then(Dynamic::try_cast::<Map>)
+            }
+            _ => None,
+        };
+        match body {
+            Some(body) => self.shape(event, body, false, None),
+            None if pending => self.shape(event, Map::new(), true, None),
+            None => self.shape(
+                event,
+                finish_answer(true, &event.config.unavailable_message, ""),
+                false,
+                None,
+            ),
+        }
+    }
+
+    fn fail_safe(&self, event: &CompiledEvent) -> Decision {
+        let body = if event.config.polling.is_some() {
+            finish_answer(true, RULE_FAILED_MESSAGE, "")
+        } else {
+            Map::new()
+        };
+        Decision {
+            status: 200,
+            body,
+            outcome: Outcome::RuleError,
+            finished: false,
+            state: None,
+        }
+    }
+
+    /// MPLUS.md 6: log, count, let the rule see it, answer `{}`, never forward.
+    fn error_request(&self, rt: &Runtime, event: &CompiledEvent, call: Verified) -> Answer {
+        let (code, message) = error_fields(&call.body);
+        tracing::warn!(event = %call.event_name, subscription = %call.subscription.id, code, message, "till reported an error in an earlier answer");
+        if let How::Rule(rule) = &event.how {
+            let input = Input {
+                event: Dynamic::from_map(call.body),
+                name: call.event_name.clone(),
+                subscription: call.subscription.id.clone(),
+                received_at: Clock::rfc3339(self.clock.now_ms()),
+                attempt: 1,
+                elapsed_ms: 0,
+                key: String::new(),
+                state: Map::new(),
+                forwards: Vec::new(),
+                upstreams: None,
+            };
+            if let Err(error) = rt.engine.evaluate(rule, input).verdict {
+                tracing::error!(event = %call.event_name, "rule failed on an error request: {error}");
+                event.metrics.rule(Duration::ZERO, true);
+            }
+        }
+        Answer::json(
+            200,
+            Bytes::from_static(b"{}"),
+            Outcome::ErrorRequest,
+            CallNote::default(),
+        )
+    }
+
+    fn store_failure(
+        &self,
+        event: &CompiledEvent,
+        key: ConversationKey,
+        error: &crate::conversation::StoreError,
+    ) -> Answer {
+        tracing::error!(event = %event.config.name, %key, "conversation store failed: {error}");
+        let body = if event.config.polling.is_some() {
+            finish_answer(false, STORE_DOWN_MESSAGE, "")
+        } else {
+            Map::new()
+        };
+        let bytes = to_json(body);
+        Answer::json(
+            200,
+            bytes,
+            Outcome::StoreError,
+            CallNote {
+                key: Some(key),
+                attempt: 0,
+                forward: "",
+            },
+        )
+    }
+}
+
+/// Reads `polling.finished`, adding `finished: true` where it is missing or not a bool, and
+/// replacing a `polling` that is not a map: no till is left polling by accident.
+fn ensure_finished(polling: &mut Dynamic) -> bool {
+    if let Ok(mut map) = polling.as_map_mut() {
+        if let Some(Ok(finished)) = map.get("finished").map(Dynamic::as_bool) {
+            return finished;
+        }
+        map.insert("finished".into(), true.into());
+        return true;
+    }
+    let mut map = Map::new();
+    map.insert("finished".into(), true.into());
+    *polling = Dynamic::from_map(map);
+    true
+}
+
+fn is_error_request(body: &Map) -> bool {
+    body.get("error").is_some_and(Dynamic::is_map)
+}
+
+fn error_fields(body: &Map) -> (String, String) {
+    let Some(error) = body
+        .get("error")
+        .and_then(|e| e.as_map_ref().ok().map(|m| m.clone()))
+    else {
+        return (String::new(), String::new());
+    };
+    let text = |k: &str| error.get(k).map(|v| v.to_string()).unwrap_or_default();
+    let mut message = text("message");
+    message.truncate(200);
+    (text("code"), message)
+}
+
+fn forward_views(snapshot: &Snapshot) -> Vec<(String, Option<Dynamic>)> {
+    snapshot
+        .forwards
+        .iter()
+        .map(|(name, state)| {
+            let reply = match state {
+                ForwardState::Pending { .. } => None,
+                ForwardState::Done(reply) => rhai::serde::to_dynamic(&**reply).ok(),
+            };
+            (name.to_string(), reply)
+        })
+        .collect()
+}
+
+fn forward_note(snapshot: &Snapshot) -> &'static str {
+    if snapshot.forwards.is_empty() {
+        ""
+    } else if snapshot.pending().next().is_some() {
+        "pending"
+    } else {
+        "done"
+    }
+}
+
+fn decode_state(bytes: Option<&[u8]>) -> Map {
+    bytes
+        .and_then(|b| serde_json::from_slice::<Dynamic>(b).ok())
+        .and_then(Dynamic::try_cast::<Map>)
+        .unwrap_or_default()
+}
+
+fn encode_state(state: &Map) -> Option<Bytes> {
+    if state.is_empty() {
+        return None;
+    }
+    serde_json::to_vec(&Dynamic::from_map(state.clone()))
+        .ok()
+        .map(Bytes::from)
+}
+
+/// An answer body as JSON bytes.
+fn to_json(body: Map) -> Bytes {
+    Bytes::from(serde_json::to_vec(&Dynamic::from_map(body)).unwrap_or_else(|_| b"{}".to_vec()))
+}

@@ -1,0 +1,181 @@
+//! The functions a rule may call (GATEWAY.md 4.2), and the per-evaluation context they use.
+//!
+//! Rhai native functions cannot borrow from the caller, so the evaluation running on this
+//! thread publishes its context in a thread-local for the duration of the (synchronous)
+//! evaluation. [`ContextGuard`] sets and clears it.
+
+use std::cell::RefCell;
+use std::time::Instant;
+
+use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, Position};
+
+/// A rule asked for a forward that has not been started yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardRequest {
+    pub upstream: String,
+    /// The rule's body, as JSON; `None` forwards the till's body bytes.
+    pub body: Option<Vec<u8>>,
+}
+
+/// `reject(code, msg)`: carried out of the evaluation as a Rhai runtime error value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub code: String,
+    pub message: String,
+}
+
+/// What `forward(name)` sees of one upstream.
+#[derive(Debug, Clone)]
+pub(crate) enum ForwardView {
+    Pending,
+    Done(Dynamic),
+}
+
+/// The context of the evaluation running on this thread.
+pub(crate) struct Context {
+    pub deadline: Instant,
+    pub event: String,
+    pub key: String,
+    /// Forwards known to the conversation, by upstream name.
+    pub forwards: Vec<(String, ForwardView)>,
+    /// Upstream names a rule may forward to; `None` when forwarding is off (error requests).
+    pub upstreams: Option<std::sync::Arc<[String]>>,
+    pub requested: Vec<ForwardRequest>,
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
+}
+
+/// Publishes a context for this thread's evaluation; takes it back when dropped.
+pub(crate) struct ContextGuard(());
+
+impl ContextGuard {
+    pub(crate) fn set(context: Context) -> Self {
+        CONTEXT.with(|c| *c.borrow_mut() = Some(context));
+        Self(())
+    }
+
+    /// Ends the evaluation and returns what the rule did to the context.
+    pub(crate) fn take(self) -> Option<Context> {
+        CONTEXT.with(|c| c.borrow_mut().take())
+    }
+}
+
+impl Drop for ContextGuard {
+    fn drop(&mut self) {
+        CONTEXT.with(|c| c.borrow_mut().take());
+    }
+}
+
+pub(super) fn past_deadline() -> bool {
+    CONTEXT.with(|c| {
+        c.try_borrow()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| Instant::now() >= c.deadline))
+            .unwrap_or(false)
+    })
+}
+
+/// `#{polling: #{finished, message, customerMessage}}`, empty messages left out.
+pub fn finish_answer(finished: bool, message: &str, customer_message: &str) -> Map {
+    let mut polling = Map::new();
+    polling.insert("finished".into(), finished.into());
+    if !message.is_empty() {
+        polling.insert("message".into(), message.into());
+    }
+    if !customer_message.is_empty() {
+        polling.insert("customerMessage".into(), customer_message.into());
+    }
+    let mut answer = Map::new();
+    answer.insert("polling".into(), polling.into());
+    answer
+}
+
+fn runtime_error(message: String) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(message.into(), Position::NONE))
+}
+
+fn forward(upstream: &str, body: Option<Dynamic>) -> Result<Dynamic, Box<EvalAltResult>> {
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        let Some(ctx) = c.as_mut() else {
+            return Ok(Dynamic::UNIT);
+        };
+        let Some(upstreams) = &ctx.upstreams else {
+            // An error request never repeats side effects (MPLUS.md 6).
+            return Ok(Dynamic::UNIT);
+        };
+        if !upstreams.iter().any(|u| u == upstream) {
+            return Err(runtime_error(format!(
+                "forward(\"{upstream}\"): no such upstream under `upstreams:`"
+            )));
+        }
+        if let Some((_, view)) = ctx.forwards.iter().find(|(name, _)| name == upstream) {
+            return Ok(match view {
+                ForwardView::Pending => Dynamic::UNIT,
+                ForwardView::Done(reply) => reply.clone(),
+            });
+        }
+        if !ctx.requested.iter().any(|r| r.upstream == upstream) {
+            let body = match body {
+                None => None,
+                Some(body) => Some(
+                    serde_json::to_vec(&body)
+                        .map_err(|e| runtime_error(format!("forward body is not JSON: {e}")))?,
+                ),
+            };
+            ctx.requested.push(ForwardRequest {
+                upstream: upstream.to_owned(),
+                body,
+            });
+        }
+        Ok(Dynamic::UNIT)
+    })
+}
+
+fn log(message: &str) {
+    CONTEXT.with(|c| match c.try_borrow().ok().as_deref() {
+        Some(Some(ctx)) => {
+            tracing::info!(target: "pollgate::rule", event = %ctx.event, key = %ctx.key, "{message}");
+        }
+        _ => tracing::info!(target: "pollgate::rule", "{message}"),
+    });
+}
+
+pub(super) fn register(engine: &mut Engine) {
+    engine
+        .register_fn("finish", || finish_answer(true, "", ""))
+        .register_fn("finish", |m: ImmutableString| finish_answer(true, &m, ""))
+        .register_fn("finish", |m: ImmutableString, c: ImmutableString| {
+            finish_answer(true, &m, &c)
+        })
+        .register_fn("keep_polling", || finish_answer(false, "", ""))
+        .register_fn("keep_polling", |m: ImmutableString| {
+            finish_answer(false, &m, "")
+        })
+        .register_fn("keep_polling", |m: ImmutableString, c: ImmutableString| {
+            finish_answer(false, &m, &c)
+        })
+        .register_fn("forward", |u: ImmutableString| forward(&u, None))
+        .register_fn("forward", |u: ImmutableString, body: Dynamic| {
+            forward(&u, Some(body))
+        })
+        .register_fn(
+            "reject",
+            |code: ImmutableString,
+             message: ImmutableString|
+             -> Result<Dynamic, Box<EvalAltResult>> {
+                let reject = Reject {
+                    code: code.to_string(),
+                    message: message.to_string(),
+                };
+                Err(Box::new(EvalAltResult::ErrorRuntime(
+                    Dynamic::from(reject),
+                    Position::NONE,
+                )))
+            },
+        )
+        .register_fn("log", |m: ImmutableString| log(&m))
+        .register_fn("log", |m: Dynamic| log(&m.to_string()));
+}

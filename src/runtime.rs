@@ -1,0 +1,129 @@
+//! One generation of configuration in use: the validated config, every rule compiled, the
+//! upstream clients built and the metric handles resolved. Built whole before it replaces
+//! the previous one, so a reload either swaps in a complete generation or changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rhai::{Dynamic, Map};
+
+use crate::config::{Answer, Config, Event, Problem, Problems};
+use crate::rules::{Rule, RuleEngine};
+use crate::telemetry::{EventMetrics, Metrics};
+use crate::upstream::{HttpUpstreams, UpstreamClient};
+
+/// A compiled event.
+#[derive(Debug)]
+pub struct CompiledEvent {
+    pub config: Event,
+    pub how: How,
+    pub metrics: Arc<EventMetrics>,
+}
+
+/// How an event's answer is made.
+#[derive(Debug)]
+pub enum How {
+    Rule(Rule),
+    Respond(Map),
+    Reply,
+}
+
+/// A complete, immutable configuration generation.
+pub struct Runtime {
+    pub config: Config,
+    pub engine: RuleEngine,
+    pub events: HashMap<String, CompiledEvent>,
+    /// Handles for calls that match no configured event.
+    pub unconfigured: Arc<EventMetrics>,
+    /// Handles for requests that are not events at all (404, 405).
+    pub no_event: Arc<EventMetrics>,
+    pub upstream_names: Arc<[String]>,
+    pub upstreams: Arc<dyn UpstreamClient>,
+    pub generation: u64,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Compiles every rule of `config`, reporting every problem at once.
+    pub fn build(
+        config: Config,
+        metrics: &Arc<Metrics>,
+        generation: u64,
+    ) -> Result<Self, Problems> {
+        let upstreams = HttpUpstreams::new(&config.upstreams, metrics.clone())
+            .map_err(|e| Problem::in_file(&config.path, e))?;
+        Self::build_with(config, metrics, generation, Arc::new(upstreams))
+    }
+
+    /// As [`Runtime::build`], with a given upstream client (`pollgate test` pretends).
+    pub fn build_with(
+        config: Config,
+        metrics: &Arc<Metrics>,
+        generation: u64,
+        upstreams: Arc<dyn UpstreamClient>,
+    ) -> Result<Self, Problems> {
+        let engine = RuleEngine::new(&config.limits);
+        let mut problems = Vec::new();
+        let mut events = HashMap::new();
+        for (name, event) in &config.events {
+            let how = match &event.answer {
+                Answer::Rule { path, source } => match engine.compile(path, source) {
+                    Ok(rule) => How::Rule(rule),
+                    Err(problem) => {
+                        problems.push(problem);
+                        continue;
+                    }
+                },
+                Answer::Respond(body) => match rhai::serde::to_dynamic(body)
+                    .ok()
+                    .and_then(Dynamic::try_cast::<Map>)
+                {
+                    Some(map) => How::Respond(map),
+                    None => {
+                        problems.push(Problem::at_key(
+                            &config.path,
+                            format!("events.{name}.respond"),
+                            "must be a map",
+                        ));
+                        continue;
+                    }
+                },
+                Answer::Reply => How::Reply,
+            };
+            events.insert(
+                name.clone(),
+                CompiledEvent {
+                    config: event.clone(),
+                    how,
+                    metrics: metrics.event(name),
+                },
+            );
+        }
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        let upstream_names: Arc<[String]> = config.upstreams.keys().cloned().collect();
+        Ok(Self {
+            unconfigured: metrics.event("unconfigured"),
+            no_event: metrics.event("none"),
+            upstream_names,
+            upstreams,
+            engine,
+            events,
+            config,
+            generation,
+        })
+    }
+
+    /// The compiled event for `name`: its own, else `"*"`.
+    pub fn event(&self, name: &str) -> Option<&CompiledEvent> {
+        self.events.get(name).or_else(|| self.events.get("*"))
+    }
+}

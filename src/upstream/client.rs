@@ -1,0 +1,254 @@
+//! The HTTP upstream client: one reqwest pool per upstream, a semaphore that caps its
+//! connections, a timeout per attempt, retries with backoff, and a cap on the reply size.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
+use tokio::sync::Semaphore;
+
+use super::{backoff, Outgoing, SendFuture, UpstreamClient};
+use crate::config::Upstream;
+use crate::conversation::Reply;
+use crate::signature::SIGNATURE_HEADER;
+use crate::telemetry::{Metrics, UpstreamOutcome};
+
+/// HTTP clients for every configured upstream.
+pub struct HttpUpstreams {
+    upstreams: HashMap<String, Pool>,
+    metrics: Arc<Metrics>,
+}
+
+struct Pool {
+    config: Upstream,
+    client: reqwest::Client,
+    /// One permit per connection the pool may use: reqwest alone would open a new
+    /// connection for every concurrent request.
+    permits: Arc<Semaphore>,
+}
+
+/// One attempt's result before it becomes a [`Reply`].
+enum Attempt {
+    Answer {
+        status: u16,
+        body: serde_json::Value,
+    },
+    Failed {
+        error: String,
+        retry: bool,
+    },
+}
+
+fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Fails only if another provider is installed already, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl HttpUpstreams {
+    pub fn new(
+        upstreams: &std::collections::BTreeMap<String, Upstream>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        install_crypto_provider();
+        let mut pools = HashMap::new();
+        for (name, config) in upstreams {
+            let client = reqwest::Client::builder()
+                .connect_timeout(config.timeout)
+                .pool_max_idle_per_host(config.max_connections)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true)
+                .no_proxy()
+                .user_agent(concat!("pollgate/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| format!("upstreams.{name}: cannot build HTTP client: {e}"))?;
+            pools.insert(
+                name.clone(),
+                Pool {
+                    permits: Arc::new(Semaphore::new(config.max_connections)),
+                    config: config.clone(),
+                    client,
+                },
+            );
+        }
+        Ok(Self {
+            upstreams: pools,
+            metrics,
+        })
+    }
+
+    async fn send_with_retries(&self, out: Outgoing) -> Reply {
+        let started = Instant::now();
+        let Some(pool) = self.upstreams.get(&out.upstream) else {
+            return failed(started, format!("unknown upstream `{}`", out.upstream), 0);
+        };
+        let mut retry = 0;
+        loop {
+            let attempt_started = Instant::now();
+            let attempt = pool.attempt(&out).await;
+            let elapsed = attempt_started.elapsed();
+            let retryable = match &attempt {
+                Attempt::Answer { status, .. } => *status >= 500,
+                Attempt::Failed { retry, .. } => *retry,
+            };
+            if !retryable || retry >= pool.config.retries {
+                return self.reply(&out.upstream, attempt, started, elapsed);
+            }
+            if let Attempt::Failed { error, .. } = &attempt {
+                tracing::debug!(upstream = %out.upstream, %error, retry, "upstream attempt failed; retrying");
+            }
+            self.metrics
+                .upstream(&out.upstream, UpstreamOutcome::Retry, Some(elapsed));
+            tokio::time::sleep(backoff(retry)).await;
+            retry += 1;
+        }
+    }
+}
+
+impl HttpUpstreams {
+    fn reply(
+        &self,
+        upstream: &str,
+        attempt: Attempt,
+        started: Instant,
+        elapsed: Duration,
+    ) -> Reply {
+        match attempt {
+            Attempt::Answer { status, body } => {
+                let ok = (200..300).contains(&status);
+                let outcome = if ok {
+                    UpstreamOutcome::Success
+                } else {
+                    UpstreamOutcome::Status
+                };
+                self.metrics.upstream(upstream, outcome, Some(elapsed));
+                Reply {
+                    ok,
+                    status,
+                    body,
+                    error: (!ok).then(|| format!("upstream answered HTTP {status}")),
+                    elapsed_ms: millis(started.elapsed()),
+                }
+            }
+            Attempt::Failed { error, .. } => {
+                self.metrics
+                    .upstream(upstream, UpstreamOutcome::Failure, Some(elapsed));
+                failed(started, error, 0)
+            }
+        }
+    }
+}
+
+impl UpstreamClient for HttpUpstreams {
+    fn send(&self, outgoing: Outgoing) -> SendFuture<'_> {
+        Box::pin(self.send_with_retries(outgoing))
+    }
+}
+
+impl Pool {
+    async fn attempt(&self, out: &Outgoing) -> Attempt {
+        // Closed only when the pool is dropped, which cannot happen while `self` lives.
+        let Ok(_permit) = self.permits.acquire().await else {
+            return Attempt::Failed {
+                error: "upstream pool closed".into(),
+                retry: false,
+            };
+        };
+        match tokio::time::timeout(self.config.timeout, self.exchange(out)).await {
+            Ok(attempt) => attempt,
+            Err(_) => Attempt::Failed {
+                error: format!("no answer within {:?}", self.config.timeout),
+                retry: true,
+            },
+        }
+    }
+
+    async fn exchange(&self, out: &Outgoing) -> Attempt {
+        let mut url = self.config.url.clone();
+        url.path_segments_mut()
+            .map(|mut p| {
+                p.push(&out.event);
+            })
+            .ok();
+        let request = self
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("x-mplus-subscription-id", &out.subscription)
+            .header(SIGNATURE_HEADER, &out.signature)
+            .header("idempotency-key", &out.idempotency_key)
+            .body(out.body.clone());
+        let mut response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let what = if e.is_connect() {
+                    "cannot connect"
+                } else {
+                    "request failed"
+                };
+                return Attempt::Failed {
+                    error: format!("{what}: {}", root_cause(&e)),
+                    retry: true,
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let limit = self.config.max_reply_bytes;
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Attempt::Failed {
+                error: format!("reply larger than max_reply_bytes ({limit})"),
+                retry: false,
+            };
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        return Attempt::Failed {
+                            error: format!("reply larger than max_reply_bytes ({limit})"),
+                            retry: false,
+                        };
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Attempt::Failed {
+                        error: format!("reply broken off: {}", root_cause(&e)),
+                        retry: true,
+                    }
+                }
+            }
+        }
+        let body = serde_json::from_slice(&body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+        });
+        Attempt::Answer { status, body }
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn failed(started: Instant, error: String, status: u16) -> Reply {
+    Reply {
+        ok: false,
+        status,
+        body: serde_json::Value::Null,
+        error: Some(error),
+        elapsed_ms: millis(started.elapsed()),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
