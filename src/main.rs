@@ -27,13 +27,27 @@ fn main() -> ExitCode {
         Command::Check(args) => cli::check(&args),
         Command::Sign(args) => cli::sign(&args),
         Command::Test(args) => cli::test(&args),
-        Command::Simulate(args) => match runtime() {
-            Ok(rt) => rt.block_on(cli::simulate(&args, &mut std::io::stdout())),
-            Err(e) => {
-                eprintln!("pollgate: {e:#}");
-                ExitCode::from(1)
+        Command::Simulate(args) => block_on(cli::simulate(&args, &mut std::io::stdout())),
+        Command::Healthcheck(args) => block_on(cli::healthcheck(&args)),
+        Command::DemoBackend(args) => block_on(async move {
+            match cli::demo_backend::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pollgate demo-backend: {e}");
+                    ExitCode::from(1)
+                }
             }
-        },
+        }),
+    }
+}
+
+fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match runtime() {
+        Ok(rt) => rt.block_on(future),
+        Err(e) => {
+            eprintln!("pollgate: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The command line (GATEWAY.md 1). `main` parses it and runs `serve`; the other commands
 //! live here. Exit codes: 0 success, 1 a failed check or test, 2 usage errors.
 
+pub mod demo_backend;
 mod simulate;
 
 use std::io::{Read, Write};
@@ -61,6 +62,51 @@ pub enum Command {
     ///
     /// PATH is a test file or a folder of them; default: the `tests` folder beside the config.
     Test(TestArgs),
+    /// Run a small approvals back end for trying the shipped rules (see README).
+    ///
+    /// POST /mplus/startPayment is approved (or declined above --approve-up-to) after
+    /// --delay; every other event is answered {}.
+    DemoBackend(demo_backend::DemoBackendArgs),
+    /// Exit 0 when the gateway's admin /readyz answers 200, else 1 (for Docker HEALTHCHECK).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The readiness URL.
+    #[arg(
+        long,
+        env = "POLLGATE_HEALTHCHECK_URL",
+        default_value = "http://127.0.0.1:9090/readyz"
+    )]
+    pub url: String,
+}
+
+/// `pollgate healthcheck`.
+pub async fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
+    crate::upstream::install_crypto_provider();
+    let client = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match client.get(&args.url).send().await {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("healthcheck: {} answered {}", args.url, r.status());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {}: {e}", args.url);
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Where the config file is.

@@ -40,6 +40,10 @@ pub struct SimulateArgs {
     /// The request body (JSON). Default: a fresh example event (new session, now as its time).
     #[arg(long)]
     pub body: Option<PathBuf>,
+    /// With --body: give the event a new sessionId and eventTimestamp, so each run is a new
+    /// conversation (without it, a second run gets the first run's final answer replayed).
+    #[arg(long, requires = "body")]
+    pub fresh: bool,
     /// Pause between polls, like 500ms or 2s.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
@@ -63,11 +67,21 @@ async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
     let secret =
         Secret::decode(&args.secret, args.encoding.into()).map_err(|e| format!("--secret: {e}"))?;
     let body = match &args.body {
-        Some(path) => std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if args.fresh {
+                freshen(&bytes).ok_or_else(|| {
+                    format!("{}: --fresh needs a JSON object body", path.display())
+                })?
+            } else {
+                bytes
+            }
+        }
         None => example_body(&args.event),
     };
     let url = format!("{}/{}", args.url.trim_end_matches('/'), args.event);
     let signature = secret.sign(&body);
+    crate::upstream::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .no_proxy()
@@ -144,8 +158,22 @@ fn show(answer: &Value, out: &mut dyn Write) {
     }
 }
 
-/// A plausible event body: a new session and line each run, so each run is a new conversation.
-fn example_body(event: &str) -> Vec<u8> {
+/// The body with a new `session.sessionId` and `event.eventTimestamp`.
+fn freshen(body: &[u8]) -> Option<Vec<u8>> {
+    let map = crate::body::parse(body).ok()?;
+    let mut value: Value = rhai::serde::from_dynamic(&map.into()).ok()?;
+    let (stamp, id) = fresh_ids();
+    if let Some(event) = value.get_mut("event").and_then(Value::as_object_mut) {
+        event.insert("eventTimestamp".into(), Value::String(stamp));
+    }
+    if let Some(session) = value.get_mut("session").and_then(Value::as_object_mut) {
+        session.insert("sessionId".into(), Value::String(id(3)));
+    }
+    serde_json::to_vec_pretty(&value).ok()
+}
+
+/// Now as an event timestamp, and an id maker (uuid-shaped) unique to this moment.
+fn fresh_ids() -> (String, impl Fn(u128) -> String) {
     let now = std::time::SystemTime::now();
     let stamp = humantime::format_rfc3339_millis(now)
         .to_string()
@@ -153,8 +181,10 @@ fn example_body(event: &str) -> Vec<u8> {
     let n = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let id = |salt: u128| {
-        let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(salt);
+    let id = move |salt: u128| {
+        let x = n
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(salt.wrapping_mul(0x2545_F491_4F6C_DD1D));
         format!(
             "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
             (x >> 96) as u32,
@@ -164,6 +194,12 @@ fn example_body(event: &str) -> Vec<u8> {
             x as u64 & 0xffff_ffff_ffff
         )
     };
+    (stamp, id)
+}
+
+/// A plausible event body: a new session and line each run, so each run is a new conversation.
+fn example_body(event: &str) -> Vec<u8> {
+    let (stamp, id) = fresh_ids();
     let line = serde_json::json!({
         "lineId": id(1), "articleNumber": 1017, "priceIncl": 4.25, "quantity": 1, "text": "Cappuccino"
     });

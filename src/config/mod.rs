@@ -7,6 +7,8 @@ mod env;
 mod load;
 mod problem;
 pub(crate) mod raw;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

@@ -6,6 +6,8 @@
 
 mod api;
 mod eval;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

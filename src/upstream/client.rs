@@ -40,7 +40,8 @@ enum Attempt {
     },
 }
 
-fn install_crypto_provider() {
+/// Installs rustls' ring provider once per process; every reqwest client needs one.
+pub fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Fails only if another provider is installed already, which is just as good.

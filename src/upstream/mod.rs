@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use client::HttpUpstreams;
+pub use client::{install_crypto_provider, HttpUpstreams};
 pub use forward::Forwarder;
 
 use crate::conversation::Reply;

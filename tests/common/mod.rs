@@ -1,0 +1,449 @@
+//! Test harness: the real gateway on 127.0.0.1:0 (the same `App::build(..).serve(..)` that
+//! `main` runs), a till that signs its calls, and mock upstreams that record what they get.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use pollgate::config::Config;
+use pollgate::shutdown::{self, Trigger};
+use pollgate::signature::{Encoding, Secret};
+use pollgate::App;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+/// The shipped demo secret (base64 of "demo-secret-for-pollgate-examples").
+pub const SECRET: &str = "ZGVtby1zZWNyZXQtZm9yLXBvbGxnYXRlLWV4YW1wbGVz";
+pub const SUBSCRIPTION: &str = "shop";
+
+/// The folder of `../shared` examples.
+pub fn shared(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(path)
+}
+
+/// A running gateway. Stops when dropped.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub gateway: pollgate::pipeline::Gateway,
+    trigger: Trigger,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Writes `files` (name, content) and `pollgate.yaml` = `config` into a fresh folder and
+    /// starts the gateway on it. `config` gets `server`/`admin` listen lines and the `shop`
+    /// subscription prepended unless it has its own.
+    pub async fn start(config: &str, files: &[(&str, &str)]) -> Self {
+        Self::start_with_env(config, files, HashMap::new()).await
+    }
+
+    pub async fn start_with_env(
+        config: &str,
+        files: &[(&str, &str)],
+        env: HashMap<String, String>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        let mut text = String::new();
+        if !config.contains("subscriptions:") {
+            text.push_str(&format!(
+                "subscriptions:\n  {SUBSCRIPTION}:\n    secret: {SECRET}\n"
+            ));
+        }
+        if !config.contains("watch:") {
+            text.push_str("watch: false\n");
+        }
+        text.push_str(config);
+        let path = dir.path().join("pollgate.yaml");
+        std::fs::write(&path, &text).unwrap();
+        let lookup = move |name: &str| env.get(name).cloned();
+        let config =
+            Config::load(&path, &lookup).unwrap_or_else(|e| panic!("config:\n{text}\n{e}"));
+        let webhook = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, admin_addr) = (webhook.local_addr().unwrap(), admin.local_addr().unwrap());
+        let app = App::build(config, Arc::new(lookup)).await.unwrap();
+        let gateway = app.gateway().clone();
+        let (trigger, shutdown) = shutdown::channel();
+        let task = tokio::spawn(app.serve(webhook, admin, shutdown));
+        let gw = Self {
+            addr,
+            admin: admin_addr,
+            dir,
+            gateway,
+            trigger,
+            task: Some(task),
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Polls /readyz until 200, with a deadline.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = client().get(self.admin_url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway not ready in 10s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn url(&self, event: &str) -> String {
+        format!("http://{}/webhooks/{event}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// A till calling this gateway with the `shop` subscription.
+    pub fn till(&self) -> Till {
+        Till {
+            base: format!("http://{}/webhooks", self.addr),
+            secret: secret(),
+            subscription: SUBSCRIPTION.into(),
+            client: client(),
+        }
+    }
+
+    /// Stops accepting and waits for the gateway to drain.
+    pub async fn stop(mut self) {
+        self.trigger.fire();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("gateway stops")
+                .unwrap();
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one metric line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.trigger.fire();
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+pub fn secret() -> Secret {
+    Secret::decode(SECRET, Encoding::Base64).unwrap()
+}
+
+pub fn client() -> reqwest::Client {
+    pollgate::upstream::install_crypto_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// An answer as the till sees it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub signature: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {:?}", self.body))
+    }
+
+    /// True when signed with the test secret over the exact body bytes.
+    pub fn is_signed(&self) -> bool {
+        self.signature
+            .as_ref()
+            .is_some_and(|s| secret().verify(s.as_bytes(), &self.body).is_ok())
+    }
+
+    pub fn finished(&self) -> Option<bool> {
+        self.json()
+            .pointer("/polling/finished")
+            .and_then(Value::as_bool)
+    }
+
+    pub fn message(&self) -> Option<String> {
+        self.json()
+            .pointer("/polling/message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
+    pub fn error_code(&self) -> Option<String> {
+        self.json()
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+}
+
+/// A till: signs bodies with its secret and posts them.
+#[derive(Clone)]
+pub struct Till {
+    pub base: String,
+    pub secret: Secret,
+    pub subscription: String,
+    pub client: reqwest::Client,
+}
+
+impl Till {
+    pub async fn call(&self, event: &str, body: impl Into<Bytes>) -> Answer {
+        let body = body.into();
+        let sig = self.secret.sign(&body);
+        self.send(
+            event,
+            body,
+            &[
+                ("content-type", "application/json"),
+                ("x-mplus-subscription-id", &self.subscription.clone()),
+                ("x-mplus-signature", &sig),
+            ],
+        )
+        .await
+    }
+
+    pub async fn call_json(&self, event: &str, body: &Value) -> Answer {
+        self.call(event, serde_json::to_vec(body).unwrap()).await
+    }
+
+    /// A POST with exactly these headers (for bad-input tests).
+    pub async fn send(&self, event: &str, body: Bytes, headers: &[(&str, &str)]) -> Answer {
+        let mut req = self
+            .client
+            .post(format!("{}/{event}", self.base))
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        answer(req.send().await.unwrap()).await
+    }
+}
+
+pub async fn answer(r: reqwest::Response) -> Answer {
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let signature = headers
+        .get("x-mplus-signature")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let content_type = headers
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = r.bytes().await.unwrap();
+    Answer {
+        status,
+        signature,
+        content_type,
+        body,
+        headers,
+    }
+}
+
+/// An addSessionLine body for conversation `n`, with `counter` as eventCounter.
+pub fn body(n: u32, counter: u32) -> Value {
+    serde_json::json!({
+        "event": {"eventBlocking": true, "eventPolling": true, "eventCounter": counter, "eventTimestamp": format!("2026-03-02T09:15:{:02}.{:03}+01:00", n % 60, n % 1000)},
+        "sender": {"branchNumber": 3, "workplaceNumber": 2, "instanceId": "6f1c2b7e-0d3a-4c55-9a0e-2b8f4d1e7c90"},
+        "session": {"sessionId": format!("00000000-0000-4000-8000-{n:012}"), "lines": []},
+        "addSessionLine": {"line": {"lineId": format!("line-{n}"), "articleNumber": 1017, "priceIncl": 4.25, "quantity": 1, "text": "Cappuccino"}}
+    })
+}
+
+/// Polls `check` until it returns Some, with a deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What a mock upstream received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// How a mock upstream answers its n-th request (0-based).
+pub type Behaviour = Arc<dyn Fn(usize) -> MockReply + Send + Sync>;
+
+/// One mock answer.
+#[derive(Clone)]
+pub struct MockReply {
+    pub status: u16,
+    pub body: Bytes,
+    /// Wait this long before answering.
+    pub delay: Duration,
+}
+
+impl MockReply {
+    pub fn json(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            body: Bytes::from(serde_json::to_vec(&body).unwrap()),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn raw(status: u16, body: impl Into<Bytes>) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// A local HTTP upstream on 127.0.0.1:0 that records every request.
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockUpstream {
+    pub async fn start(behaviour: impl Fn(usize) -> MockReply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let behaviour: Behaviour = Arc::new(behaviour);
+        let rec = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (rec, behaviour) = (rec.clone(), behaviour.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (rec, behaviour) = (rec.clone(), behaviour.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let n = {
+                                let mut rec = rec.lock().unwrap();
+                                rec.push(Received {
+                                    path: parts.uri.path().to_owned(),
+                                    headers: parts.headers,
+                                    body,
+                                });
+                                rec.len() - 1
+                            };
+                            let reply = behaviour(n);
+                            tokio::time::sleep(reply.delay).await;
+                            let mut resp = Response::new(Full::new(reply.body));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(reply.status).unwrap();
+                            resp.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mplus", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A loopback port with nothing listening (for connection-refused tests).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
