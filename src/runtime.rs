@@ -109,6 +109,9 @@ impl Runtime {
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
+        for name in config.upstreams.keys() {
+            metrics.declare_upstream(name);
+        }
         let upstream_names: Arc<[String]> = config.upstreams.keys().cloned().collect();
         Ok(Self {
             unconfigured: metrics.event("unconfigured"),

@@ -184,7 +184,12 @@ impl Metrics {
         let upstream_duration =
             HistogramFamily::new_with_constructor(seconds_histogram as fn() -> Histogram);
         let conversations_active = Gauge::default();
-        let reloads = Family::default();
+        let reloads: Family<ResultLabels, Counter> = Family::default();
+        for result in ["ok", "error"] {
+            let _ = reloads.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            });
+        }
         let forwards_in_flight = Gauge::default();
         let config_generation = Gauge::default();
         registry.register(
@@ -284,6 +289,26 @@ impl Metrics {
                 })
                 .observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// Creates an upstream's series at zero, so dashboards see them before the first forward.
+    pub fn declare_upstream(&self, upstream: &str) {
+        for outcome in [
+            UpstreamOutcome::Success,
+            UpstreamOutcome::Status,
+            UpstreamOutcome::Failure,
+            UpstreamOutcome::Retry,
+        ] {
+            let _ = self
+                .upstream_requests
+                .get_or_create(&UpstreamOutcomeLabels {
+                    upstream: upstream.to_owned(),
+                    outcome: outcome.label().to_owned(),
+                });
+        }
+        let _ = self.upstream_duration.get_or_create(&UpstreamLabels {
+            upstream: upstream.to_owned(),
+        });
     }
 
     pub fn reload(&self, ok: bool) {

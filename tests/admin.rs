@@ -1,0 +1,384 @@
+//! The admin listener, metrics and hot reload (GATEWAY.md 6), on the real server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const POLLING: &str = "events:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {}\n";
+
+async fn get(gw: &Gateway, path: &str) -> (u16, String) {
+    let r = client().get(gw.admin_url(path)).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn post_reload(gw: &Gateway) -> (u16, Value) {
+    let r = client().post(gw.admin_url("/reload")).send().await.unwrap();
+    (
+        r.status().as_u16(),
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_on_the_admin_port_only() {
+    let gw = Gateway::start(POLLING, &[("rule.rhai", "finish()")]).await;
+    assert_eq!(
+        get(&gw, "/healthz").await,
+        (200, r#"{"status":"ok"}"#.to_owned())
+    );
+    assert_eq!(
+        get(&gw, "/readyz").await,
+        (200, r#"{"status":"ready","store":"memory"}"#.to_owned())
+    );
+    for path in ["/healthz", "/readyz", "/metrics", "/conversations"] {
+        let r = client()
+            .get(format!("http://{}{path}", gw.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            404,
+            "{path} must not be served on the webhook port"
+        );
+    }
+    let r = client()
+        .post(format!("http://{}/reload", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client().get(gw.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(get(&gw, "/nope").await.0, 404);
+}
+
+#[tokio::test]
+async fn readiness_goes_false_when_shutdown_begins_while_held_calls_finish() {
+    let upstream = MockUpstream::start(|_| {
+        MockReply::json(
+            200,
+            json!({"polling": {"finished": true, "message": "done"}}),
+        )
+        .after(std::time::Duration::from_millis(800))
+    })
+    .await;
+    let config = format!("events:\n  startPayment:\n    forward: backend\n    hold: 5s\n    polling: {{}}\nupstreams:\n  backend:\n    url: {}\n", upstream.url());
+    let gw = Gateway::start(&config, &[]).await;
+    let till = gw.till();
+    let held = tokio::spawn(async move { till.call_json("startPayment", &body(1, 1)).await });
+    eventually("the forward to start", || async {
+        (upstream.count() == 1).then_some(())
+    })
+    .await;
+    gw.begin_stop();
+    eventually("readiness to go false", || async {
+        (get(&gw, "/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    let answer = held.await.unwrap();
+    assert_eq!(
+        (answer.status, answer.message().as_deref()),
+        (200, Some("done"))
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_move_with_calls_rule_errors_and_reloads() {
+    let gw = Gateway::start(
+        "events:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {}\n  scanCode:\n    rule: broken.rhai\n",
+        &[("rule.rhai", "keep_polling(\"wait\")"), ("broken.rhai", "no_such_function()")],
+    )
+    .await;
+    let till = gw.till();
+    for n in 0..3 {
+        assert_eq!(
+            till.call_json("addSessionLine", &body(n, 1)).await.status,
+            200
+        );
+    }
+    assert_eq!(
+        till.call("scanCode", r#"{"scanCode":{}}"#).await.json(),
+        json!({})
+    );
+    let _ = till.send("addSessionLine", "{}".into(), &[]).await;
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"pollgate_requests_total{event="addSessionLine",outcome="keep_polling"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"pollgate_requests_total{event="scanCode",outcome="rule_error"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"pollgate_requests_total{event="addSessionLine",outcome="bad_request"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&text, r#"pollgate_rule_errors_total{event="scanCode"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"pollgate_request_duration_seconds_count{event="addSessionLine"}"#
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"pollgate_rule_evaluation_duration_seconds_count{event="addSessionLine"}"#
+        ),
+        3.0
+    );
+    assert_eq!(metric_value(&text, "pollgate_conversations_active"), 4.0);
+    assert_eq!(metric_value(&text, "pollgate_config_generation"), 1.0);
+    assert!(text.contains(r#"pollgate_reloads_total{result="error"} 0"#));
+    // Labels are bounded: the raw event name of an unconfigured event never appears.
+    let _ = till.call("someUnknownEvent", "{}").await;
+    let text = gw.metrics().await;
+    assert!(!text.contains("someUnknownEvent"));
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"pollgate_requests_total{event="unconfigured",outcome="unconfigured"}"#
+        ),
+        1.0
+    );
+    let r = client().get(gw.admin_url("/metrics")).send().await.unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+}
+
+#[tokio::test]
+async fn conversations_lists_live_conversations_without_bodies_or_secrets() {
+    let gw = Gateway::start(
+        POLLING,
+        &[(
+            "rule.rhai",
+            "if poll.attempt < 2 { keep_polling(\"wait\") } else { finish(\"done\") }",
+        )],
+    )
+    .await;
+    let till = gw.till();
+    till.call_json("addSessionLine", &body(7, 1)).await;
+    till.call_json("addSessionLine", &body(8, 1)).await;
+    till.call_json("addSessionLine", &body(8, 2)).await;
+    let (status, text) = get(&gw, "/conversations").await;
+    assert_eq!(status, 200);
+    let list: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(list.len(), 2);
+    for c in &list {
+        let keys: Vec<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "age_ms",
+                "attempts",
+                "event",
+                "finished",
+                "idle_ms",
+                "key",
+                "pending_forwards"
+            ]
+        );
+        assert_eq!(c["event"], "addSessionLine");
+        assert_eq!(c["key"].as_str().unwrap().len(), 32);
+    }
+    let finished: Vec<(u64, bool)> = list
+        .iter()
+        .map(|c| {
+            (
+                c["attempts"].as_u64().unwrap(),
+                c["finished"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        finished.contains(&(2, true)) && finished.contains(&(1, false)),
+        "{finished:?}"
+    );
+    assert!(!text.contains(SECRET) && !text.contains("Cappuccino"));
+    let (_, limited) = get(&gw, "/conversations?limit=1").await;
+    assert_eq!(
+        serde_json::from_str::<Vec<Value>>(&limited).unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn post_reload_swaps_in_the_new_rule_for_the_next_call() {
+    let gw = Gateway::start(POLLING, &[("rule.rhai", "finish(\"old\")")]).await;
+    let till = gw.till();
+    assert_eq!(
+        till.call_json("addSessionLine", &body(1, 1))
+            .await
+            .message()
+            .as_deref(),
+        Some("old")
+    );
+    std::fs::write(gw.dir.path().join("rule.rhai"), "finish(\"new\")").unwrap();
+    assert_eq!(
+        post_reload(&gw).await,
+        (200, json!({"ok": true, "generation": 2}))
+    );
+    assert_eq!(
+        till.call_json("addSessionLine", &body(2, 1))
+            .await
+            .message()
+            .as_deref(),
+        Some("new")
+    );
+    assert_eq!(
+        gw.metric(r#"pollgate_reloads_total{result="ok"}"#).await,
+        1.0
+    );
+    assert_eq!(gw.metric("pollgate_config_generation").await, 2.0);
+}
+
+#[tokio::test]
+async fn a_broken_reload_keeps_the_old_rules_and_says_why() {
+    let gw = Gateway::start(POLLING, &[("rule.rhai", "finish(\"old\")")]).await;
+    std::fs::write(gw.dir.path().join("rule.rhai"), "finish(\"new\"\nlet = ;").unwrap();
+    let (status, answer) = post_reload(&gw).await;
+    assert_eq!(status, 422);
+    assert_eq!(answer["ok"], false);
+    let errors = answer["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    let error = errors[0].as_str().unwrap();
+    let rule = gw.dir.path().join("rule.rhai");
+    assert!(
+        error.starts_with(&format!("{}:2:", rule.display())),
+        "{error}"
+    );
+    assert_eq!(
+        gw.till()
+            .call_json("addSessionLine", &body(3, 1))
+            .await
+            .message()
+            .as_deref(),
+        Some("old")
+    );
+    assert_eq!(
+        gw.metric(r#"pollgate_reloads_total{result="error"}"#).await,
+        1.0
+    );
+    assert_eq!(gw.metric("pollgate_config_generation").await, 1.0);
+
+    // A broken config file is refused the same way, naming the file and key.
+    std::fs::write(gw.dir.path().join("rule.rhai"), "finish(\"new\")").unwrap();
+    let config = gw.dir.path().join("pollgate.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("rule: rule.rhai", "rule: missing.rhai"),
+    )
+    .unwrap();
+    let (status, answer) = post_reload(&gw).await;
+    assert_eq!(status, 422);
+    let error = answer["errors"][0].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "{}: events.addSessionLine.rule: cannot read rule file",
+            config.display()
+        )),
+        "{error}"
+    );
+    assert_eq!(
+        gw.till()
+            .call_json("addSessionLine", &body(4, 1))
+            .await
+            .message()
+            .as_deref(),
+        Some("old")
+    );
+}
+
+#[tokio::test]
+async fn a_change_in_the_rules_folder_reloads_by_itself() {
+    let gw = Gateway::start(
+        &format!("watch: true\n{POLLING}"),
+        &[("rule.rhai", "finish(\"old\")")],
+    )
+    .await;
+    let till = gw.till();
+    assert_eq!(
+        till.call_json("addSessionLine", &body(1, 1))
+            .await
+            .message()
+            .as_deref(),
+        Some("old")
+    );
+    // Replace the file the way editors and `git pull` do: write elsewhere, rename over it.
+    let tmp = gw.dir.path().join(".rule.rhai.tmp");
+    std::fs::write(&tmp, "finish(\"new\")").unwrap();
+    std::fs::rename(&tmp, gw.dir.path().join("rule.rhai")).unwrap();
+    let mut n = 100;
+    eventually("the watcher to reload the changed rule", || {
+        n += 1;
+        let till = till.clone();
+        async move {
+            (till
+                .call_json("addSessionLine", &body(n, 1))
+                .await
+                .message()
+                .as_deref()
+                == Some("new"))
+            .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        gw.metric(r#"pollgate_reloads_total{result="ok"}"#).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn calls_during_repeated_reloads_never_fail() {
+    let gw = Gateway::start(POLLING, &[("rule.rhai", "finish(\"v0\")")]).await;
+    let till = gw.till();
+    let calls = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        for n in 0..300 {
+            let a = till.call_json("addSessionLine", &body(n, 1)).await;
+            answers.push((a.status, a.is_signed(), a.finished(), a.message()));
+        }
+        answers
+    });
+    for generation in 1..=20 {
+        std::fs::write(
+            gw.dir.path().join("rule.rhai"),
+            format!("finish(\"v{generation}\")"),
+        )
+        .unwrap();
+        assert_eq!(post_reload(&gw).await.0, 200);
+    }
+    let answers = calls.await.unwrap();
+    assert_eq!(answers.len(), 300);
+    for (status, signed, finished, message) in answers {
+        assert_eq!((status, signed, finished), (200, true, Some(true)));
+        assert!(message.unwrap().starts_with('v'));
+    }
+    assert_eq!(
+        gw.metric(r#"pollgate_reloads_total{result="ok"}"#).await,
+        20.0
+    );
+}
