@@ -102,9 +102,10 @@ impl App {
         ));
 
         let mut background = Vec::new();
-        background.push(tokio::spawn(
-            self.reloader.clone().on_sighup(shutdown.clone()),
-        ));
+        #[cfg(unix)]
+        if let Some(hup) = self.reloader.clone().on_sighup(shutdown.clone()) {
+            background.push(tokio::spawn(hup));
+        }
         if self.watch {
             background.push(tokio::spawn(
                 self.reloader

@@ -78,23 +78,29 @@ impl Reloader {
         }
     }
 
-    /// Reloads on SIGHUP until shutdown.
+    /// Reloads on SIGHUP until shutdown. The handler is installed before this returns,
+    /// so a SIGHUP right after startup reloads instead of killing the process.
     #[cfg(unix)]
-    pub async fn on_sighup(self, mut shutdown: Shutdown) {
+    pub fn on_sighup(
+        self,
+        mut shutdown: Shutdown,
+    ) -> Option<impl std::future::Future<Output = ()> + Send> {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             tracing::warn!("cannot listen for SIGHUP; reload with POST /reload instead");
-            return;
+            return None;
         };
-        loop {
-            tokio::select! {
-                received = hup.recv() => {
-                    if received.is_none() { return; }
-                    let _ = self.reload("SIGHUP").await;
+        Some(async move {
+            loop {
+                tokio::select! {
+                    received = hup.recv() => {
+                        if received.is_none() { return; }
+                        let _ = self.reload("SIGHUP").await;
+                    }
+                    () = shutdown.wait() => return,
                 }
-                () = shutdown.wait() => return,
             }
-        }
+        })
     }
 
     /// Watches the config file's folder (not the file: editors and `git pull` replace files,

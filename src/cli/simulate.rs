@@ -52,12 +52,14 @@ pub struct SimulateArgs {
     pub max_polls: u32,
 }
 
-/// Runs the simulation; prints to `out`.
+/// Runs the simulation; prints the exchange to `out` and the error, if any, to stderr
+/// (GATEWAY.md 1: errors go to stderr, one line a problem).
 pub async fn simulate(args: &SimulateArgs, out: &mut dyn Write) -> ExitCode {
     match run(args, out).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(out, "error: {e}");
+            let _ = out.flush();
+            eprintln!("pollgate simulate: {e}");
             ExitCode::from(1)
         }
     }

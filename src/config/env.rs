@@ -43,7 +43,7 @@ pub fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<St
         } else if let Some(body) = after.strip_prefix('{') {
             let end = body
                 .find('}')
-                .ok_or_else(|| EnvError::Malformed(rest.to_owned()))?;
+                .ok_or_else(|| EnvError::Malformed(rest[at..].to_owned()))?;
             let reference = &body[..end];
             let (name, default) = match reference.split_once(":-") {
                 Some((name, default)) => (name, Some(default)),

@@ -335,7 +335,11 @@ impl Validator<'_> {
                     return None;
                 };
                 let url = self.expand("state.url", &url)?;
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                if url.starts_with("rediss://") {
+                    self.problem("state.url", "rediss:// (TLS) is not supported; reach Redis over a private network or a TLS tunnel with redis://");
+                    return None;
+                }
+                if !url.starts_with("redis://") {
                     self.problem("state.url", format!("`{url}` is not a redis:// URL"));
                     return None;
                 }
@@ -370,6 +374,7 @@ pub(super) fn limits(raw: &RawLimits) -> Limits {
         max_string_size: raw.max_string_size,
         max_array_size: raw.max_array_size,
         max_map_size: raw.max_map_size,
+        max_answer_bytes: raw.max_answer_bytes,
         timeout: raw.timeout,
     }
 }

@@ -156,6 +156,9 @@ pub struct Limits {
     pub max_string_size: usize,
     pub max_array_size: usize,
     pub max_map_size: usize,
+    /// Bound on the JSON of a rule's answer and of its `state` (Rhai does not bound maps
+    /// grown key by key, so the result is measured).
+    pub max_answer_bytes: usize,
     pub timeout: Duration,
 }
 

@@ -186,6 +186,7 @@ pub(crate) struct RawLimits {
     pub max_string_size: usize,
     pub max_array_size: usize,
     pub max_map_size: usize,
+    pub max_answer_bytes: usize,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
 }
@@ -199,6 +200,7 @@ impl Default for RawLimits {
             max_string_size: 64 * 1024,
             max_array_size: 10_000,
             max_map_size: 10_000,
+            max_answer_bytes: 256 * 1024,
             timeout: Duration::from_millis(50),
         }
     }

@@ -29,8 +29,10 @@ use crate::upstream::{Forwarder, Outgoing};
 pub const RULE_FAILED_MESSAGE: &str = "This step could not be checked; please continue";
 /// The cashier's message while the conversation store cannot be reached.
 pub const STORE_DOWN_MESSAGE: &str = "The gateway cannot reach its state store; retrying";
-/// How many times a call decides again after another call changed the conversation.
-const MAX_CONFLICTS: usize = 8;
+/// How many times a call decides again after another call changed the conversation. Calls
+/// of one conversation rarely overlap (a till polls one call at a time); this bounds a storm
+/// of duplicates, with a short random pause between rounds so they spread out.
+const MAX_CONFLICTS: usize = 64;
 
 /// Everything that outlives a config generation: the store, forwards, clock, metrics,
 /// and the current generation itself. A cheap-clone handle.
@@ -134,12 +136,24 @@ impl Gateway {
             };
             note.forward = forward_note(&snapshot);
             let bytes = to_json(decision.body);
+            let state = decision.state.map(|s| encode_state(&s));
+            let limit = rt.config.limits.max_answer_bytes;
+            let state_len = state
+                .as_ref()
+                .and_then(|s| s.as_ref())
+                .map_or(0, Bytes::len);
+            if bytes.len() > limit || state_len > limit {
+                tracing::error!(event = %event.config.name, %key, answer = bytes.len(), state = state_len, "rule result over limits.max_answer_bytes ({limit})");
+                event.metrics.rule(Duration::ZERO, true);
+                let fail = self.fail_safe(event);
+                return Answer::json(fail.status, to_json(fail.body), fail.outcome, note);
+            }
             if decision.outcome == Outcome::RuleError {
                 // Fail-safe answers are not remembered: a retry after a fix runs the rule again.
                 return Answer::json(decision.status, bytes, decision.outcome, note);
             }
             let update = Update {
-                state: decision.state.map(|s| encode_state(&s)),
+                state,
                 finished: decision.finished.then(|| FinalAnswer {
                     status: decision.status,
                     body: bytes.clone(),
@@ -153,7 +167,10 @@ impl Gateway {
                 Ok(Commit::Saved) => {
                     return Answer::json(decision.status, bytes, decision.outcome, note)
                 }
-                Ok(Commit::Conflict(newer)) => snapshot = Snapshot { attempt, ..newer },
+                Ok(Commit::Conflict(newer)) => {
+                    snapshot = Snapshot { attempt, ..newer };
+                    tokio::time::sleep(Duration::from_micros(fastrand::u64(0..500))).await;
+                }
                 Err(e) => return self.store_failure(event, key, &e),
             }
         }
@@ -194,7 +211,7 @@ impl Gateway {
             }
         }
         if let Some(upstream) = &event.config.forward {
-            if snapshot.forward(upstream).is_none() {
+            if forward_due(snapshot, upstream, now) {
                 self.start_forward(
                     rt,
                     key,
@@ -310,10 +327,17 @@ impl Gateway {
             .start(rt.upstreams.clone(), key, config.budget(), outgoing)
             .await?;
         // Whoever sends it, the forward is now pending (or done) for this conversation.
-        if snapshot.forward(upstream).is_none() {
-            snapshot
-                .forwards
-                .push((upstream.into(), ForwardState::Pending { lease_until_ms: 0 }));
+        let pending = ForwardState::Pending {
+            lease_until_ms: u64::MAX,
+        };
+        match snapshot
+            .forwards
+            .iter_mut()
+            .find(|(name, _)| &**name == upstream)
+        {
+            Some((_, state @ ForwardState::Pending { .. })) => *state = pending,
+            Some(_) => {}
+            None => snapshot.forwards.push((upstream.into(), pending)),
         }
         Ok(())
     }
@@ -347,7 +371,7 @@ impl Gateway {
                     elapsed_ms,
                     key: key.to_string(),
                     state,
-                    forwards: forward_views(snapshot),
+                    forwards: forward_views(snapshot, self.clock.now_ms()),
                     upstreams: Some(rt.upstream_names.clone()),
                 };
                 let t = std::time::Instant::now();
@@ -556,16 +580,28 @@ fn error_fields(body: &Map) -> (String, String) {
     (text("code"), message)
 }
 
-fn forward_views(snapshot: &Snapshot) -> Vec<(String, Option<Dynamic>)> {
+/// Whether the forward to `upstream` should be (re)started: never started, or its sender's
+/// lease ran out without a reply (that replica died; resend with the same Idempotency-Key).
+fn forward_due(snapshot: &Snapshot, upstream: &str, now_ms: u64) -> bool {
+    match snapshot.forward(upstream) {
+        None => true,
+        Some(ForwardState::Pending { lease_until_ms }) => *lease_until_ms <= now_ms,
+        Some(ForwardState::Done(_)) => false,
+    }
+}
+
+/// What `forward(name)` shows the rule; a forward whose lease ran out is left out, so the
+/// rule's `forward()` call starts it again.
+fn forward_views(snapshot: &Snapshot, now_ms: u64) -> Vec<(String, Option<Dynamic>)> {
     snapshot
         .forwards
         .iter()
-        .map(|(name, state)| {
-            let reply = match state {
-                ForwardState::Pending { .. } => None,
-                ForwardState::Done(reply) => rhai::serde::to_dynamic(&**reply).ok(),
-            };
-            (name.to_string(), reply)
+        .filter_map(|(name, state)| match state {
+            ForwardState::Pending { lease_until_ms } if *lease_until_ms <= now_ms => None,
+            ForwardState::Pending { .. } => Some((name.to_string(), None)),
+            ForwardState::Done(reply) => {
+                Some((name.to_string(), rhai::serde::to_dynamic(&**reply).ok()))
+            }
         })
         .collect()
 }

@@ -1,12 +1,540 @@
 //! Rule evaluation: the scope, the API, the return rules, the limits.
 
+use std::time::{Duration, Instant};
+
+use rhai::{Dynamic, Map};
+use serde_json::{json, Value};
+
 use super::*;
+
+const FILE: &str = "rules/test.rhai";
+
+fn engine() -> RuleEngine {
+    RuleEngine::new(&Limits::default())
+}
+
+fn compile(engine: &RuleEngine, source: &str) -> Rule {
+    engine
+        .compile(Path::new(FILE), source)
+        .unwrap_or_else(|p| panic!("rule compiles: {p}"))
+}
+
+fn dynamic(value: &Value) -> Dynamic {
+    rhai::serde::to_dynamic(value).expect("JSON converts to Dynamic")
+}
+
+fn to_json(map: Map) -> Value {
+    rhai::serde::from_dynamic(&Dynamic::from_map(map)).expect("a map converts to JSON")
+}
+
+/// A first call of a conversation with a small addSessionLine body and forwarding on.
+fn input() -> Input {
+    Input {
+        event: dynamic(&json!({
+            "event": {"eventCounter": 7, "eventTimestamp": "2026-03-02T09:15:07.480+01:00"},
+            "addSessionLine": {"line": {"articleNumber": 2001, "text": "Red wine"}},
+            "unknownField": [1, 2]
+        })),
+        name: "addSessionLine".into(),
+        subscription: "shop".into(),
+        received_at: "2026-03-02T08:15:07.512Z".into(),
+        attempt: 1,
+        elapsed_ms: 0,
+        key: "0123456789abcdef0123456789abcdef".into(),
+        state: Map::new(),
+        forwards: Vec::new(),
+        upstreams: Some(Arc::from(vec!["approvals".to_owned()])),
+    }
+}
+
+fn run(source: &str, input: Input) -> Evaluation {
+    let engine = engine();
+    let rule = compile(&engine, source);
+    engine.evaluate(&rule, input)
+}
+
+/// The answer of a rule that must succeed, as JSON.
+fn answer_of(source: &str, input: Input) -> Value {
+    match run(source, input).verdict {
+        Ok(Verdict::Answer(map)) => to_json(map),
+        Ok(Verdict::Reject(r)) => panic!("rule rejected: {r:?}"),
+        Err(e) => panic!("rule failed: {e}"),
+    }
+}
+
+/// The error of a rule that must fail.
+fn error_of_with(engine: &RuleEngine, source: &str, input: Input) -> RuleError {
+    let rule = compile(engine, source);
+    match engine.evaluate(&rule, input).verdict {
+        Err(e) => e,
+        Ok(v) => panic!("rule was expected to fail, got {v:?}"),
+    }
+}
+
+fn error_of(source: &str) -> RuleError {
+    error_of_with(&engine(), source, input())
+}
+
+// ---- compiling ----
 
 #[test]
 fn compile_errors_say_file_line_and_column() {
-    let engine = RuleEngine::new(&Limits::default());
-    let err = engine
+    let err = engine()
         .compile(Path::new("bad.rhai"), "let x = ;")
         .unwrap_err();
     assert!(err.to_string().starts_with("bad.rhai:1:"), "{err}");
+}
+
+#[test]
+fn compile_error_names_the_exact_line_and_column_of_the_mistake() {
+    let source = "let a = 1;\nlet b = a +;\n";
+    let err = engine()
+        .compile(Path::new("rules/broken.rhai"), source)
+        .unwrap_err();
+    assert_eq!(err.file, Path::new("rules/broken.rhai"));
+    assert_eq!(err.position, Some((2, 12)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("rules/broken.rhai:2:12: {}", err.message)
+    );
+    assert!(!err.message.is_empty());
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
+}
+
+#[test]
+fn eval_is_disabled() {
+    let err = engine()
+        .compile(Path::new(FILE), "let x = 1;\neval(\"40 + 2\")")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{FILE}:2:1: reserved keyword 'eval' is disabled")
+    );
+}
+
+#[test]
+fn import_is_not_available() {
+    let err = engine()
+        .compile(Path::new(FILE), r#"import "secrets" as s; s::x"#)
+        .unwrap_err();
+    assert!(err.to_string().starts_with(&format!("{FILE}:1:")), "{err}");
+}
+
+// ---- what a rule sees ----
+
+#[test]
+fn rule_sees_the_whole_event_with_unknown_fields() {
+    let answer = answer_of(
+        r#"#{ text: event.addSessionLine.line.text, counter: event.event.eventCounter,
+             unknown: event.unknownField.len(), missing: event.nothing == () }"#,
+        input(),
+    );
+    assert_eq!(
+        answer,
+        json!({"text": "Red wine", "counter": 7, "unknown": 2, "missing": true})
+    );
+}
+
+#[test]
+fn rule_sees_meta_name_subscription_and_received_at() {
+    let answer = answer_of(
+        "#{ name: meta.name, subscription: meta.subscription, received_at: meta.received_at }",
+        input(),
+    );
+    assert_eq!(
+        answer,
+        json!({"name": "addSessionLine", "subscription": "shop", "received_at": "2026-03-02T08:15:07.512Z"})
+    );
+}
+
+#[test]
+fn rule_sees_poll_attempt_elapsed_ms_and_key() {
+    let mut input = input();
+    input.attempt = 3;
+    input.elapsed_ms = 2500;
+    let answer = answer_of(
+        "#{ attempt: poll.attempt, elapsed: poll.elapsed_ms, key: poll.key }",
+        input,
+    );
+    assert_eq!(
+        answer,
+        json!({"attempt": 3, "elapsed": 2500, "key": "0123456789abcdef0123456789abcdef"})
+    );
+}
+
+#[test]
+fn state_changes_come_back_and_feed_the_next_call() {
+    let engine = engine();
+    let rule = compile(
+        &engine,
+        "state.count = (state.count ?? 0) + 1; state.seen = `${state.seen ?? \"\"}x`; #{ count: state.count }",
+    );
+    let first = engine.evaluate(&rule, input());
+    assert!(matches!(first.verdict, Ok(Verdict::Answer(_))));
+    assert_eq!(
+        to_json(first.state.clone()),
+        json!({"count": 1, "seen": "x"})
+    );
+
+    let mut next = input();
+    next.attempt = 2;
+    next.state = first.state;
+    let second = engine.evaluate(&rule, next);
+    let Ok(Verdict::Answer(answer)) = second.verdict else {
+        panic!("second call failed");
+    };
+    assert_eq!(to_json(answer), json!({"count": 2}));
+    assert_eq!(to_json(second.state), json!({"count": 2, "seen": "xx"}));
+}
+
+#[test]
+fn state_that_stops_being_a_map_is_an_error() {
+    let err = error_of("state = 5; ()");
+    assert_eq!(err.location, FILE);
+    assert_eq!(err.message, "`state` must stay a map");
+}
+
+#[test]
+fn event_is_read_only() {
+    let err = error_of(r#"event.addSessionLine = "changed"; ()"#);
+    assert!(err.location.starts_with(&format!("{FILE}:1:")), "{err}");
+    assert!(err.message.contains("event"), "{err}");
+
+    let err = error_of("event = #{}; ()");
+    assert!(err.message.contains("event"), "{err}");
+}
+
+#[test]
+fn evaluation_hands_the_event_back_unchanged() {
+    let evaluation = run("()", input());
+    let back: Value = rhai::serde::from_dynamic(&evaluation.event).unwrap();
+    assert_eq!(back["addSessionLine"]["line"]["text"], "Red wine");
+}
+
+// ---- what a rule may call ----
+
+#[test]
+fn finish_with_zero_one_and_two_messages_leaves_empty_ones_out() {
+    let cases = [
+        ("finish()", json!({"polling": {"finished": true}})),
+        (
+            r#"finish("ok")"#,
+            json!({"polling": {"finished": true, "message": "ok"}}),
+        ),
+        (
+            r#"finish("ok", "thanks")"#,
+            json!({"polling": {"finished": true, "message": "ok", "customerMessage": "thanks"}}),
+        ),
+        (
+            r#"finish("", "thanks")"#,
+            json!({"polling": {"finished": true, "customerMessage": "thanks"}}),
+        ),
+        (
+            r#"finish("ok", "")"#,
+            json!({"polling": {"finished": true, "message": "ok"}}),
+        ),
+    ];
+    for (source, expected) in cases {
+        assert_eq!(answer_of(source, input()), expected, "{source}");
+    }
+}
+
+#[test]
+fn keep_polling_with_zero_one_and_two_messages_leaves_empty_ones_out() {
+    let cases = [
+        ("keep_polling()", json!({"polling": {"finished": false}})),
+        (
+            r#"keep_polling("wait")"#,
+            json!({"polling": {"finished": false, "message": "wait"}}),
+        ),
+        (
+            r#"keep_polling("wait", "one moment")"#,
+            json!({"polling": {"finished": false, "message": "wait", "customerMessage": "one moment"}}),
+        ),
+        (
+            r#"keep_polling("", "")"#,
+            json!({"polling": {"finished": false}}),
+        ),
+    ];
+    for (source, expected) in cases {
+        assert_eq!(answer_of(source, input()), expected, "{source}");
+    }
+}
+
+#[test]
+fn helper_answers_can_be_extended() {
+    let answer = answer_of(
+        r#"let a = finish("ok"); a.lineChanges = [#{ lineId: "l-1" }]; a"#,
+        input(),
+    );
+    assert_eq!(
+        answer,
+        json!({"polling": {"finished": true, "message": "ok"}, "lineChanges": [{"lineId": "l-1"}]})
+    );
+}
+
+#[test]
+fn reject_ends_the_rule_with_its_code_and_message() {
+    let evaluation = run(
+        r#"state.before = true; reject("INVALID_ARTICLE", "no such article"); state.after = true; finish()"#,
+        input(),
+    );
+    let Ok(Verdict::Reject(reject)) = evaluation.verdict else {
+        panic!("expected a reject, got {:?}", evaluation.verdict);
+    };
+    assert_eq!(
+        reject,
+        Reject {
+            code: "INVALID_ARTICLE".into(),
+            message: "no such article".into()
+        }
+    );
+}
+
+#[test]
+fn reject_from_inside_a_function_is_still_a_reject() {
+    let source = r#"
+        fn check(article) {
+            if article == 2001 { reject("INVALID_ARTICLE", `article ${article} is blocked`); }
+            article
+        }
+        fn outer(a) { check(a) }
+        outer(event.addSessionLine.line.articleNumber);
+        finish()
+    "#;
+    let evaluation = run(source, input());
+    let Ok(Verdict::Reject(reject)) = evaluation.verdict else {
+        panic!("expected a reject, got {:?}", evaluation.verdict);
+    };
+    assert_eq!(reject.code, "INVALID_ARTICLE");
+    assert_eq!(reject.message, "article 2001 is blocked");
+}
+
+#[test]
+fn unit_result_is_an_empty_answer() {
+    assert_eq!(answer_of("()", input()), json!({}));
+    assert_eq!(answer_of("let x = 1;", input()), json!({}));
+    assert_eq!(answer_of("", input()), json!({}));
+}
+
+#[test]
+fn a_result_that_is_not_a_map_is_an_error() {
+    for (source, type_name) in [("42", "i64"), (r#""done""#, "string"), ("[1]", "array")] {
+        let err = error_of(source);
+        assert_eq!(err.location, FILE, "{source}");
+        assert_eq!(
+            err.message,
+            format!("the rule returned {type_name}; it must return a map or ()"),
+            "{source}"
+        );
+    }
+}
+
+#[test]
+fn runtime_errors_name_file_line_and_column() {
+    let err = error_of("let a = 1;\nlet b = no_such_function(a);\nb");
+    assert!(err.location.starts_with(&format!("{FILE}:2:")), "{err}");
+    assert!(err.message.contains("no_such_function"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("{}: {}", err.location, err.message)
+    );
+}
+
+#[test]
+fn log_accepts_text_and_other_values() {
+    assert_eq!(
+        answer_of(r#"log("hello"); log(42); log(#{a: 1}); ()"#, input()),
+        json!({})
+    );
+}
+
+// ---- forward ----
+
+#[test]
+fn forward_records_a_request_when_new_and_returns_unit() {
+    let evaluation = run(
+        r#"let r = forward("approvals"); let again = forward("approvals"); #{ first: r == (), second: again == () }"#,
+        input(),
+    );
+    let Ok(Verdict::Answer(answer)) = evaluation.verdict else {
+        panic!("{:?}", evaluation.verdict);
+    };
+    assert_eq!(to_json(answer), json!({"first": true, "second": true}));
+    assert_eq!(
+        evaluation.requested,
+        vec![ForwardRequest {
+            upstream: "approvals".into(),
+            body: None
+        }],
+        "asked twice, requested once"
+    );
+}
+
+#[test]
+fn forward_with_a_body_records_the_body_as_json() {
+    let evaluation = run(
+        r#"forward("approvals", #{ total: 300, who: meta.subscription }); ()"#,
+        input(),
+    );
+    assert!(evaluation.verdict.is_ok());
+    let [request] = evaluation.requested.as_slice() else {
+        panic!("one request: {:?}", evaluation.requested);
+    };
+    assert_eq!(request.upstream, "approvals");
+    let body: Value = serde_json::from_slice(request.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body, json!({"total": 300, "who": "shop"}));
+}
+
+#[test]
+fn forward_returns_unit_while_the_forward_is_pending() {
+    let mut input = input();
+    input.forwards = vec![("approvals".into(), None)];
+    let evaluation = run(r#"#{ pending: forward("approvals") == () }"#, input);
+    let Ok(Verdict::Answer(answer)) = evaluation.verdict else {
+        panic!("{:?}", evaluation.verdict);
+    };
+    assert_eq!(to_json(answer), json!({"pending": true}));
+    assert!(
+        evaluation.requested.is_empty(),
+        "a pending forward is not requested again"
+    );
+}
+
+#[test]
+fn forward_returns_the_reply_map_once_done() {
+    let reply = json!({"ok": true, "status": 200, "body": {"approved": true, "manager": "Ann"}, "error": null, "elapsed_ms": 12});
+    let mut input = input();
+    input.forwards = vec![("approvals".into(), Some(dynamic(&reply)))];
+    let evaluation = run(
+        r#"let r = forward("approvals"); #{ ok: r.ok, status: r.status, manager: r.body.manager, error: r.error == (), elapsed: r.elapsed_ms }"#,
+        input,
+    );
+    let Ok(Verdict::Answer(answer)) = evaluation.verdict else {
+        panic!("{:?}", evaluation.verdict);
+    };
+    assert_eq!(
+        to_json(answer),
+        json!({"ok": true, "status": 200, "manager": "Ann", "error": true, "elapsed": 12})
+    );
+    assert!(evaluation.requested.is_empty());
+}
+
+#[test]
+fn forward_is_a_no_op_when_forwarding_is_off() {
+    let mut input = input();
+    input.upstreams = None;
+    let evaluation = run(
+        r#"#{ a: forward("approvals") == (), b: forward("nowhere", #{}) == () }"#,
+        input,
+    );
+    let Ok(Verdict::Answer(answer)) = evaluation.verdict else {
+        panic!("{:?}", evaluation.verdict);
+    };
+    assert_eq!(to_json(answer), json!({"a": true, "b": true}));
+    assert!(evaluation.requested.is_empty());
+}
+
+#[test]
+fn forward_to_an_unknown_upstream_is_an_error() {
+    let err = error_of(r#"forward("nowhere")"#);
+    assert!(err.location.starts_with(&format!("{FILE}:1:")), "{err}");
+    assert!(
+        err.message
+            .contains("forward(\"nowhere\"): no such upstream under `upstreams:`"),
+        "{err}"
+    );
+}
+
+// ---- limits ----
+
+#[test]
+fn an_infinite_loop_is_stopped_by_the_operation_limit() {
+    let limits = Limits {
+        max_operations: 10_000,
+        timeout: Duration::from_secs(30), // generous: only the operation count can stop it
+        ..Limits::default()
+    };
+    let engine = RuleEngine::new(&limits);
+    let started = Instant::now();
+    let err = error_of_with(&engine, "let x = 0;\nloop { x += 1; }", input());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        err.message,
+        "operation limit exceeded (limits.max_operations)"
+    );
+    assert!(err.location.starts_with(&format!("{FILE}:2:")), "{err}");
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_by_the_default_limits_in_bounded_time() {
+    let started = Instant::now();
+    let err = error_of("loop {}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(err.message.contains("limit exceeded"), "{err}");
+    assert!(err.location.starts_with(&format!("{FILE}:1:")), "{err}");
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_by_the_wall_clock_without_an_operation_limit() {
+    let limits = Limits {
+        max_operations: 0, // unlimited: only the clock can stop it
+        timeout: Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let engine = RuleEngine::new(&limits);
+    let started = Instant::now();
+    let err = error_of_with(&engine, "let x = 0;\nloop { x += 1; }", input());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(err.message, "time limit exceeded (limits.timeout = 20ms)");
+    assert!(err.location.starts_with(&format!("{FILE}:2:")), "{err}");
+}
+
+#[test]
+fn deep_recursion_is_stopped() {
+    let err = error_of("fn down(n) { down(n + 1) }\ndown(0)");
+    assert!(err.location.starts_with(&format!("{FILE}:")), "{err}");
+    assert_eq!(err.message, "Stack overflow");
+}
+
+#[test]
+fn huge_strings_are_stopped() {
+    let err = error_of("let s = \"xxxxxxxx\";\nloop { s += s; }");
+    assert!(err.location.starts_with(&format!("{FILE}:2:")), "{err}");
+    assert_eq!(err.message, "Length of string too large");
+}
+
+#[test]
+fn huge_arrays_are_stopped() {
+    let err = error_of("let a = [1, 2, 3, 4];\nloop { a += a; }");
+    assert!(err.location.starts_with(&format!("{FILE}:2:")), "{err}");
+    assert_eq!(err.message, "Size of array/BLOB too large");
+}
+
+#[test]
+fn huge_maps_are_stopped() {
+    let limits = Limits {
+        max_map_size: 10,
+        ..Limits::default()
+    };
+    let engine = RuleEngine::new(&limits);
+    let err = error_of_with(
+        &engine,
+        "let m = #{};\nfor i in 0..100 { let one = #{}; one[`k${i}`] = i; m += one; }\nm",
+        input(),
+    );
+    assert!(err.location.starts_with(&format!("{FILE}:2:")), "{err}");
+    assert_eq!(err.message, "Size of object map too large");
+}
+
+#[test]
+fn an_engine_keeps_working_after_a_rule_hit_a_limit() {
+    let engine = engine();
+    let bad = compile(&engine, "loop {}");
+    let good = compile(&engine, "finish()");
+    assert!(engine.evaluate(&bad, input()).verdict.is_err());
+    let Ok(Verdict::Answer(answer)) = engine.evaluate(&good, input()).verdict else {
+        panic!("the good rule failed after the bad one");
+    };
+    assert_eq!(to_json(answer), json!({"polling": {"finished": true}}));
 }

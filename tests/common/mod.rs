@@ -1,6 +1,12 @@
 //! Test harness: the real gateway on 127.0.0.1:0 (the same `App::build(..).serve(..)` that
 //! `main` runs), a till that signs its calls, and mock upstreams that record what they get.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::needless_pass_by_value,
+    unreachable_pub
+)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -570,5 +576,108 @@ impl MockUpstream {
             },
             gate,
         )
+    }
+}
+
+/// A `pollgate serve` child process on free loopback ports; killed when dropped.
+pub struct Process {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Writes `config` (after listen lines, `watch: false` and the `shop` subscription) and
+    /// `files` into a fresh folder, starts `pollgate serve` on it and waits for /readyz.
+    pub async fn serve(config: &str, files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        let (port, admin) = (closed_port().await.port(), closed_port().await.port());
+        let text = format!(
+            "server:\n  listen: 127.0.0.1:{port}\n  shutdown_grace: 10s\nadmin:\n  listen: 127.0.0.1:{admin}\nwatch: false\nsubscriptions:\n  {SUBSCRIPTION}:\n    secret: {SECRET}\n{config}"
+        );
+        let path = dir.path().join("pollgate.yaml");
+        std::fs::write(&path, text).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pollgate"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Self {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            admin: format!("127.0.0.1:{admin}"),
+            dir,
+        };
+        let url = format!("http://{}/readyz", p.admin);
+        eventually("pollgate serve to be ready", || {
+            let url = url.clone();
+            async move {
+                client()
+                    .get(url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| ())
+            }
+        })
+        .await;
+        p
+    }
+
+    /// A till calling this process.
+    pub fn till(&self) -> Till {
+        Till {
+            base: format!("http://{}/webhooks", self.addr),
+            secret: secret(),
+            subscription: SUBSCRIPTION.into(),
+            client: client(),
+        }
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit and returns its exit code.
+    pub async fn exit_code(mut self) -> Option<i32> {
+        let mut child = std::mem::replace(
+            &mut self.child,
+            std::process::Command::new("true").spawn().unwrap(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return status.code();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "pollgate did not exit"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,781 @@
+//! The `pollgate` binary as a user runs it (GATEWAY.md 1): `check`, `sign`, `test`,
+//! `simulate` against a real `pollgate serve`, `--help` and usage errors with their exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The shipped demo secret (base64 of "demo-secret-for-pollgate-examples").
+const SECRET: &str = "ZGVtby1zZWNyZXQtZm9yLXBvbGxnYXRlLWV4YW1wbGVz";
+
+/// How long any one command may take before the test fails (and the child is killed).
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shared(path: &str) -> PathBuf {
+    manifest_dir().join("../shared").join(path)
+}
+
+fn shipped_config() -> PathBuf {
+    manifest_dir().join("rules/pollgate.yaml")
+}
+
+/// `pollgate ARGS` in the repo root, without the variables that would change its defaults.
+fn pollgate(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pollgate"));
+    cmd.args(args)
+        .current_dir(manifest_dir())
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1");
+    for var in [
+        "POLLGATE_CONFIG",
+        "MPLUS_SECRET",
+        "POLLGATE_LISTEN",
+        "POLLGATE_ADMIN",
+        "APPROVALS_URL",
+        "POLLGATE_HEALTHCHECK_URL",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A child process that is killed when the guard goes out of scope, pass or fail.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a finished command left.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.status.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` to its end with `stdin` as input, failing the test after [`DEADLINE`].
+fn run_with_input(mut cmd: Command, stdin: &[u8]) -> Run {
+    let child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the pollgate binary starts");
+    let mut guard = ChildGuard(child);
+    {
+        let mut input = guard.0.stdin.take().unwrap();
+        input.write_all(stdin).unwrap();
+    } // closed: the child sees the end of its input
+      // Read both pipes on threads so a chatty child never blocks on a full pipe.
+    let mut out = guard.0.stdout.take().unwrap();
+    let mut err = guard.0.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).unwrap();
+        s
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "pollgate {:?} did not exit within {DEADLINE:?}",
+            cmd.get_args().collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn run(cmd: Command) -> Run {
+    run_with_input(cmd, b"")
+}
+
+/// A loopback port that was free a moment ago (the listener is dropped).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temp folder with `files` (name, content).
+fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    dir
+}
+
+fn config_text(listen: &str, admin: &str, events: &str) -> String {
+    format!(
+        "server:\n  listen: {listen}\nadmin:\n  listen: {admin}\nwatch: false\nsubscriptions:\n  shop:\n    secret: {SECRET}\n{events}"
+    )
+}
+
+// ---- check ----
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let r = run(pollgate(&["check", "--config", "rules/pollgate.yaml"]));
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(r.stdout.starts_with("rules/pollgate.yaml: ok ("), "{r:?}");
+    assert_eq!(r.stderr, "", "{r:?}");
+}
+
+#[test]
+fn check_uses_the_default_config_path_and_the_environment_variable() {
+    let r = run(pollgate(&["check"]));
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(r.stdout.starts_with("rules/pollgate.yaml: ok"), "{r:?}");
+
+    let dir = folder(&[(
+        "pollgate.yaml",
+        &config_text(
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            "events:\n  scanCode:\n    respond: {}\n",
+        ),
+    )]);
+    let path = dir.path().join("pollgate.yaml");
+    let mut cmd = pollgate(&["check"]);
+    cmd.env("POLLGATE_CONFIG", &path);
+    let r = run(cmd);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(
+        r.stdout
+            .starts_with(&format!("{}: ok (1 events", path.display())),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn check_reports_a_broken_rule_as_file_line_column_message() {
+    let dir = folder(&[
+        (
+            "pollgate.yaml",
+            &config_text(
+                "127.0.0.1:0",
+                "127.0.0.1:0",
+                "events:\n  scanCode:\n    rule: broken.rhai\n",
+            ),
+        ),
+        ("broken.rhai", "let a = 1;\nlet b = a +;\n"),
+    ]);
+    let config = dir.path().join("pollgate.yaml");
+    let r = run(pollgate(&["check", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    let rule = dir.path().join("broken.rhai");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line a problem: {r:?}");
+    let prefix = format!("{}:2:12: ", rule.display());
+    assert!(lines[0].starts_with(&prefix), "{r:?}");
+    assert!(lines[0].len() > prefix.len(), "a message follows: {r:?}");
+    assert_eq!(r.stdout, "", "{r:?}");
+}
+
+#[test]
+fn check_reports_a_bad_config_as_file_key_message() {
+    let dir = folder(&[(
+        "pollgate.yaml",
+        &config_text(
+            "127.0.0.1:0",
+            "nowhere",
+            "events:\n  scanCode:\n    forward: backend\n",
+        ),
+    )]);
+    let config = dir.path().join("pollgate.yaml");
+    let r = run(pollgate(&["check", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    let file = config.display();
+    assert_eq!(
+        r.stderr,
+        format!(
+            "{file}: admin.listen: `nowhere` is not an address like 127.0.0.1:8080\n\
+             {file}: events.scanCode.forward: unknown upstream `backend` (not under `upstreams:`)\n"
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn check_reports_a_yaml_mistake_with_line_and_column() {
+    let dir = folder(&[(
+        "pollgate.yaml",
+        &config_text("127.0.0.1:0", "127.0.0.1:0", "evnts: {}\n"),
+    )]);
+    let config = dir.path().join("pollgate.yaml");
+    let r = run(pollgate(&["check", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stderr
+            .starts_with(&format!("{}:9:1: unknown field `evnts`", config.display())),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn check_reports_a_missing_config_file() {
+    let r = run(pollgate(&[
+        "check",
+        "--config",
+        "/nonexistent/pollgate.yaml",
+    ]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stderr,
+        "/nonexistent/pollgate.yaml: cannot read config file: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn check_never_binds_a_port() {
+    // Both ports are held by this test: anything that binds them would fail.
+    let webhook = TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = folder(&[(
+        "pollgate.yaml",
+        &config_text(
+            &webhook.local_addr().unwrap().to_string(),
+            &admin.local_addr().unwrap().to_string(),
+            "events:\n  scanCode:\n    respond: {}\n",
+        ),
+    )]);
+    let config = dir.path().join("pollgate.yaml");
+    let r = run(pollgate(&["check", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    // And serve, which does bind, refuses the same config: the ports really are taken.
+    let r = run(pollgate(&["serve", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stderr.contains("cannot listen on"), "{r:?}");
+}
+
+// ---- sign ----
+
+struct Vector {
+    name: String,
+    secret: String,
+    encoding: String,
+    body: Vec<u8>,
+    body_file: Option<PathBuf>,
+    signature: String,
+}
+
+fn vectors() -> Vec<Vector> {
+    let text = std::fs::read_to_string(shared("mplus/vectors.json")).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    json["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let body_file = v["body_file"].as_str().map(|f| shared("mplus").join(f));
+            let body = match (&body_file, v["body"].as_str()) {
+                (Some(file), _) => std::fs::read(file).unwrap(),
+                (None, Some(body)) => body.as_bytes().to_vec(),
+                (None, None) => panic!("vector without a body"),
+            };
+            Vector {
+                name: v["name"].as_str().unwrap().to_owned(),
+                secret: v["secret"].as_str().unwrap().to_owned(),
+                encoding: v["secret_encoding"].as_str().unwrap().to_owned(),
+                body,
+                body_file,
+                signature: v["signature"].as_str().unwrap().to_owned(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn sign_prints_every_vectors_signature_from_stdin() {
+    let all = vectors();
+    assert!(all.iter().any(|v| v.encoding == "utf8"));
+    assert!(all.iter().any(|v| v.encoding == "base64"));
+    for v in all {
+        let r = run_with_input(
+            pollgate(&["sign", "--secret", &v.secret, "--encoding", &v.encoding]),
+            &v.body,
+        );
+        assert_eq!(r.code(), Some(0), "{}: {r:?}", v.name);
+        assert_eq!(r.stdout, format!("{}\n", v.signature), "{}", v.name);
+    }
+}
+
+#[test]
+fn sign_prints_every_vectors_signature_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, v) in vectors().into_iter().enumerate() {
+        let file = v.body_file.clone().unwrap_or_else(|| {
+            let path = dir.path().join(format!("body-{i}"));
+            std::fs::write(&path, &v.body).unwrap();
+            path
+        });
+        let r = run(pollgate(&[
+            "sign",
+            "--secret",
+            &v.secret,
+            "--encoding",
+            &v.encoding,
+            file.to_str().unwrap(),
+        ]));
+        assert_eq!(r.code(), Some(0), "{}: {r:?}", v.name);
+        assert_eq!(r.stdout, format!("{}\n", v.signature), "{}", v.name);
+    }
+}
+
+#[test]
+fn sign_defaults_to_base64_and_reads_the_secret_from_the_environment() {
+    let v = vectors()
+        .into_iter()
+        .find(|v| v.name == "public-receiver-test-vector")
+        .unwrap();
+    let r = run_with_input(pollgate(&["sign", "--secret", &v.secret]), &v.body);
+    assert_eq!(r.stdout, format!("{}\n", v.signature), "{r:?}");
+
+    let mut cmd = pollgate(&["sign"]);
+    cmd.env("MPLUS_SECRET", &v.secret);
+    let r = run_with_input(cmd, &v.body);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(r.stdout, format!("{}\n", v.signature), "{r:?}");
+}
+
+// ---- usage errors ----
+
+#[test]
+fn usage_errors_exit_2() {
+    let cases: &[&[&str]] = &[
+        &[],
+        &["frobnicate"],
+        &["sign"],
+        &["sign", "--secret", SECRET, "--encoding", "rot13"],
+        &["check", "--no-such-flag"],
+        &["simulate"],
+        &["simulate", "--event", "scanCode", "--interval", "soon"],
+        &["simulate", "--event", "scanCode", "--max-polls", "many"],
+        &["simulate", "--event", "scanCode", "--fresh"],
+    ];
+    for args in cases {
+        let r = run(pollgate(args));
+        assert_eq!(r.code(), Some(2), "pollgate {args:?}: {r:?}");
+        assert!(!r.stderr.is_empty(), "pollgate {args:?} says why: {r:?}");
+    }
+}
+
+#[test]
+fn sign_with_a_secret_that_is_not_base64_is_a_usage_error() {
+    let r = run(pollgate(&["sign", "--secret", "not*base64!"]));
+    assert_eq!(r.code(), Some(2), "{r:?}");
+    assert_eq!(
+        r.stderr,
+        "--secret: secret is not valid base64 (set `encoding: utf8` to use the text as it is)\n"
+    );
+    assert_eq!(r.stdout, "");
+}
+
+#[test]
+fn sign_of_a_missing_file_exits_2_naming_the_file() {
+    let r = run(pollgate(&[
+        "sign",
+        "--secret",
+        SECRET,
+        "/nonexistent/body.json",
+    ]));
+    assert_eq!(r.code(), Some(2), "{r:?}");
+    assert!(r.stderr.starts_with("/nonexistent/body.json: "), "{r:?}");
+}
+
+// ---- help ----
+
+#[test]
+fn help_of_the_top_level_lists_every_command() {
+    for flag in ["--help", "-h"] {
+        let r = run(pollgate(&[flag]));
+        assert_eq!(r.code(), Some(0), "{r:?}");
+        for command in ["serve", "check", "sign", "simulate", "test"] {
+            assert!(
+                r.stdout.contains(command),
+                "{flag} mentions {command}: {r:?}"
+            );
+        }
+    }
+    let r = run(pollgate(&["--version"]));
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(r.stdout.starts_with("pollgate "), "{r:?}");
+}
+
+#[test]
+fn help_of_each_command_mentions_its_options() {
+    let commands: &[(&str, &[&str])] = &[
+        ("serve", &["--config", "--log-format"]),
+        ("check", &["--config"]),
+        ("sign", &["--secret", "--encoding", "[FILE]"]),
+        (
+            "simulate",
+            &[
+                "--url",
+                "--event",
+                "--secret",
+                "--subscription",
+                "--body",
+                "--interval",
+                "--max-polls",
+            ],
+        ),
+        ("test", &["--config", "[PATHS]..."]),
+        ("healthcheck", &["--url"]),
+    ];
+    for (command, options) in commands {
+        let r = run(pollgate(&[command, "--help"]));
+        assert_eq!(r.code(), Some(0), "{command} --help: {r:?}");
+        assert!(
+            r.stdout.contains(&format!("Usage: pollgate {command}")),
+            "{command}: {r:?}"
+        );
+        for option in *options {
+            assert!(
+                r.stdout.contains(option),
+                "{command} --help mentions {option}: {r:?}"
+            );
+        }
+        let r = run(pollgate(&["help", command]));
+        assert_eq!(r.code(), Some(0), "help {command}: {r:?}");
+    }
+}
+
+// ---- test ----
+
+#[test]
+fn test_passes_on_the_shipped_rule_tests() {
+    let r = run(pollgate(&["test"]));
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(!r.stdout.contains("FAIL"), "{r:?}");
+    let summary = r.stdout.lines().last().unwrap();
+    assert!(summary.ends_with(" passed, 0 failed"), "{r:?}");
+    assert!(!summary.starts_with("0 passed"), "{r:?}");
+}
+
+#[test]
+fn test_fails_with_a_fail_line_for_a_failing_case() {
+    let shipped = shipped_config();
+    let file = format!(
+        "config: {}\ncases:\n  - name: an ordinary code passes\n    event: scanCode\n    body: {{scanCode: {{scannedCode: \"8712345678906\"}}}}\n    calls:\n      - expect: {{scanCode: {{recognized: false}}}}\n  - name: this case expects the wrong answer\n    event: scanCode\n    body: {{scanCode: {{scannedCode: \"8712345678906\"}}}}\n    calls:\n      - expect: {{scanCode: {{recognized: true}}}}\n",
+        shipped.display()
+    );
+    let dir = folder(&[("cases.yaml", &file)]);
+    let path = dir.path().join("cases.yaml");
+    let r = run(pollgate(&["test", path.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stdout.contains("  ok   an ordinary code passes (1 call)"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains("  FAIL this case expects the wrong answer\n       call 1: expected scanCode.recognized = true, got false"),
+        "{r:?}"
+    );
+    assert!(r.stdout.ends_with("1 passed, 1 failed\n"), "{r:?}");
+}
+
+#[test]
+fn test_reports_an_unreadable_test_file() {
+    let dir = folder(&[("cases.yaml", "cases:\n  - name: x\n    evnt: scanCode\n")]);
+    let path = dir.path().join("cases.yaml");
+    let r = run(pollgate(&["test", path.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stderr.starts_with(&format!("{}:3:5: ", path.display())),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("evnt"), "{r:?}");
+}
+
+// ---- simulate against a real `pollgate serve` ----
+
+/// A `pollgate serve` child on free loopback ports, killed on drop.
+struct Served {
+    _child: ChildGuard,
+    _dir: tempfile::TempDir,
+    webhook: u16,
+}
+
+impl Served {
+    fn start(events: &str, files: &[(&str, &str)]) -> Self {
+        let (webhook, admin) = (free_port(), free_port());
+        let config = config_text(
+            &format!("127.0.0.1:{webhook}"),
+            &format!("127.0.0.1:{admin}"),
+            events,
+        );
+        let mut all = vec![("pollgate.yaml", config.as_str())];
+        all.extend_from_slice(files);
+        let dir = folder(&all);
+        let child = pollgate(&[
+            "serve",
+            "--config",
+            dir.path().join("pollgate.yaml").to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pollgate serve starts");
+        let mut child = ChildGuard(child);
+        wait_ready(&mut child, admin);
+        Self {
+            _child: child,
+            _dir: dir,
+            webhook,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/webhooks", self.webhook)
+    }
+}
+
+/// Polls the admin `/readyz` until it answers 200, with a deadline.
+fn wait_ready(child: &mut ChildGuard, admin: u16) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("pollgate serve exited early: {status}");
+        }
+        if readyz(admin).is_some_and(|status| status == 200) {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "pollgate serve not ready in {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The status of `GET /readyz`, if anything answers.
+fn readyz(port: u16) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+const SIMULATED: &str = "events:\n  addSessionLine:\n    rule: id-check.rhai\n    polling: {}\n  backgroundPoll:\n    rule: forever.rhai\n    polling: {}\n";
+
+const ID_CHECK: &str = r#"
+if poll.attempt < 3 {
+    keep_polling(`Ask for ID (${poll.attempt})`, "Please show your ID")
+} else {
+    finish("Age checked", "Thank you")
+}
+"#;
+
+fn simulated() -> Served {
+    Served::start(
+        SIMULATED,
+        &[
+            ("id-check.rhai", ID_CHECK),
+            ("forever.rhai", r#"keep_polling("Still waiting")"#),
+        ],
+    )
+}
+
+#[test]
+fn simulate_follows_a_conversation_to_its_end_and_prints_the_messages() {
+    let served = simulated();
+    let body = shared("mplus/examples/addSessionLine.json");
+    let r = run(pollgate(&[
+        "simulate",
+        "--url",
+        &served.url(),
+        "--event",
+        "addSessionLine",
+        "--secret",
+        SECRET,
+        "--subscription",
+        "shop",
+        "--body",
+        body.to_str().unwrap(),
+        "--interval",
+        "10ms",
+    ]));
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    for line in [
+        "cashier screen:   Ask for ID (1)",
+        "cashier screen:   Ask for ID (2)",
+        "customer display: Please show your ID",
+        "cashier screen:   Age checked",
+        "customer display: Thank you",
+        "finished after 3 calls",
+    ] {
+        assert!(r.stdout.contains(line), "prints {line:?}: {r:?}");
+    }
+    assert_eq!(r.stderr, "", "{r:?}");
+
+    // The same body again is the same (finished) conversation: the final answer, once.
+    let r = run(pollgate(&[
+        "simulate",
+        "--url",
+        &served.url(),
+        "--event",
+        "addSessionLine",
+        "--secret",
+        SECRET,
+        "--subscription",
+        "shop",
+        "--body",
+        body.to_str().unwrap(),
+    ]));
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(r.stdout.contains("finished after 1 call\n"), "{r:?}");
+    assert!(r.stdout.contains("Age checked"), "{r:?}");
+}
+
+#[test]
+fn simulate_with_a_wrong_secret_fails_on_the_signature() {
+    let served = simulated();
+    let r = run(pollgate(&[
+        "simulate",
+        "--url",
+        &served.url(),
+        "--event",
+        "addSessionLine",
+        "--secret",
+        "b3RoZXIta2V5",
+        "--subscription",
+        "shop",
+        "--interval",
+        "10ms",
+    ]));
+    assert_ne!(r.code(), Some(0), "{r:?}");
+    // The gateway refused the call (INVALID_SIGNATURE) and signed that with the real
+    // secret, which the till with the wrong secret cannot verify.
+    assert!(r.stdout.contains("INVALID_SIGNATURE"), "{r:?}");
+    assert_eq!(
+        r.stderr,
+        "pollgate simulate: the answer's signature is wrong: X-Mplus-Signature does not match the body\n",
+        "{r:?}"
+    );
+}
+
+#[test]
+fn simulate_with_an_unknown_subscription_reports_the_unsigned_error_answer() {
+    let served = simulated();
+    let r = run(pollgate(&[
+        "simulate",
+        "--url",
+        &served.url(),
+        "--event",
+        "addSessionLine",
+        "--secret",
+        SECRET,
+        "--subscription",
+        "nobody",
+    ]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stderr, "pollgate simulate: the answer is not signed (no X-Mplus-Signature)\n",
+        "{r:?}"
+    );
+}
+
+#[test]
+fn simulate_gives_up_after_max_polls() {
+    let served = simulated();
+    let r = run(pollgate(&[
+        "simulate",
+        "--url",
+        &served.url(),
+        "--event",
+        "backgroundPoll",
+        "--secret",
+        SECRET,
+        "--subscription",
+        "shop",
+        "--interval",
+        "10ms",
+        "--max-polls",
+        "3",
+    ]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stdout.matches("cashier screen:   Still waiting").count(),
+        3,
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("(call 3)"), "{r:?}");
+    assert!(!r.stdout.contains("(call 4)"), "{r:?}");
+    assert_eq!(
+        r.stderr, "pollgate simulate: not finished after --max-polls 3\n",
+        "{r:?}"
+    );
+}
+
+#[test]
+fn simulate_reports_an_unreachable_gateway() {
+    let port = free_port();
+    let r = run(pollgate(&[
+        "simulate",
+        "--url",
+        &format!("http://127.0.0.1:{port}/webhooks"),
+        "--event",
+        "scanCode",
+    ]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stderr.starts_with(&format!(
+            "pollgate simulate: cannot reach http://127.0.0.1:{port}/webhooks/scanCode"
+        )),
+        "{r:?}"
+    );
+}
