@@ -5,7 +5,10 @@
 //! comments and trailing commas (outside strings) and parses that strictly; the signature
 //! was already checked over the original bytes.
 
-use rhai::{Dynamic, Map};
+use std::fmt;
+
+use rhai::{Array, Dynamic, ImmutableString, Map};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// Why a body is not usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,16 +21,116 @@ pub enum BodyError {
 
 /// Parses a request body into the map a rule sees as `event`.
 pub fn parse(body: &[u8]) -> Result<Map, BodyError> {
-    let value: Dynamic = match serde_json::from_slice(body) {
+    let value = match from_json(body) {
         Ok(value) => value,
         Err(strict) => {
             let cleaned = strip_comments_and_trailing_commas(body)
                 .ok_or_else(|| BodyError::InvalidJson(strict.to_string()))?;
-            serde_json::from_slice(&cleaned)
-                .map_err(|_| BodyError::InvalidJson(strict.to_string()))?
+            from_json(&cleaned).map_err(|_| BodyError::InvalidJson(strict.to_string()))?
         }
     };
     value.try_cast::<Map>().ok_or(BodyError::NotAnObject)
+}
+
+/// Strict JSON straight into a [`Dynamic`]: the same values as `serde_json::from_slice::<Dynamic>`
+/// (integers that fit `i64` as ints, others and fractions as floats, `null` as `()`, duplicate
+/// keys last-wins), built directly instead of through Rhai's own `Deserialize`, which copies
+/// every key into a `String` and then rebuilds every map it has just built.
+pub fn from_json(bytes: &[u8]) -> Result<Dynamic, serde_json::Error> {
+    serde_json::from_slice::<Json>(bytes).map(|json| json.0)
+}
+
+/// A JSON value as the [`Dynamic`] a rule sees.
+struct Json(Dynamic);
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonVisitor).map(Json)
+    }
+}
+
+/// A map key, kept inline by Rhai's key type when short (no `String` on the way).
+struct Key(<Map as MapTypes>::Key);
+
+/// Names the key type of [`Map`], which Rhai does not export.
+trait MapTypes {
+    type Key;
+}
+
+impl<K, V> MapTypes for std::collections::BTreeMap<K, V> {
+    type Key = K;
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(Key(v.into()))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Dynamic;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Dynamic, E> {
+        Ok(Dynamic::from_bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Dynamic, E> {
+        Ok(Dynamic::from_int(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Dynamic, E> {
+        // As Rhai's own deserializer: too large for an int becomes a float.
+        Ok(i64::try_from(v).map_or_else(|_| Dynamic::from_float(v as f64), Dynamic::from_int))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Dynamic, E> {
+        Ok(Dynamic::from_float(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Dynamic, E> {
+        Ok(Dynamic::from(ImmutableString::from(v)))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Dynamic, E> {
+        Ok(Dynamic::from(ImmutableString::from(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Dynamic, E> {
+        Ok(Dynamic::UNIT)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dynamic, A::Error> {
+        let mut array = Array::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(Json(item)) = seq.next_element()? {
+            array.push(item);
+        }
+        Ok(Dynamic::from_array(array))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Dynamic, A::Error> {
+        let mut map = Map::new();
+        while let Some(Key(key)) = access.next_key()? {
+            let Json(value) = access.next_value()?;
+            map.insert(key, value);
+        }
+        Ok(Dynamic::from_map(map))
+    }
 }
 
 /// The body without `//` and `/* */` comments and without commas before `}` or `]`;

@@ -81,7 +81,8 @@ pub struct Event {
     /// The upstream every call of this event is forwarded to, once per conversation.
     pub forward: Option<String>,
     /// How long a call may wait for a pending forward before answering; `None`: 0 for
-    /// polling events, the upstream's whole budget for others (GATEWAY.md 5).
+    /// polling events, the upstream's whole budget (plus 1 s) for others (GATEWAY.md 5).
+    /// Never past `server.request_timeout`.
     pub hold: Option<Duration>,
     pub polling: Option<Polling>,
     /// The cashier's message when a forward without a rule fails.

@@ -47,7 +47,7 @@ impl Default for RawServer {
             listen: "0.0.0.0:8080".into(),
             base_path: "/webhooks".into(),
             max_body_bytes: 1_048_576,
-            request_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -31,6 +31,7 @@ pub(crate) async fn run<S: ConversationStore + Clone>(store: &S) {
     final_answer_comes_back_byte_for_byte(store).await;
     forward_is_claimed_once_by_concurrent_claimers(store).await;
     forward_is_claimed_again_only_after_lease_expires(store).await;
+    renewed_lease_keeps_others_from_claiming(store).await;
     completed_forward_is_done_with_identical_reply(store).await;
     forwards_of_unknown_conversation_are_not_recorded(store).await;
     concurrent_begins_lose_no_attempt(store).await;
@@ -240,6 +241,54 @@ async fn forward_is_claimed_again_only_after_lease_expires<S: ConversationStore>
     // Another upstream of the same conversation has its own lease.
     assert!(store
         .claim_forward(key, "audit", T0 + 2_000, T0 + 4_000)
+        .await
+        .unwrap());
+}
+
+async fn renewed_lease_keeps_others_from_claiming<S: ConversationStore>(store: &S) {
+    let key = fresh_key();
+    store.begin(key, "e", T0).await.unwrap();
+    assert!(store
+        .claim_forward(key, "backend", T0, T0 + 1_000)
+        .await
+        .unwrap());
+    assert!(store
+        .renew_forward(key, "backend", T0 + 5_000)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .claim_forward(key, "backend", T0 + 2_000, T0 + 9_000)
+            .await
+            .unwrap(),
+        "the renewed lease holds past the first one"
+    );
+    let s = store.load(key).await.unwrap().unwrap();
+    assert_eq!(lease_of(&s, "backend"), Some(T0 + 5_000));
+    let reply = Reply {
+        ok: true,
+        status: 200,
+        body: serde_json::json!({}),
+        error: None,
+        elapsed_ms: 1,
+    };
+    store
+        .complete_forward(key, "backend", &reply)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .renew_forward(key, "backend", T0 + 9_000)
+            .await
+            .unwrap(),
+        "a done forward is not renewed"
+    );
+    assert!(
+        !store.renew_forward(key, "other", T0 + 9_000).await.unwrap(),
+        "nothing to renew"
+    );
+    assert!(!store
+        .renew_forward(fresh_key(), "backend", T0 + 9_000)
         .await
         .unwrap());
 }

@@ -233,6 +233,25 @@ impl ConversationStore for MemoryStore {
         }
     }
 
+    async fn renew_forward(
+        &self,
+        key: ConversationKey,
+        upstream: &str,
+        lease_until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut shard = self.shard(&key);
+        let slot = shard
+            .get_mut(&key)
+            .and_then(|e| e.forwards.iter_mut().find(|(name, _)| &**name == upstream));
+        match slot {
+            Some((_, state @ ForwardState::Pending { .. })) => {
+                *state = ForwardState::Pending { lease_until_ms };
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn complete_forward(
         &self,
         key: ConversationKey,

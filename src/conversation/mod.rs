@@ -70,6 +70,15 @@ pub trait ConversationStore: Send + Sync + 'static {
         lease_until_ms: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Extends the lease of a forward its claimer is still sending (a forward may queue for
+    /// a connection longer than its lease foresaw); false once it is no longer pending.
+    fn renew_forward(
+        &self,
+        key: ConversationKey,
+        upstream: &str,
+        lease_until_ms: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Records the reply of a claimed forward.
     fn complete_forward(
         &self,
@@ -149,6 +158,15 @@ impl ConversationStore for Store {
         lease_until_ms: u64,
     ) -> Result<bool, StoreError> {
         dispatch!(self, s => s.claim_forward(key, upstream, now_ms, lease_until_ms))
+    }
+
+    async fn renew_forward(
+        &self,
+        key: ConversationKey,
+        upstream: &str,
+        lease_until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.renew_forward(key, upstream, lease_until_ms))
     }
 
     async fn complete_forward(

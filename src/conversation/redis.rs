@@ -104,6 +104,17 @@ return 1
 
 /// Records a forward's reply, never resurrecting an expired conversation.
 /// ARGV: field, value (`d:{reply JSON}`), ttl_ms.
+/// Extends a pending forward's lease. ARGV: field, new value (`p:{lease_until_ms}`), ttl_ms.
+/// Returns 1 renewed, 0 when the forward is no longer pending (or the key is gone).
+const RENEW: &str = r"
+local k = KEYS[1]
+local f = redis.call('HGET', k, ARGV[1])
+if not f or string.sub(f, 1, 2) ~= 'p:' then return 0 end
+redis.call('HSET', k, ARGV[1], ARGV[2])
+redis.call('PEXPIRE', k, ARGV[3])
+return 1
+";
+
 const COMPLETE: &str = r"
 local k = KEYS[1]
 if redis.call('EXISTS', k) == 0 then return 0 end
@@ -168,6 +179,7 @@ struct Scripts {
     begin: Script,
     commit: Script,
     claim: Script,
+    renew: Script,
     complete: Script,
     summaries: Script,
 }
@@ -226,6 +238,7 @@ impl RedisStore {
                     begin: Script::new(BEGIN),
                     commit: Script::new(COMMIT),
                     claim: Script::new(CLAIM),
+                    renew: Script::new(RENEW),
                     complete: Script::new(COMPLETE),
                     summaries: Script::new(SUMMARIES),
                 },
@@ -242,7 +255,14 @@ impl RedisStore {
 
     async fn load_scripts(&self) -> Result<(), StoreError> {
         let s = &self.inner.scripts;
-        for script in [&s.begin, &s.commit, &s.claim, &s.complete, &s.summaries] {
+        for script in [
+            &s.begin,
+            &s.commit,
+            &s.claim,
+            &s.renew,
+            &s.complete,
+            &s.summaries,
+        ] {
             let mut conn = self.inner.conn.clone();
             self.bounded(script.load_async(&mut conn)).await?;
         }
@@ -405,6 +425,27 @@ impl ConversationStore for RedisStore {
             Value::Int(0) => Ok(false),
             other => Err(corrupt(format!(
                 "forward `{upstream}` has an unreadable lease ({other:?})"
+            ))),
+        }
+    }
+
+    async fn renew_forward(
+        &self,
+        key: ConversationKey,
+        upstream: &str,
+        lease_until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.inner.scripts.renew.key(self.key_name(key));
+        invocation
+            .arg(format!("fw:{upstream}"))
+            .arg(format!("p:{lease_until_ms}"))
+            .arg(self.inner.ttl_ms);
+        let mut conn = self.inner.conn.clone();
+        match self.bounded(invocation.invoke_async(&mut conn)).await? {
+            Value::Int(1) => Ok(true),
+            Value::Int(0) => Ok(false),
+            other => Err(corrupt(format!(
+                "renewing forward `{upstream}` answered {other:?}"
             ))),
         }
     }

@@ -42,7 +42,7 @@ pub(super) fn error_body(code: &str, message: &str) -> Map {
     error.insert("code".into(), code.into());
     error.insert("message".into(), message.into());
     let mut body = Map::new();
-    body.insert("error".into(), error.into());
+    body.insert("error".into(), rhai::Dynamic::from_map(error));
     body
 }
 

@@ -29,10 +29,15 @@ use crate::upstream::{Forwarder, Outgoing};
 pub const RULE_FAILED_MESSAGE: &str = "This step could not be checked; please continue";
 /// The cashier's message while the conversation store cannot be reached.
 pub const STORE_DOWN_MESSAGE: &str = "The gateway cannot reach its state store; retrying";
+/// How long before `server.request_timeout` a held call stops waiting and answers.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 /// How many times a call decides again after another call changed the conversation. Calls
 /// of one conversation rarely overlap (a till polls one call at a time); this bounds a storm
 /// of duplicates, with a short random pause between rounds so they spread out.
 const MAX_CONFLICTS: usize = 64;
+/// Added to the upstream budget a non-polling call waits by default: the forward's own
+/// overhead (connection, request, recording the reply) beyond its timeouts and backoff.
+const NON_POLLING_HOLD_SLACK: Duration = Duration::from_secs(1);
 
 /// Everything that outlives a config generation: the store, forwards, clock, metrics,
 /// and the current generation itself. A cheap-clone handle.
@@ -278,13 +283,23 @@ impl Gateway {
         let hold = match event.config.hold {
             Some(hold) => hold,
             None if event.config.polling.is_some() => Duration::ZERO,
+            // The budget counts the upstream's timeouts and backoff only; without slack the
+            // hold ends just before a timed-out forward does, and the till gets `{}`
+            // instead of the unavailable answer.
             None => snapshot
                 .pending()
                 .filter_map(|name| rt.config.upstreams.get(name))
-                .map(crate::config::Upstream::budget)
+                .map(|up| up.budget() + NON_POLLING_HOLD_SLACK)
                 .max()
                 .unwrap_or_default(),
         };
+        // Answer before the last-resort deadline, so the till gets a signed answer.
+        let hold = hold.min(
+            rt.config
+                .server
+                .request_timeout
+                .saturating_sub(DEADLINE_MARGIN),
+        );
         if hold.is_zero() || snapshot.pending().next().is_none() {
             return Ok(false);
         }
@@ -466,7 +481,15 @@ impl Gateway {
         };
         match body {
             Some(body) => self.shape(event, body, false, None),
-            None if pending => self.shape(event, Map::new(), true, None),
+            None if pending && event.config.polling.is_some() => {
+                self.shape(event, Map::new(), true, None)
+            }
+            // A non-polling event whose reply did not come in time: unavailable, but not
+            // remembered (pending), so a retry gets the reply once it is there.
+            None if pending => {
+                let unavailable = finish_answer(true, &event.config.unavailable_message, "");
+                self.shape(event, unavailable, true, None)
+            }
             None => self.shape(
                 event,
                 finish_answer(true, &event.config.unavailable_message, ""),

@@ -88,7 +88,7 @@ pub fn finish_answer(finished: bool, message: &str, customer_message: &str) -> M
         polling.insert("customerMessage".into(), customer_message.into());
     }
     let mut answer = Map::new();
-    answer.insert("polling".into(), polling.into());
+    answer.insert("polling".into(), Dynamic::from_map(polling));
     answer
 }
 

@@ -96,9 +96,11 @@ impl RuleEngine {
 
         let mut scope = Scope::new();
         scope.push_constant_dynamic("event", input.event);
-        scope.push_constant("meta", meta);
-        scope.push_constant("poll", poll);
-        scope.push("state", input.state);
+        // `from_map`, not `push_constant(.., map)`: Rhai's generic conversion of a `Map`
+        // rebuilds it entry by entry.
+        scope.push_constant_dynamic("meta", Dynamic::from_map(meta));
+        scope.push_constant_dynamic("poll", Dynamic::from_map(poll));
+        scope.push_dynamic("state", Dynamic::from_map(input.state));
 
         let result = self
             .engine

@@ -63,6 +63,8 @@ impl HttpUpstreams {
                 .pool_idle_timeout(Duration::from_secs(60))
                 .tcp_nodelay(true)
                 .no_proxy()
+                // A redirect would re-send the signed body, perhaps to another host.
+                .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("pollgate/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .map_err(|e| format!("upstreams.{name}: cannot build HTTP client: {e}"))?;

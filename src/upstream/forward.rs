@@ -52,6 +52,13 @@ impl Forwarder {
         budget: Duration,
         outgoing: Outgoing,
     ) -> Result<bool, StoreError> {
+        let name: Arc<str> = outgoing.upstream.as_str().into();
+        // A forward this process is still sending is alive whatever its lease says: it may
+        // wait for one of the upstream's `max_connections` longer than the lease foresaw.
+        // Claiming it again would send it twice.
+        if self.lock().contains_key(&(key, name.clone())) {
+            return Ok(false);
+        }
         let now = self.clock.now_ms();
         let lease = now + millis(budget + LEASE_SLACK);
         if !self
@@ -61,13 +68,29 @@ impl Forwarder {
         {
             return Ok(false);
         }
-        let name: Arc<str> = outgoing.upstream.as_str().into();
         let (done_tx, done_rx) = watch::channel(false);
         self.lock().insert((key, name.clone()), done_rx);
         let this = self.clone();
         self.metrics.forwards_in_flight().inc();
+        let lease_len = budget + LEASE_SLACK;
         self.tasks.spawn(async move {
-            let reply = client.send(outgoing).await;
+            let send = client.send(outgoing);
+            tokio::pin!(send);
+            // Renew the lease while the forward runs (it may queue for a connection longer
+            // than its budget): only a dead process lets its lease run out.
+            let every = lease_len / 3;
+            let mut renew = tokio::time::interval_at(Instant::now() + every, every);
+            let reply = loop {
+                tokio::select! {
+                    reply = &mut send => break reply,
+                    _ = renew.tick() => {
+                        let until = this.clock.now_ms() + millis(lease_len);
+                        if let Err(e) = this.store.renew_forward(key, &name, until).await {
+                            tracing::warn!(%key, upstream = %name, error = %e, "cannot renew forward lease");
+                        }
+                    }
+                }
+            };
             this.record(key, &name, &reply).await;
             this.lock().remove(&(key, name));
             this.metrics.forwards_in_flight().dec();
