@@ -3,6 +3,7 @@
 //! what the call changed. The HTTP layer signs and sends what this returns.
 
 mod answer;
+mod shape;
 mod verify;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use rhai::{Dynamic, Map};
 use tokio::time::Instant;
 
 pub use answer::{error_bytes, Answer, CallNote};
+use shape::{decode_state, encode_state, fail_safe, reply_answer, shape, to_json, Decision};
 pub use verify::{signature_present, subscription, verify, Refusal, Verified, SUBSCRIPTION_HEADER};
 
 use crate::conversation::{
@@ -48,16 +50,6 @@ pub struct Gateway {
     pub forwarder: Forwarder,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
-}
-
-/// The state of one decision within a call.
-struct Decision {
-    status: u16,
-    body: Map,
-    outcome: Outcome,
-    /// Final answers are remembered and replayed.
-    finished: bool,
-    state: Option<Map>,
 }
 
 impl Gateway {
@@ -150,7 +142,7 @@ impl Gateway {
             if bytes.len() > limit || state_len > limit {
                 tracing::error!(event = %event.config.name, %key, answer = bytes.len(), state = state_len, "rule result over limits.max_answer_bytes ({limit})");
                 event.metrics.rule(Duration::ZERO, true);
-                let fail = self.fail_safe(event);
+                let fail = fail_safe(event);
                 return Answer::json(fail.status, to_json(fail.body), fail.outcome, note);
             }
             if decision.outcome == Outcome::RuleError {
@@ -373,8 +365,8 @@ impl Gateway {
     ) -> (Decision, Option<Vec<crate::rules::ForwardRequest>>) {
         let pending = snapshot.pending().next().is_some();
         match &event.how {
-            How::Respond(map) => (self.shape(event, map.clone(), pending, None), None),
-            How::Reply => (self.reply_answer(event, snapshot, pending), None),
+            How::Respond(map) => (shape(event, map.clone(), pending, None), None),
+            How::Reply => (reply_answer(event, snapshot, pending), None),
             How::Rule(rule) => {
                 let state = decode_state(snapshot.state.as_deref());
                 let input = Input {
@@ -396,7 +388,7 @@ impl Gateway {
                 event.metrics.rule(t.elapsed(), failed);
                 let requested = (!evaluation.requested.is_empty()).then_some(evaluation.requested);
                 let decision = match evaluation.verdict {
-                    Ok(Verdict::Answer(map)) => self.shape(
+                    Ok(Verdict::Answer(map)) => shape(
                         event,
                         map,
                         pending || requested.is_some(),
@@ -411,106 +403,11 @@ impl Gateway {
                     },
                     Err(error) => {
                         tracing::error!(event = %event.config.name, %key, "rule failed: {error}");
-                        self.fail_safe(event)
+                        fail_safe(event)
                     }
                 };
                 (decision, requested)
             }
-        }
-    }
-
-    /// GATEWAY.md 4.3: a polling event's answer always has `polling.finished`.
-    fn shape(
-        &self,
-        event: &CompiledEvent,
-        mut body: Map,
-        pending: bool,
-        state: Option<Map>,
-    ) -> Decision {
-        let Some(polling) = &event.config.polling else {
-            return Decision {
-                status: 200,
-                body,
-                outcome: Outcome::Answered,
-                finished: !pending,
-                state,
-            };
-        };
-        let finished = match body.get_mut("polling") {
-            Some(p) => ensure_finished(p),
-            None if pending => {
-                body.extend(finish_answer(false, &polling.pending_message, ""));
-                false
-            }
-            None => {
-                body.extend(finish_answer(true, "", ""));
-                true
-            }
-        };
-        let outcome = if finished {
-            Outcome::Finished
-        } else {
-            Outcome::KeepPolling
-        };
-        Decision {
-            status: 200,
-            body,
-            outcome,
-            finished,
-            state,
-        }
-    }
-
-    /// No rule: a 2xx JSON object reply is the answer; anything else is "unavailable".
-    fn reply_answer(&self, event: &CompiledEvent, snapshot: &Snapshot, pending: bool) -> Decision {
-        let reply = event
-            .config
-            .forward
-            .as_deref()
-            .and_then(|up| match snapshot.forward(up) {
-                Some(ForwardState::Done(reply)) => Some(reply.clone()),
-                _ => None,
-            });
-        let body = match reply {
-            Some(reply) if reply.ok && reply.body.is_object() => {
-                rhai::serde::to_dynamic(&reply.body)
-                    .ok()
-                    .and_then(Dynamic::try_cast::<Map>)
-            }
-            _ => None,
-        };
-        match body {
-            Some(body) => self.shape(event, body, false, None),
-            None if pending && event.config.polling.is_some() => {
-                self.shape(event, Map::new(), true, None)
-            }
-            // A non-polling event whose reply did not come in time: unavailable, but not
-            // remembered (pending), so a retry gets the reply once it is there.
-            None if pending => {
-                let unavailable = finish_answer(true, &event.config.unavailable_message, "");
-                self.shape(event, unavailable, true, None)
-            }
-            None => self.shape(
-                event,
-                finish_answer(true, &event.config.unavailable_message, ""),
-                false,
-                None,
-            ),
-        }
-    }
-
-    fn fail_safe(&self, event: &CompiledEvent) -> Decision {
-        let body = if event.config.polling.is_some() {
-            finish_answer(true, RULE_FAILED_MESSAGE, "")
-        } else {
-            Map::new()
-        };
-        Decision {
-            status: 200,
-            body,
-            outcome: Outcome::RuleError,
-            finished: false,
-            state: None,
         }
     }
 
@@ -570,22 +467,6 @@ impl Gateway {
     }
 }
 
-/// Reads `polling.finished`, adding `finished: true` where it is missing or not a bool, and
-/// replacing a `polling` that is not a map: no till is left polling by accident.
-fn ensure_finished(polling: &mut Dynamic) -> bool {
-    if let Ok(mut map) = polling.as_map_mut() {
-        if let Some(Ok(finished)) = map.get("finished").map(Dynamic::as_bool) {
-            return finished;
-        }
-        map.insert("finished".into(), true.into());
-        return true;
-    }
-    let mut map = Map::new();
-    map.insert("finished".into(), true.into());
-    *polling = Dynamic::from_map(map);
-    true
-}
-
 fn is_error_request(body: &Map) -> bool {
     body.get("error").is_some_and(Dynamic::is_map)
 }
@@ -637,25 +518,4 @@ fn forward_note(snapshot: &Snapshot) -> &'static str {
     } else {
         "done"
     }
-}
-
-fn decode_state(bytes: Option<&[u8]>) -> Map {
-    bytes
-        .and_then(|b| serde_json::from_slice::<Dynamic>(b).ok())
-        .and_then(Dynamic::try_cast::<Map>)
-        .unwrap_or_default()
-}
-
-fn encode_state(state: &Map) -> Option<Bytes> {
-    if state.is_empty() {
-        return None;
-    }
-    serde_json::to_vec(&Dynamic::from_map(state.clone()))
-        .ok()
-        .map(Bytes::from)
-}
-
-/// An answer body as JSON bytes.
-fn to_json(body: Map) -> Bytes {
-    Bytes::from(serde_json::to_vec(&Dynamic::from_map(body)).unwrap_or_else(|_| b"{}".to_vec()))
 }

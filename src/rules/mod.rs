@@ -9,7 +9,7 @@ mod eval;
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rhai::{Engine, AST};
@@ -102,9 +102,4 @@ impl RuleEngine {
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
-}
-
-/// A rule file's path relative to where it is shown from.
-pub fn display_path(path: &Path) -> PathBuf {
-    path.to_path_buf()
 }

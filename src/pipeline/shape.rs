@@ -1,0 +1,149 @@
+//! Shaping answers (GATEWAY.md 4.3, 5): `polling.finished` where a polling answer lacks it,
+//! the reply mapping for events without a rule, the fail-safe answer, and JSON encoding.
+
+use bytes::Bytes;
+use rhai::{Dynamic, Map};
+
+use crate::conversation::{ForwardState, Snapshot};
+use crate::rules::finish_answer;
+use crate::runtime::CompiledEvent;
+use crate::telemetry::Outcome;
+
+use super::RULE_FAILED_MESSAGE;
+
+/// The state of one decision within a call.
+pub(super) struct Decision {
+    pub(super) status: u16,
+    pub(super) body: Map,
+    pub(super) outcome: Outcome,
+    /// Final answers are remembered and replayed.
+    pub(super) finished: bool,
+    pub(super) state: Option<Map>,
+}
+
+/// GATEWAY.md 4.3: a polling event's answer always has `polling.finished`.
+pub(super) fn shape(
+    event: &CompiledEvent,
+    mut body: Map,
+    pending: bool,
+    state: Option<Map>,
+) -> Decision {
+    let Some(polling) = &event.config.polling else {
+        return Decision {
+            status: 200,
+            body,
+            outcome: Outcome::Answered,
+            finished: !pending,
+            state,
+        };
+    };
+    let finished = match body.get_mut("polling") {
+        Some(p) => ensure_finished(p),
+        None if pending => {
+            body.extend(finish_answer(false, &polling.pending_message, ""));
+            false
+        }
+        None => {
+            body.extend(finish_answer(true, "", ""));
+            true
+        }
+    };
+    let outcome = if finished {
+        Outcome::Finished
+    } else {
+        Outcome::KeepPolling
+    };
+    Decision {
+        status: 200,
+        body,
+        outcome,
+        finished,
+        state,
+    }
+}
+
+/// No rule: a 2xx JSON object reply is the answer; anything else is "unavailable".
+pub(super) fn reply_answer(event: &CompiledEvent, snapshot: &Snapshot, pending: bool) -> Decision {
+    let reply = event
+        .config
+        .forward
+        .as_deref()
+        .and_then(|up| match snapshot.forward(up) {
+            Some(ForwardState::Done(reply)) => Some(reply.clone()),
+            _ => None,
+        });
+    let body = match reply {
+        Some(reply) if reply.ok && reply.body.is_object() => rhai::serde::to_dynamic(&reply.body)
+            .ok()
+            .and_then(Dynamic::try_cast::<Map>),
+        _ => None,
+    };
+    match body {
+        Some(body) => shape(event, body, false, None),
+        None if pending && event.config.polling.is_some() => shape(event, Map::new(), true, None),
+        // A non-polling event whose reply did not come in time: unavailable, but not
+        // remembered (pending), so a retry gets the reply once it is there.
+        None if pending => {
+            let unavailable = finish_answer(true, &event.config.unavailable_message, "");
+            shape(event, unavailable, true, None)
+        }
+        None => shape(
+            event,
+            finish_answer(true, &event.config.unavailable_message, ""),
+            false,
+            None,
+        ),
+    }
+}
+
+pub(super) fn fail_safe(event: &CompiledEvent) -> Decision {
+    let body = if event.config.polling.is_some() {
+        finish_answer(true, RULE_FAILED_MESSAGE, "")
+    } else {
+        Map::new()
+    };
+    Decision {
+        status: 200,
+        body,
+        outcome: Outcome::RuleError,
+        finished: false,
+        state: None,
+    }
+}
+
+/// Reads `polling.finished`, adding `finished: true` where it is missing or not a bool, and
+/// replacing a `polling` that is not a map: no till is left polling by accident.
+pub(super) fn ensure_finished(polling: &mut Dynamic) -> bool {
+    if let Ok(mut map) = polling.as_map_mut() {
+        if let Some(Ok(finished)) = map.get("finished").map(Dynamic::as_bool) {
+            return finished;
+        }
+        map.insert("finished".into(), true.into());
+        return true;
+    }
+    let mut map = Map::new();
+    map.insert("finished".into(), true.into());
+    *polling = Dynamic::from_map(map);
+    true
+}
+
+pub(super) fn decode_state(bytes: Option<&[u8]>) -> Map {
+    bytes
+        .and_then(|b| serde_json::from_slice::<Dynamic>(b).ok())
+        .and_then(Dynamic::try_cast::<Map>)
+        .unwrap_or_default()
+}
+
+pub(super) fn encode_state(state: &Map) -> Option<Bytes> {
+    if state.is_empty() {
+        return None;
+    }
+    serde_json::to_vec(&Dynamic::from_map(state.clone()))
+        .ok()
+        .map(Bytes::from)
+}
+
+/// An answer body as JSON bytes.
+pub(super) fn to_json(body: Map) -> Bytes {
+    Bytes::from(serde_json::to_vec(&Dynamic::from_map(body)).unwrap_or_else(|_| b"{}".to_vec()))
+}
