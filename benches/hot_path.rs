@@ -7,7 +7,10 @@
 //!   HTTP, on a memory store holding 10 000 open conversations (the load test's steady
 //!   state: every call is a poll of a live conversation that stays open).
 //!
-//! `cargo bench --bench hot_path -- --noplot`
+//! `cargo bench --bench hot_path -- --noplot` (a filter such as `stages/strict_483` runs
+//! part of it). For repeatable instruction counts, run one bench's routine without criterion:
+//! `HOT_PATH_ONLY=stages/strict_483/sequence HOT_PATH_ITERS=2000 valgrind --tool=callgrind
+//! target/release/deps/hot_path-…` at two counts; the difference per call is the cost.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::HeaderMap;
 use rhai::{Dynamic, Map};
@@ -24,7 +27,7 @@ use sha2::{Digest, Sha256};
 use pollgate::config::Config;
 use pollgate::conversation::{Clock, ConversationKey, KeyPart, MemoryStore, Store};
 use pollgate::pipeline::{self, Gateway};
-use pollgate::rules::{Input, RuleEngine, Verdict};
+use pollgate::rules::{Input, Rule, RuleEngine, Verdict};
 use pollgate::runtime::Runtime;
 use pollgate::signature::{Encoding, Secret, SIGNATURE_HEADER};
 use pollgate::telemetry::Metrics;
@@ -142,7 +145,12 @@ fn input(event: Dynamic, key: ConversationKey, now_ms: u64) -> Input {
         received_at: Clock::rfc3339(now_ms),
         attempt: 1,
         elapsed_ms: 0,
-        key: key.to_string(),
+        // As the pipeline writes it (`CallNote::key_text` shares its code).
+        key: pollgate::pipeline::CallNote {
+            key: Some(key),
+            ..Default::default()
+        }
+        .key_text(),
         state: Map::new(),
         forwards: Vec::new(),
         upstreams: Some(Arc::from(Vec::<String>::new())),
@@ -156,84 +164,159 @@ fn answer_map(verdict: Result<Verdict, pollgate::rules::RuleError>) -> Map {
     }
 }
 
-fn bench_stages(c: &mut Criterion) {
-    let secret = secret();
-    check_bodies(&secret);
-    let engine = RuleEngine::new(&pollgate::config::Limits::default());
-    let ten_line = engine
-        .compile(Path::new("ten_line.rhai"), TEN_LINE_RULE)
-        .expect("ten-line rule compiles");
-    let bench_rule_path = shared("bench/pollgate/addSessionLine.rhai");
-    let bench_rule_source = std::fs::read_to_string(&bench_rule_path).expect("bench rule");
-    let bench_rule = engine
-        .compile(&bench_rule_path, &bench_rule_source)
-        .expect("bench rule compiles");
-    let doc = std::fs::read(shared("mplus/examples/polling-addSessionLine.doc.json"))
-        .expect("documented example");
-    let now_ms = Clock::system().now_ms();
+/// The stages measured on their own, in the order a call goes through them.
+const STAGES: [&str; 7] = [
+    "verify",
+    "parse",
+    "key_derive",
+    "rule_ten_line",
+    "rule_bench",
+    "serialise_sign",
+    "sequence",
+];
 
-    for (label, body) in [("doc_example", doc), ("strict_483", bench_body(0))] {
-        let signature = secret.sign(&body);
-        let mut group = c.benchmark_group(format!("stages/{label}"));
+/// One request body and what the stages before a given stage made of it.
+struct Body {
+    label: &'static str,
+    bytes: Vec<u8>,
+    signature: String,
+    map: Map,
+    key: ConversationKey,
+    answer: Dynamic,
+}
+
+/// What the stage benches share: the secret, the engine and both rules, the two bodies.
+struct Stages {
+    secret: Secret,
+    engine: RuleEngine,
+    ten_line: Rule,
+    bench_rule: Rule,
+    now_ms: u64,
+    bodies: Vec<Body>,
+}
+
+impl Stages {
+    fn new() -> Self {
+        let secret = secret();
+        check_bodies(&secret);
+        let engine = RuleEngine::new(&pollgate::config::Limits::default());
+        let ten_line = engine
+            .compile(Path::new("ten_line.rhai"), TEN_LINE_RULE)
+            .expect("ten-line rule compiles");
+        let bench_rule_path = shared("bench/pollgate/addSessionLine.rhai");
+        let bench_rule_source = std::fs::read_to_string(&bench_rule_path).expect("bench rule");
+        let bench_rule = engine
+            .compile(&bench_rule_path, &bench_rule_source)
+            .expect("bench rule compiles");
+        let doc = std::fs::read(shared("mplus/examples/polling-addSessionLine.doc.json"))
+            .expect("documented example");
+        let now_ms = Clock::system().now_ms();
+        let bodies = [("doc_example", doc), ("strict_483", bench_body(0))]
+            .into_iter()
+            .map(|(label, bytes)| {
+                let map = pollgate::body::parse(&bytes).expect("body parses");
+                let key = ConversationKey::derive(&KeyPart::ALL, SUBSCRIPTION, EVENT, &map);
+                let event = Dynamic::from_map(map.clone());
+                let answer = answer_map(
+                    engine
+                        .evaluate(&ten_line, input(event, key, now_ms))
+                        .verdict,
+                );
+                Body {
+                    label,
+                    signature: secret.sign(&bytes),
+                    bytes,
+                    map,
+                    key,
+                    answer: Dynamic::from_map(answer),
+                }
+            })
+            .collect();
+        Self {
+            secret,
+            engine,
+            ten_line,
+            bench_rule,
+            now_ms,
+            bodies,
+        }
+    }
+
+    /// One call of `stage` on `body`.
+    fn routine<'a>(&'a self, body: &'a Body, stage: &str) -> Box<dyn FnMut() + 'a> {
+        let Self {
+            secret,
+            engine,
+            ten_line,
+            now_ms,
+            ..
+        } = self;
+        let now_ms = *now_ms;
+        match stage {
+            "verify" => Box::new(move || {
+                secret
+                    .verify(black_box(body.signature.as_bytes()), black_box(&body.bytes))
+                    .expect("valid signature");
+            }),
+            "parse" => Box::new(move || {
+                black_box(pollgate::body::parse(black_box(&body.bytes)).expect("body parses"));
+            }),
+            "key_derive" => Box::new(move || {
+                black_box(ConversationKey::derive(
+                    &KeyPart::ALL,
+                    SUBSCRIPTION,
+                    EVENT,
+                    black_box(&body.map),
+                ));
+            }),
+            "rule_ten_line" | "rule_bench" => {
+                let rule = if stage == "rule_bench" {
+                    &self.bench_rule
+                } else {
+                    ten_line
+                };
+                // The body travels in and out of the evaluation as in the pipeline; the
+                // input is built per call as `Gateway::evaluate` builds it.
+                let mut event = Some(Dynamic::from_map(body.map.clone()));
+                Box::new(move || {
+                    let input = input(event.take().unwrap_or_default(), body.key, now_ms);
+                    let evaluation = engine.evaluate(rule, input);
+                    event = Some(evaluation.event);
+                    black_box(evaluation.verdict).expect("rule answers");
+                })
+            }
+            "serialise_sign" => Box::new(move || {
+                let bytes = serde_json::to_vec(black_box(&body.answer)).expect("serialises");
+                black_box(secret.sign(&bytes));
+            }),
+            "sequence" => Box::new(move || {
+                let bytes = black_box(&body.bytes);
+                secret
+                    .verify(body.signature.as_bytes(), bytes)
+                    .expect("valid signature");
+                let map = pollgate::body::parse(bytes).expect("body parses");
+                let key = ConversationKey::derive(&KeyPart::ALL, SUBSCRIPTION, EVENT, &map);
+                let ev = engine.evaluate(ten_line, input(Dynamic::from_map(map), key, now_ms));
+                let answer = Dynamic::from_map(answer_map(ev.verdict));
+                let out = serde_json::to_vec(&answer).expect("serialises");
+                black_box(secret.sign(&out));
+            }),
+            other => panic!("no stage {other}"),
+        }
+    }
+}
+
+fn bench_stages(c: &mut Criterion) {
+    let stages = Stages::new();
+    for body in &stages.bodies {
+        let mut group = c.benchmark_group(format!("stages/{}", body.label));
         group
             .warm_up_time(Duration::from_secs(1))
             .measurement_time(Duration::from_secs(3));
-
-        group.bench_function("verify", |b| {
-            b.iter(|| {
-                secret
-                    .verify(black_box(signature.as_bytes()), black_box(&body))
-                    .expect("valid signature");
-            });
-        });
-        group.bench_function("parse", |b| {
-            b.iter(|| pollgate::body::parse(black_box(&body)).expect("body parses"));
-        });
-        let map = pollgate::body::parse(&body).expect("body parses");
-        group.bench_function("key_derive", |b| {
-            b.iter(|| ConversationKey::derive(&KeyPart::ALL, SUBSCRIPTION, EVENT, black_box(&map)));
-        });
-        let key = ConversationKey::derive(&KeyPart::ALL, SUBSCRIPTION, EVENT, &map);
-        for (name, rule) in [("rule_ten_line", &ten_line), ("rule_bench", &bench_rule)] {
-            group.bench_function(name, |b| {
-                // The body travels in and out of the evaluation as in the pipeline.
-                let mut event = Some(Dynamic::from_map(map.clone()));
-                b.iter(|| {
-                    let ev =
-                        engine.evaluate(rule, input(event.take().unwrap_or_default(), key, now_ms));
-                    event = Some(ev.event);
-                    ev.verdict
-                });
-            });
+        for stage in STAGES {
+            let mut routine = stages.routine(body, stage);
+            group.bench_function(stage, |b| b.iter(&mut routine));
         }
-        let answer = Dynamic::from_map(answer_map(
-            engine
-                .evaluate(
-                    &ten_line,
-                    input(Dynamic::from_map(map.clone()), key, now_ms),
-                )
-                .verdict,
-        ));
-        group.bench_function("serialise_sign", |b| {
-            b.iter(|| {
-                let bytes = serde_json::to_vec(black_box(&answer)).expect("answer serialises");
-                secret.sign(&bytes)
-            });
-        });
-        group.bench_function("sequence", |b| {
-            b.iter(|| {
-                let body = black_box(&body);
-                secret
-                    .verify(signature.as_bytes(), body)
-                    .expect("valid signature");
-                let map = pollgate::body::parse(body).expect("body parses");
-                let key = ConversationKey::derive(&KeyPart::ALL, SUBSCRIPTION, EVENT, &map);
-                let ev = engine.evaluate(&ten_line, input(Dynamic::from_map(map), key, now_ms));
-                let answer = Dynamic::from_map(answer_map(ev.verdict));
-                let bytes = serde_json::to_vec(&answer).expect("answer serialises");
-                secret.sign(&bytes)
-            });
-        });
         group.finish();
     }
 }
@@ -260,9 +343,10 @@ fn gateway(dir: &Path, rule_source: &str) -> Gateway {
     )
 }
 
-fn bench_pipeline(c: &mut Criterion) {
+/// Signed calls to `gen_body.py`'s 10 000 bodies, as wrk sends them.
+fn calls() -> Vec<(HeaderMap, Bytes)> {
     let secret = secret();
-    let calls: Vec<(HeaderMap, Bytes)> = (0..CONVERSATIONS)
+    (0..CONVERSATIONS)
         .map(|i| {
             let body = bench_body(i);
             let mut headers = HeaderMap::new();
@@ -273,14 +357,93 @@ fn bench_pipeline(c: &mut Criterion) {
             );
             (headers, Bytes::from(body))
         })
-        .collect();
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let bench_rule =
-        std::fs::read_to_string(shared("bench/pollgate/addSessionLine.rhai")).expect("bench rule");
+        .collect()
+}
 
+/// The whole call without HTTP: `pipeline::verify`, `Gateway::answer`, signing the answer.
+struct PipelineBench<'a> {
+    tokio: tokio::runtime::Runtime,
+    gateway: Gateway,
+    sub: Arc<pollgate::config::Subscription>,
+    calls: &'a [(HeaderMap, Bytes)],
+    next: usize,
+    opened: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl<'a> PipelineBench<'a> {
+    fn new(calls: &'a [(HeaderMap, Bytes)], rule_source: &str) -> Self {
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let gateway = tokio.block_on(async { gateway(dir.path(), rule_source) });
+        let sub = gateway.runtime.load().config.subscriptions[SUBSCRIPTION].clone();
+        Self {
+            tokio,
+            gateway,
+            sub,
+            calls,
+            next: 0,
+            opened: false,
+            _dir: dir,
+        }
+    }
+
+    /// `iters` calls, cycling through the bodies; the time they took.
+    fn run(&mut self, iters: u64) -> Duration {
+        if !self.opened {
+            // Open every conversation first: measured calls are polls of live ones.
+            self.opened = true;
+            self.run(self.calls.len() as u64);
+        }
+        let Self {
+            tokio,
+            gateway,
+            sub,
+            calls,
+            next,
+            ..
+        } = self;
+        tokio.block_on(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let (headers, raw) = &calls[*next % calls.len()];
+                *next += 1;
+                let verified = pipeline::verify(sub.clone(), EVENT, headers, raw.clone())
+                    .expect("call verifies");
+                let rt = gateway.runtime.load_full();
+                let answer = gateway.answer(&rt, verified).await;
+                debug_assert_eq!(answer.status, 200);
+                black_box(sub.secret.sign(&answer.body));
+            }
+            start.elapsed()
+        })
+    }
+
+    /// The conversations are still open (eventCounter 1 keeps polling).
+    fn check_still_polling(&mut self) {
+        let (headers, raw) = &self.calls[0];
+        let verified =
+            pipeline::verify(self.sub.clone(), EVENT, headers, raw.clone()).expect("verifies");
+        let rt = self.gateway.runtime.load_full();
+        let answer = self.tokio.block_on(self.gateway.answer(&rt, verified));
+        assert!(
+            std::str::from_utf8(&answer.body).is_ok_and(|s| s.contains(r#""finished":false"#)),
+            "the conversation finished: {:?}",
+            answer.body
+        );
+    }
+}
+
+fn bench_rule_source() -> String {
+    std::fs::read_to_string(shared("bench/pollgate/addSessionLine.rhai")).expect("bench rule")
+}
+
+fn bench_pipeline(c: &mut Criterion) {
+    let calls = calls();
+    let bench_rule = bench_rule_source();
     let mut group = c.benchmark_group("pipeline");
     group
         .warm_up_time(Duration::from_secs(1))
@@ -289,57 +452,61 @@ fn bench_pipeline(c: &mut Criterion) {
         ("ten_line_rule", TEN_LINE_RULE),
         ("bench_rule", bench_rule.as_str()),
     ] {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let gateway = tokio.block_on(async { gateway(dir.path(), source) });
-        let rt = gateway.runtime.load_full();
-        let sub = rt.config.subscriptions[SUBSCRIPTION].clone();
-        let mut next = 0usize;
-        let gw = &gateway;
-        let mut call = || {
-            let (headers, raw) = &calls[next % CONVERSATIONS];
-            next += 1;
-            let sub = sub.clone();
-            async move {
-                let verified = pipeline::verify(sub.clone(), EVENT, headers, raw.clone())
-                    .expect("call verifies");
-                let rt = gw.runtime.load_full();
-                let answer = gw.answer(&rt, verified).await;
-                debug_assert_eq!(answer.status, 200);
-                sub.secret.sign(&answer.body)
-            }
-        };
-        // Open every conversation first: the measured calls are polls of live ones.
-        tokio.block_on(async {
-            for _ in 0..CONVERSATIONS {
-                black_box(call().await);
-            }
-        });
+        let mut bench = PipelineBench::new(&calls, source);
         group.bench_function(format!("verify_answer_sign/{name}"), |b| {
-            b.iter_custom(|iters| {
-                tokio.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        black_box(call().await);
-                    }
-                    start.elapsed()
-                })
-            });
+            b.iter_custom(|iters| bench.run(iters));
         });
-        // Still open, never finished (eventCounter 1 keeps polling).
-        let answer = tokio.block_on(async {
-            let (headers, raw) = &calls[0];
-            let verified =
-                pipeline::verify(sub.clone(), EVENT, headers, raw.clone()).expect("verifies");
-            gateway.answer(&rt, verified).await
-        });
-        assert!(
-            std::str::from_utf8(&answer.body).is_ok_and(|s| s.contains(r#""finished":false"#)),
-            "conversation finished: {:?}",
-            answer.body
-        );
+        if bench.opened {
+            bench.check_still_polling();
+        }
     }
     group.finish();
 }
 
+/// `HOT_PATH_ONLY=<bench id> HOT_PATH_ITERS=<n>`: runs that bench's routine n times without
+/// criterion, for instruction counts that do not depend on the machine's load, e.g.
+/// `valgrind --tool=callgrind` at n and 2n: the difference / n is the cost of one call.
+fn only(id: &str, iters: u64) {
+    if let Some(name) = id.strip_prefix("pipeline/verify_answer_sign/") {
+        let calls = calls();
+        let bench_rule = bench_rule_source();
+        let source = if name == "bench_rule" {
+            bench_rule.as_str()
+        } else {
+            TEN_LINE_RULE
+        };
+        let mut bench = PipelineBench::new(&calls, source);
+        bench.run(iters);
+        bench.check_still_polling();
+        return;
+    }
+    let (label, stage) = id
+        .strip_prefix("stages/")
+        .and_then(|rest| rest.split_once('/'))
+        .unwrap_or_else(|| panic!("HOT_PATH_ONLY: no bench {id}"));
+    let stages = Stages::new();
+    let body = stages
+        .bodies
+        .iter()
+        .find(|b| b.label == label)
+        .unwrap_or_else(|| panic!("HOT_PATH_ONLY: no body {label}"));
+    let mut routine = stages.routine(body, stage);
+    for _ in 0..iters {
+        routine();
+    }
+}
+
 criterion_group!(benches, bench_stages, bench_pipeline);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(id) = std::env::var("HOT_PATH_ONLY") {
+        let iters = std::env::var("HOT_PATH_ITERS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        only(&id, iters);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

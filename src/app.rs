@@ -125,7 +125,9 @@ impl App {
         let no_event = gateway.runtime.load().no_event.clone();
         // The stack, outermost first; see `http::layers` for why each layer is where it is.
         let service = ServiceBuilder::new()
-            .layer(TelemetryLayer)
+            .layer(TelemetryLayer {
+                runtime: self.gateway.runtime.clone(),
+            })
             .layer(DeadlineLayer {
                 timeout: request_timeout,
                 metrics: no_event,

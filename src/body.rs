@@ -37,7 +37,13 @@ pub fn parse(body: &[u8]) -> Result<Map, BodyError> {
 /// keys last-wins), built directly instead of through Rhai's own `Deserialize`, which copies
 /// every key into a `String` and then rebuilds every map it has just built.
 pub fn from_json(bytes: &[u8]) -> Result<Dynamic, serde_json::Error> {
-    serde_json::from_slice::<Json>(bytes).map(|json| json.0)
+    // One UTF-8 check of the whole body costs less than serde_json's check of every string;
+    // a body that is not UTF-8 takes the byte path, which reports it exactly as before.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str::<Json>(text),
+        Err(_) => serde_json::from_slice::<Json>(bytes),
+    }
+    .map(|json| json.0)
 }
 
 /// A JSON value as the [`Dynamic`] a rule sees.

@@ -69,3 +69,76 @@ async fn sigterm_answers_the_held_call_and_exits_zero() {
     assert_eq!(answer.message().as_deref(), Some("approved"));
     assert_eq!(p.exit_code().await, Some(0));
 }
+
+#[tokio::test]
+async fn access_log_has_one_line_per_call_without_secrets_signatures_or_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (closed_port().await.port(), closed_port().await.port());
+    let config = format!(
+        "server:\n  listen: 127.0.0.1:{port}\n  access_log: true\nadmin:\n  listen: 127.0.0.1:{admin}\nwatch: false\nsubscriptions:\n  {SUBSCRIPTION}:\n    secret: {SECRET}\nevents:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {{}}\n"
+    );
+    std::fs::write(dir.path().join("pollgate.yaml"), config).unwrap();
+    std::fs::write(dir.path().join("rule.rhai"), "keep_polling(\"wait\")").unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pollgate"))
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(dir.path().join("pollgate.yaml"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{admin}/readyz");
+    eventually("pollgate serve to be ready", || {
+        let url = url.clone();
+        async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        }
+    })
+    .await;
+    let till = Till {
+        base: format!("http://127.0.0.1:{port}/webhooks"),
+        secret: secret(),
+        subscription: SUBSCRIPTION.into(),
+        client: client(),
+    };
+    let body = body(77, 1);
+    let signature = secret().sign(&serde_json::to_vec(&body).unwrap());
+    for _ in 0..2 {
+        assert_eq!(till.call_json("addSessionLine", &body).await.status, 200);
+    }
+    let lines = eventually("two access lines", || {
+        let path = log_path.clone();
+        async move {
+            let text = std::fs::read_to_string(path).ok()?;
+            let calls: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["target"] == "pollgate::access")
+                .collect();
+            (calls.len() == 2).then_some((calls, text))
+        }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let (calls, text) = lines;
+    for (i, call) in calls.iter().enumerate() {
+        assert_eq!(call["level"], "INFO");
+        assert_eq!(call["event"], "addSessionLine");
+        assert_eq!(call["subscription"], SUBSCRIPTION);
+        assert_eq!(call["attempt"], i as u64 + 1);
+        assert_eq!(call["decision"], "keep_polling");
+        assert_eq!(call["status"], 200);
+        assert_eq!(call["key"].as_str().unwrap().len(), 32);
+        assert!(call["duration_us"].is_u64());
+    }
+    assert!(!text.contains(SECRET) && !text.contains(&signature) && !text.contains("Cappuccino"));
+}

@@ -148,6 +148,7 @@ impl Validator<'_> {
                 max_body_bytes: raw.server.max_body_bytes,
                 request_timeout: raw.server.request_timeout,
                 shutdown_grace: raw.server.shutdown_grace,
+                access_log: raw.server.access_log,
             },
             admin: Admin { listen: admin },
             subscriptions,

@@ -57,6 +57,8 @@ pub struct Server {
     pub request_timeout: Duration,
     /// How long shutdown waits for calls in flight and background forwards.
     pub shutdown_grace: Duration,
+    /// One info line per call (target `pollgate::access`).
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -39,6 +39,7 @@ pub(crate) struct RawServer {
     pub request_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    pub access_log: bool,
 }
 
 impl Default for RawServer {
@@ -49,6 +50,7 @@ impl Default for RawServer {
             max_body_bytes: 1_048_576,
             request_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            access_log: false,
         }
     }
 }

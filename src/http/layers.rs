@@ -19,8 +19,11 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service};
 
+use arc_swap::ArcSwap;
+
 use crate::config::Subscription;
 use crate::pipeline::{error_bytes, CallNote};
+use crate::runtime::Runtime;
 use crate::telemetry::{EventMetrics, Outcome};
 
 use super::json_response;
@@ -37,19 +40,27 @@ pub struct CallRecord {
     pub note: CallNote,
 }
 
+/// Counts every call; logs one line per call when the config in use says
+/// `server.access_log: true` (read per call, so a reload switches it).
 #[derive(Clone)]
-pub struct TelemetryLayer;
+pub struct TelemetryLayer {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+}
 
 impl<S> Layer<S> for TelemetryLayer {
     type Service = Telemetry<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Telemetry { inner }
+        Telemetry {
+            inner,
+            runtime: self.runtime.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Telemetry<S> {
     inner: S,
+    runtime: Arc<ArcSwap<Runtime>>,
 }
 
 impl<S, B> Service<Request<B>> for Telemetry<S>
@@ -68,12 +79,15 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let started = Instant::now();
         let future = self.inner.call(req);
+        let runtime = self.runtime.clone();
         Box::pin(async move {
             let mut response = future.await?;
             let elapsed = started.elapsed();
             if let Some(record) = response.extensions_mut().remove::<CallRecord>() {
                 record.metrics.call(record.outcome, elapsed);
-                log_call(&record, response.status().as_u16(), elapsed);
+                if runtime.load().config.server.access_log {
+                    log_call(&record, response.status().as_u16(), elapsed);
+                }
             }
             Ok(response)
         })
@@ -86,7 +100,7 @@ fn log_call(record: &CallRecord, status: u16, elapsed: Duration) {
     }
     let event = record.event.as_deref().unwrap_or("-");
     let subscription = record.subscription.as_ref().map_or("-", |s| s.id.as_str());
-    let key = record.note.key.map(|k| k.to_string()).unwrap_or_default();
+    let key = record.note.key_text();
     tracing::info!(
         target: "pollgate::access",
         event,

@@ -376,7 +376,7 @@ impl Gateway {
                     received_at: Clock::rfc3339(self.clock.now_ms()),
                     attempt: snapshot.attempt,
                     elapsed_ms,
-                    key: key.to_string(),
+                    key: answer::key_hex(&key),
                     state,
                     forwards: forward_views(snapshot, self.clock.now_ms()),
                     upstreams: Some(rt.upstream_names.clone()),

@@ -129,7 +129,7 @@ pub(super) fn ensure_finished(polling: &mut Dynamic) -> bool {
 
 pub(super) fn decode_state(bytes: Option<&[u8]>) -> Map {
     bytes
-        .and_then(|b| serde_json::from_slice::<Dynamic>(b).ok())
+        .and_then(|b| crate::body::from_json(b).ok())
         .and_then(Dynamic::try_cast::<Map>)
         .unwrap_or_default()
 }

@@ -34,8 +34,8 @@ pub(crate) enum ForwardView {
 /// The context of the evaluation running on this thread.
 pub(crate) struct Context {
     pub deadline: Instant,
-    pub event: String,
-    pub key: String,
+    pub event: ImmutableString,
+    pub key: ImmutableString,
     /// Forwards known to the conversation, by upstream name.
     pub forwards: Vec<(String, ForwardView)>,
     /// Upstream names a rule may forward to; `None` when forwarding is off (error requests).

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rhai::{Dynamic, EvalAltResult, Map, Scope};
+use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Scope};
 
 use super::api::{Context, ContextGuard, ForwardRequest, ForwardView, Reject};
 use super::{Rule, RuleEngine};
@@ -63,10 +63,13 @@ pub struct Evaluation {
 impl RuleEngine {
     /// Runs `rule` once. Synchronous and bounded by the engine's limits.
     pub fn evaluate(&self, rule: &Rule, input: Input) -> Evaluation {
+        // Shared (not copied) between the context, for `log`, and `meta`/`poll`.
+        let name = ImmutableString::from(input.name);
+        let key = ImmutableString::from(input.key);
         let guard = ContextGuard::set(Context {
             deadline: Instant::now() + self.limits().timeout,
-            event: input.name.clone(),
-            key: input.key.clone(),
+            event: name.clone(),
+            key: key.clone(),
             forwards: input
                 .forwards
                 .into_iter()
@@ -80,7 +83,7 @@ impl RuleEngine {
         });
 
         let mut meta = Map::new();
-        meta.insert("name".into(), input.name.into());
+        meta.insert("name".into(), name.into());
         meta.insert("subscription".into(), input.subscription.into());
         meta.insert("received_at".into(), input.received_at.into());
         let mut poll = Map::new();
@@ -92,7 +95,7 @@ impl RuleEngine {
             "elapsed_ms".into(),
             Dynamic::from_int(i64::try_from(input.elapsed_ms).unwrap_or(i64::MAX)),
         );
-        poll.insert("key".into(), input.key.into());
+        poll.insert("key".into(), key.into());
 
         let mut scope = Scope::new();
         scope.push_constant_dynamic("event", input.event);
