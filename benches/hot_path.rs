@@ -11,6 +11,8 @@
 //! part of it). For repeatable instruction counts, run one bench's routine without criterion:
 //! `HOT_PATH_ONLY=stages/strict_483/sequence HOT_PATH_ITERS=2000 valgrind --tool=callgrind
 //! target/release/deps/hot_path-…` at two counts; the difference per call is the cost.
+//! (Valgrind's CPU has no SHA extensions, so HMAC and key derivation count in software
+//! there: compare those stages by time, the rest by instructions.)
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -321,7 +323,8 @@ fn bench_stages(c: &mut Criterion) {
     }
 }
 
-/// A gateway with a memory store for the bench subscription and one polling event.
+/// A gateway with a memory store for the bench subscription and one polling event (its
+/// timeout 1 h rather than the load test's 120 s, so a long run cannot time conversations out).
 fn gateway(dir: &Path, rule_source: &str) -> Gateway {
     std::fs::write(dir.join("rule.rhai"), rule_source).expect("write rule");
     let yaml = format!(
