@@ -112,6 +112,18 @@ impl ConversationKey {
         Some(Self(key))
     }
 
+    /// The 32 hex digits of the key. Written by hand, not through `fmt`: this runs on every
+    /// call (the rule's `poll.key`, the access log), where `to_string` cost ~0.4 µs.
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(32);
+        for &b in &self.0 {
+            text.push(char::from(HEX[usize::from(b >> 4)]));
+            text.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+        text
+    }
+
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
@@ -120,10 +132,7 @@ impl ConversationKey {
 
 impl fmt::Display for ConversationKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&self.to_hex())
     }
 }
 
@@ -241,6 +250,19 @@ mod tests {
         let k = key(BASE);
         let text = k.to_string();
         assert_eq!(text.len(), 32);
+        assert_eq!(k.to_hex(), text);
+        for hex in [
+            "00000000000000000000000000000000",
+            "ffffffffffffffffffffffffffffffff",
+            "a0b1c2d3e4f5061728394a5b6c7d8e9f",
+        ] {
+            assert_eq!(
+                ConversationKey::from_hex(hex)
+                    .map(|k| k.to_string())
+                    .as_deref(),
+                Some(hex)
+            );
+        }
         assert_eq!(ConversationKey::from_hex(&text), Some(k));
         assert_eq!(ConversationKey::from_hex("zz"), None);
     }

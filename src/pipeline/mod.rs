@@ -376,7 +376,7 @@ impl Gateway {
                     received_at: Clock::rfc3339(self.clock.now_ms()),
                     attempt: snapshot.attempt,
                     elapsed_ms,
-                    key: answer::key_hex(&key),
+                    key: key.to_hex(),
                     state,
                     forwards: forward_views(snapshot, self.clock.now_ms()),
                     upstreams: Some(rt.upstream_names.clone()),
