@@ -382,56 +382,10 @@ pub struct MockUpstream {
 
 impl MockUpstream {
     pub async fn start(behaviour: impl Fn(usize) -> MockReply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let behaviour: Behaviour = Arc::new(behaviour);
-        let rec = received.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (rec, behaviour) = (rec.clone(), behaviour.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (rec, behaviour) = (rec.clone(), behaviour.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
-                            let n = {
-                                let mut rec = rec.lock().unwrap();
-                                rec.push(Received {
-                                    path: parts.uri.path().to_owned(),
-                                    headers: parts.headers,
-                                    body,
-                                });
-                                rec.len() - 1
-                            };
-                            let reply = behaviour(n);
-                            tokio::time::sleep(reply.delay).await;
-                            let mut resp = Response::new(Full::new(reply.body));
-                            *resp.status_mut() = hyper::StatusCode::from_u16(reply.status).unwrap();
-                            resp.headers_mut()
-                                .insert("content-type", "application/json".parse().unwrap());
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Self {
-            addr,
-            received,
-            task,
-        }
+        // The gated server with its gate open from the start: one server to maintain.
+        let (upstream, gate) = Self::start_gated(behaviour).await;
+        gate.open();
+        upstream
     }
 
     pub fn url(&self) -> String {
