@@ -56,9 +56,10 @@ if RESTRICTED.contains(article) {
 }
 "#;
 
-fn shared(path: &str) -> PathBuf {
+/// A file under `tests/fixtures` (copies of the team's shared files; see its README).
+fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared")
+        .join("tests/fixtures")
         .join(path)
 }
 
@@ -205,12 +206,12 @@ impl Stages {
         let ten_line = engine
             .compile(Path::new("ten_line.rhai"), TEN_LINE_RULE)
             .expect("ten-line rule compiles");
-        let bench_rule_path = shared("bench/pollgate/addSessionLine.rhai");
+        let bench_rule_path = fixture("bench/addSessionLine.rhai");
         let bench_rule_source = std::fs::read_to_string(&bench_rule_path).expect("bench rule");
         let bench_rule = engine
             .compile(&bench_rule_path, &bench_rule_source)
             .expect("bench rule compiles");
-        let doc = std::fs::read(shared("mplus/examples/polling-addSessionLine.doc.json"))
+        let doc = std::fs::read(fixture("mplus/examples/polling-addSessionLine.doc.json"))
             .expect("documented example");
         let now_ms = Clock::system().now_ms();
         let bodies = [("doc_example", doc), ("strict_483", bench_body(0))]
@@ -441,7 +442,7 @@ impl<'a> PipelineBench<'a> {
 }
 
 fn bench_rule_source() -> String {
-    std::fs::read_to_string(shared("bench/pollgate/addSessionLine.rhai")).expect("bench rule")
+    std::fs::read_to_string(fixture("bench/addSessionLine.rhai")).expect("bench rule")
 }
 
 fn bench_pipeline(c: &mut Criterion) {

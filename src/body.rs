@@ -239,9 +239,9 @@ mod tests {
     fn documented_polling_example_is_accepted() {
         let body = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/mplus/examples/polling-addSessionLine.doc.json"
+            "/tests/fixtures/mplus/examples/polling-addSessionLine.doc.json"
         ))
-        .expect("example file");
+        .expect("fixture tests/fixtures/mplus/examples/polling-addSessionLine.doc.json");
         assert!(
             serde_json::from_slice::<serde_json::Value>(&body).is_err(),
             "has defects"

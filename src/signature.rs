@@ -135,11 +135,11 @@ mod tests {
         signature: String,
     }
 
-    const MPLUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/mplus");
+    const MPLUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mplus");
 
     fn vectors() -> Vec<(Vector, Vec<u8>)> {
         let text = std::fs::read_to_string(format!("{MPLUS}/vectors.json"))
-            .expect("../shared/mplus/vectors.json is readable");
+            .unwrap_or_else(|e| panic!("fixture {MPLUS}/vectors.json: {e}"));
         let parsed: Vectors = serde_json::from_str(&text).expect("vectors.json parses");
         parsed
             .vectors
@@ -148,7 +148,8 @@ mod tests {
                 let body = match (&v.body, &v.body_file) {
                     (Some(body), _) => body.clone().into_bytes(),
                     (None, Some(file)) => {
-                        std::fs::read(format!("{MPLUS}/{file}")).expect("vector body file")
+                        std::fs::read(format!("{MPLUS}/{file}"))
+                            .unwrap_or_else(|e| panic!("fixture {MPLUS}/{file}: {e}"))
                     }
                     (None, None) => panic!("vector {} has no body", v.name),
                 };

@@ -20,8 +20,9 @@ fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn shared(path: &str) -> PathBuf {
-    manifest_dir().join("../shared").join(path)
+/// A file under `tests/fixtures` (copies of the team's shared protocol files).
+fn fixture(path: &str) -> PathBuf {
+    manifest_dir().join("tests/fixtures").join(path)
 }
 
 fn shipped_config() -> PathBuf {
@@ -307,14 +308,15 @@ struct Vector {
 }
 
 fn vectors() -> Vec<Vector> {
-    let text = std::fs::read_to_string(shared("mplus/vectors.json")).unwrap();
+    let text = std::fs::read_to_string(fixture("mplus/vectors.json"))
+        .unwrap_or_else(|e| panic!("fixture tests/fixtures/mplus/vectors.json: {e}"));
     let json: Value = serde_json::from_str(&text).unwrap();
     json["vectors"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| {
-            let body_file = v["body_file"].as_str().map(|f| shared("mplus").join(f));
+            let body_file = v["body_file"].as_str().map(|f| fixture("mplus").join(f));
             let body = match (&body_file, v["body"].as_str()) {
                 (Some(file), _) => std::fs::read(file).unwrap(),
                 (None, Some(body)) => body.as_bytes().to_vec(),
@@ -633,7 +635,7 @@ fn simulated() -> Served {
 #[test]
 fn simulate_follows_a_conversation_to_its_end_and_prints_the_messages() {
     let served = simulated();
-    let body = shared("mplus/examples/addSessionLine.json");
+    let body = fixture("mplus/examples/addSessionLine.json");
     let r = run(pollgate(&[
         "simulate",
         "--url",

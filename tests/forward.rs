@@ -207,7 +207,7 @@ async fn forwards_the_original_bytes_with_path_headers_and_the_subscription_sign
     let gw = Gateway::start(&polling_forward(&up.url(), Some("5s"), &[]), &[]).await;
     // Duplicate keys, a trailing comma, odd spacing: the gateway reparses it leniently,
     // but the back end must get exactly what the till sent.
-    let raw = std::fs::read(shared("mplus/examples/polling-addSessionLine.doc.json")).unwrap();
+    let raw = read_fixture("mplus/examples/polling-addSessionLine.doc.json");
     assert!(
         serde_json::from_slice::<Value>(&raw).is_err(),
         "not strict JSON"

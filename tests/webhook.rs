@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 /// A scanCode body (non-polling event in the configs below).
 fn scan_body() -> Bytes {
-    Bytes::from(std::fs::read(shared("mplus/examples/scanCode.json")).unwrap())
+    Bytes::from(read_fixture("mplus/examples/scanCode.json"))
 }
 
 /// A gateway whose `scanCode` answers with a fixed map: enough for the checks, which all
@@ -535,7 +535,7 @@ async fn answers_405_with_allow_post_for_other_methods_on_an_event_path() {
 
 #[tokio::test]
 async fn accepts_the_documented_polling_example_byte_for_byte() {
-    let doc = std::fs::read(shared("mplus/examples/polling-addSessionLine.doc.json")).unwrap();
+    let doc = read_fixture("mplus/examples/polling-addSessionLine.doc.json");
     // The shared vector for this file, so the gateway and the vectors agree on the bytes.
     let vector = "qvOQmz35OX1twmNoYUo1f2zf72JDy4P0rsh3cYs0Dp4=";
     assert_eq!(secret().sign(&doc), vector);

@@ -31,11 +31,17 @@ use tokio::net::TcpListener;
 pub const SECRET: &str = "ZGVtby1zZWNyZXQtZm9yLXBvbGxnYXRlLWV4YW1wbGVz";
 pub const SUBSCRIPTION: &str = "shop";
 
-/// The folder of `../shared` examples.
-pub fn shared(path: &str) -> PathBuf {
+/// A file under `tests/fixtures` (copies of the team's shared protocol files; see its README).
+pub fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared")
+        .join("tests/fixtures")
         .join(path)
+}
+
+/// The bytes of a fixture; a missing one panics naming the path it looked for.
+pub fn read_fixture(path: &str) -> Vec<u8> {
+    let full = fixture(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
 }
 
 /// A running gateway. Stops when dropped.
