@@ -13,6 +13,10 @@ use super::{
 use crate::conversation::KeyPart;
 use crate::signature::Secret;
 
+/// The deepest `limits.max_state_depth`: saved state is read back by a JSON reader that
+/// refuses more than 128 levels, so deeper state would be lost.
+const MAX_STATE_DEPTH: usize = 100;
+
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 pub(super) fn load(path: &Path, env: Env<'_>) -> Result<Config, Problems> {
@@ -363,6 +367,14 @@ impl Validator<'_> {
         if raw.timeout.is_zero() {
             self.problem("limits.timeout", "must be more than 0");
         }
+        if !(1..=MAX_STATE_DEPTH).contains(&raw.max_state_depth) {
+            self.problem(
+                "limits.max_state_depth",
+                format!(
+                    "must be between 1 and {MAX_STATE_DEPTH} (deeper state could not be read back)"
+                ),
+            );
+        }
         limits(raw)
     }
 }
@@ -376,6 +388,7 @@ pub(super) fn limits(raw: &RawLimits) -> Limits {
         max_array_size: raw.max_array_size,
         max_map_size: raw.max_map_size,
         max_answer_bytes: raw.max_answer_bytes,
+        max_state_depth: raw.max_state_depth,
         timeout: raw.timeout,
     }
 }

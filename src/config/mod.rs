@@ -162,6 +162,8 @@ pub struct Limits {
     /// Bound on the JSON of a rule's answer and of its `state` (Rhai does not bound maps
     /// grown key by key, so the result is measured).
     pub max_answer_bytes: usize,
+    /// Nesting of `state` and of answers (GATEWAY.md 12); deeper is a rule error.
+    pub max_state_depth: usize,
     pub timeout: Duration,
 }
 

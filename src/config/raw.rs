@@ -189,6 +189,7 @@ pub(crate) struct RawLimits {
     pub max_array_size: usize,
     pub max_map_size: usize,
     pub max_answer_bytes: usize,
+    pub max_state_depth: usize,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
 }
@@ -203,6 +204,7 @@ impl Default for RawLimits {
             max_array_size: 10_000,
             max_map_size: 10_000,
             max_answer_bytes: 256 * 1024,
+            max_state_depth: 32,
             timeout: Duration::from_millis(50),
         }
     }

@@ -75,7 +75,7 @@ impl Gateway {
             );
         };
         if is_error_request(&call.body) {
-            return self.error_request(rt, event, call);
+            return self.error_request(rt, event, call).await;
         }
         let key = ConversationKey::derive(
             &rt.config.state.key,
@@ -222,16 +222,18 @@ impl Gateway {
             }
         }
         self.hold(rt, event, key, snapshot, started).await?;
-        let mut decision = self.evaluate(
-            rt,
-            event,
-            subscription,
-            event_name,
-            key,
-            snapshot,
-            body,
-            elapsed_ms,
-        );
+        let mut decision = self
+            .evaluate(
+                rt,
+                event,
+                subscription,
+                event_name,
+                key,
+                snapshot,
+                body,
+                elapsed_ms,
+            )
+            .await;
         if let Some(requested) = decision.1.take() {
             for request in requested {
                 let bytes = request.body.map_or_else(|| raw.clone(), Bytes::from);
@@ -247,16 +249,18 @@ impl Gateway {
                 .await?;
             }
             if self.hold(rt, event, key, snapshot, started).await? {
-                decision = self.evaluate(
-                    rt,
-                    event,
-                    subscription,
-                    event_name,
-                    key,
-                    snapshot,
-                    body,
-                    elapsed_ms,
-                );
+                decision = self
+                    .evaluate(
+                        rt,
+                        event,
+                        subscription,
+                        event_name,
+                        key,
+                        snapshot,
+                        body,
+                        elapsed_ms,
+                    )
+                    .await;
             }
         }
         Ok(decision.0)
@@ -352,7 +356,7 @@ impl Gateway {
     /// Runs the event's rule (or fixed answer, or reply mapping) and shapes the answer.
     /// Also returns forwards the rule asked for that are not started yet.
     #[allow(clippy::too_many_arguments)]
-    fn evaluate(
+    async fn evaluate(
         &self,
         rt: &Runtime,
         event: &CompiledEvent,
@@ -382,7 +386,7 @@ impl Gateway {
                     upstreams: Some(rt.upstream_names.clone()),
                 };
                 let t = std::time::Instant::now();
-                let evaluation = rt.engine.evaluate(rule, input);
+                let evaluation = rt.engine.run(rule, input).await;
                 *body = Some(evaluation.event);
                 let failed = evaluation.verdict.is_err();
                 event.metrics.rule(t.elapsed(), failed);
@@ -402,7 +406,7 @@ impl Gateway {
                         state: Some(evaluation.state),
                     },
                     Err(error) => {
-                        tracing::error!(event = %event.config.name, %key, "rule failed: {error}");
+                        log_rule_error(&event.config.name, Some(key), &error);
                         fail_safe(event)
                     }
                 };
@@ -412,7 +416,7 @@ impl Gateway {
     }
 
     /// MPLUS.md 6: log, count, let the rule see it, answer `{}`, never forward.
-    fn error_request(&self, rt: &Runtime, event: &CompiledEvent, call: Verified) -> Answer {
+    async fn error_request(&self, rt: &Runtime, event: &CompiledEvent, call: Verified) -> Answer {
         let (code, message) = error_fields(&call.body);
         tracing::warn!(event = %call.event_name, subscription = %call.subscription.id, code, message, "till reported an error in an earlier answer");
         if let How::Rule(rule) = &event.how {
@@ -428,8 +432,8 @@ impl Gateway {
                 forwards: Vec::new(),
                 upstreams: None,
             };
-            if let Err(error) = rt.engine.evaluate(rule, input).verdict {
-                tracing::error!(event = %call.event_name, "rule failed on an error request: {error}");
+            if let Err(error) = rt.engine.run(rule, input).await.verdict {
+                log_rule_error(&call.event_name, None, &error);
                 event.metrics.rule(Duration::ZERO, true);
             }
         }
@@ -465,6 +469,14 @@ impl Gateway {
             },
         )
     }
+}
+
+/// A failed rule at ERROR with its location and a summary free of the call's values (a
+/// Rhai message may quote them); the whole message at debug, for the rule's author.
+fn log_rule_error(event: &str, key: Option<ConversationKey>, error: &crate::rules::RuleError) {
+    let key = key.map(|k| k.to_hex()).unwrap_or_default();
+    tracing::error!(event, key, location = %error.location, "rule failed: {}", error.summary);
+    tracing::debug!(event, key, location = %error.location, "rule failed: {}", error.message);
 }
 
 fn is_error_request(body: &Map) -> bool {

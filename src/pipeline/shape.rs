@@ -127,11 +127,27 @@ pub(super) fn ensure_finished(polling: &mut Dynamic) -> bool {
     true
 }
 
+/// The saved `state`; one that cannot be read back (written by an older version without the
+/// depth limit) is logged, never silently taken for `{}`.
 pub(super) fn decode_state(bytes: Option<&[u8]>) -> Map {
-    bytes
-        .and_then(|b| crate::body::from_json(b).ok())
-        .and_then(Dynamic::try_cast::<Map>)
-        .unwrap_or_default()
+    let Some(bytes) = bytes else {
+        return Map::new();
+    };
+    match crate::body::from_json(bytes).map(Dynamic::try_cast::<Map>) {
+        Ok(Some(state)) => state,
+        Ok(None) => {
+            tracing::error!("saved `state` is not a map; the rule sees `#{{}}`");
+            Map::new()
+        }
+        Err(e) => {
+            tracing::error!(
+                "saved `state` cannot be read back ({:?} error at column {}); the rule sees `#{{}}`",
+                e.classify(),
+                e.column()
+            );
+            Map::new()
+        }
+    }
 }
 
 pub(super) fn encode_state(state: &Map) -> Option<Bytes> {

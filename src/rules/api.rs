@@ -34,6 +34,16 @@ pub(crate) enum ForwardView {
 /// The context of the evaluation running on this thread.
 pub(crate) struct Context {
     pub deadline: Instant,
+    /// Operations counted here, not by Rhai: Rhai restarts its count inside callbacks
+    /// (a sort's comparator, say), so its own limit can be escaped.
+    pub operations: u64,
+    /// `limits.max_operations`; 0 is unlimited.
+    pub max_operations: u64,
+    /// Why the evaluation was stopped; once set, every later operation stops too, so a
+    /// native function that swallows the error (Rhai's `sort` does) cannot carry on.
+    pub stopped: Option<&'static str>,
+    /// `limits.max_state_depth`, for forward bodies.
+    pub max_depth: usize,
     pub event: ImmutableString,
     pub key: ImmutableString,
     /// Forwards known to the conversation, by upstream name.
@@ -68,14 +78,34 @@ impl Drop for ContextGuard {
     }
 }
 
-pub(super) fn past_deadline() -> bool {
+/// Why an evaluation was stopped (the token of Rhai's `ErrorTerminated`).
+pub(super) const TIME_LIMIT: &str = "time limit";
+pub(super) const OPERATION_LIMIT: &str = "operation limit";
+/// How many operations pass between two looks at the clock: often enough that an
+/// expensive operation (one on deep data costs microseconds) cannot run far past it.
+const CLOCK_EVERY: u64 = 16;
+
+/// Rhai's progress callback: counts the operation and says whether to stop.
+pub(super) fn progress() -> Option<&'static str> {
     CONTEXT.with(|c| {
-        c.try_borrow()
-            .ok()
-            .and_then(|c| c.as_ref().map(|c| Instant::now() >= c.deadline))
-            .unwrap_or(false)
+        let mut c = c.try_borrow_mut().ok()?;
+        let c = c.as_mut()?;
+        if c.stopped.is_none() {
+            c.operations += 1;
+            if c.max_operations > 0 && c.operations > c.max_operations {
+                c.stopped = Some(OPERATION_LIMIT);
+            } else if c.operations % CLOCK_EVERY == 0 && Instant::now() >= c.deadline {
+                c.stopped = Some(TIME_LIMIT);
+            }
+        }
+        c.stopped
     })
 }
+
+/// An error the rule API raises itself: its message carries names from the rule's code,
+/// never values from the call, so it may be logged in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError(pub String);
 
 /// `#{polling: #{finished, message, customerMessage}}`, empty messages left out.
 pub fn finish_answer(finished: bool, message: &str, customer_message: &str) -> Map {
@@ -93,7 +123,10 @@ pub fn finish_answer(finished: bool, message: &str, customer_message: &str) -> M
 }
 
 fn runtime_error(message: String) -> Box<EvalAltResult> {
-    Box::new(EvalAltResult::ErrorRuntime(message.into(), Position::NONE))
+    Box::new(EvalAltResult::ErrorRuntime(
+        Dynamic::from(ApiError(message)),
+        Position::NONE,
+    ))
 }
 
 fn forward(upstream: &str, body: Option<Dynamic>) -> Result<Dynamic, Box<EvalAltResult>> {
@@ -120,10 +153,15 @@ fn forward(upstream: &str, body: Option<Dynamic>) -> Result<Dynamic, Box<EvalAlt
         if !ctx.requested.iter().any(|r| r.upstream == upstream) {
             let body = match body {
                 None => None,
-                Some(body) => Some(
-                    serde_json::to_vec(&body)
-                        .map_err(|e| runtime_error(format!("forward body is not JSON: {e}")))?,
-                ),
+                Some(body) => {
+                    super::value::check_json(&body, ctx.max_depth).map_err(|e| {
+                        runtime_error(format!("the body of forward(\"{upstream}\", ..) {e}"))
+                    })?;
+                    Some(
+                        serde_json::to_vec(&body)
+                            .map_err(|e| runtime_error(format!("forward body is not JSON: {e}")))?,
+                    )
+                }
             };
             ctx.requested.push(ForwardRequest {
                 upstream: upstream.to_owned(),

@@ -4,10 +4,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Scope};
+use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, Scope};
 
-use super::api::{Context, ContextGuard, ForwardRequest, ForwardView, Reject};
+use super::api::{
+    ApiError, Context, ContextGuard, ForwardRequest, ForwardView, Reject, OPERATION_LIMIT,
+};
+use super::value::check_json;
 use super::{Rule, RuleEngine};
+use crate::config::Limits;
 
 /// What a rule sees.
 pub struct Input {
@@ -40,7 +44,22 @@ pub enum Verdict {
 pub struct RuleError {
     /// `file:line:col`.
     pub location: String,
+    /// Rhai's whole message, which may quote values of the call (`Error parsing integer
+    /// number 'ABCDEFGH'`): for the rule's author (`pollgate test`, debug logs).
     pub message: String,
+    /// What went wrong without any value of the call: what is logged above debug.
+    pub summary: String,
+}
+
+impl RuleError {
+    fn new(location: String, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            location,
+            summary: message.clone(),
+            message,
+        }
+    }
 }
 
 impl fmt::Display for RuleError {
@@ -60,78 +79,124 @@ pub struct Evaluation {
     pub event: Dynamic,
 }
 
-impl RuleEngine {
-    /// Runs `rule` once. Synchronous and bounded by the engine's limits.
-    pub fn evaluate(&self, rule: &Rule, input: Input) -> Evaluation {
-        // Shared (not copied) between the context, for `log`, and `meta`/`poll`.
-        let name = ImmutableString::from(input.name);
-        let key = ImmutableString::from(input.key);
-        let guard = ContextGuard::set(Context {
-            deadline: Instant::now() + self.limits().timeout,
-            event: name.clone(),
-            key: key.clone(),
-            forwards: input
-                .forwards
-                .into_iter()
-                .map(|(name, reply)| {
-                    let view = reply.map_or(ForwardView::Pending, ForwardView::Done);
-                    (name, view)
-                })
-                .collect(),
-            upstreams: input.upstreams,
+impl Evaluation {
+    /// The evaluation the watchdog gave up on.
+    pub(super) fn overrun(rule: &Rule, timeout: std::time::Duration) -> Self {
+        Self {
+            verdict: Err(RuleError::new(
+                rule.file().display().to_string(),
+                format!("time limit exceeded (limits.timeout = {timeout:?})"),
+            )),
+            state: Map::new(),
             requested: Vec::new(),
-        });
-
-        let mut meta = Map::new();
-        meta.insert("name".into(), name.into());
-        meta.insert("subscription".into(), input.subscription.into());
-        meta.insert("received_at".into(), input.received_at.into());
-        let mut poll = Map::new();
-        poll.insert(
-            "attempt".into(),
-            Dynamic::from_int(i64::from(input.attempt)),
-        );
-        poll.insert(
-            "elapsed_ms".into(),
-            Dynamic::from_int(i64::try_from(input.elapsed_ms).unwrap_or(i64::MAX)),
-        );
-        poll.insert("key".into(), key.into());
-
-        let mut scope = Scope::new();
-        scope.push_constant_dynamic("event", input.event);
-        // `from_map`, not `push_constant(.., map)`: Rhai's generic conversion of a `Map`
-        // rebuilds it entry by entry.
-        scope.push_constant_dynamic("meta", Dynamic::from_map(meta));
-        scope.push_constant_dynamic("poll", Dynamic::from_map(poll));
-        scope.push_dynamic("state", Dynamic::from_map(input.state));
-
-        let result = self
-            .engine
-            .eval_ast_with_scope::<Dynamic>(&mut scope, &rule.ast);
-        let requested = guard.take().map(|c| c.requested).unwrap_or_default();
-        let event = scope.remove::<Dynamic>("event").unwrap_or_default();
-        let state = scope.remove::<Dynamic>("state").unwrap_or_default();
-
-        let verdict = match result {
-            Ok(value) => answer(rule, value),
-            Err(err) => failure(rule, *err, self.limits().timeout),
-        };
-        let (verdict, state) = match state.try_cast::<Map>() {
-            Some(state) => (verdict, state),
-            None => (
-                verdict.and(Err(RuleError {
-                    location: format!("{}", rule.file().display()),
-                    message: "`state` must stay a map".into(),
-                })),
-                Map::new(),
-            ),
-        };
-        Evaluation {
-            verdict,
-            state,
-            requested,
-            event,
+            event: Dynamic::UNIT,
         }
+    }
+}
+
+impl RuleEngine {
+    /// Runs `rule` once on this thread. Synchronous and bounded by the engine's limits;
+    /// the gateway uses [`RuleEngine::run`], which runs it on a rule thread.
+    pub fn evaluate(&self, rule: &Rule, input: Input) -> Evaluation {
+        evaluate(&self.engine, self.limits(), rule, input)
+    }
+}
+
+/// One evaluation, with its answer and `state` checked (JSON form, depth) before they leave
+/// this thread: a value too deep to handle is dropped here.
+pub(super) fn evaluate(engine: &Engine, limits: &Limits, rule: &Rule, input: Input) -> Evaluation {
+    let mut evaluation = evaluate_unchecked(engine, limits, rule, input);
+    let file = || rule.file().display().to_string();
+    if let Ok(Verdict::Answer(answer)) = &evaluation.verdict {
+        if let Err(e) = check_json(&Dynamic::from_map(answer.clone()), limits.max_state_depth) {
+            evaluation.verdict = Err(RuleError::new(file(), format!("the answer {e}")));
+        }
+    }
+    if evaluation.verdict.is_ok() {
+        let state = Dynamic::from_map(std::mem::take(&mut evaluation.state));
+        match check_json(&state, limits.max_state_depth) {
+            Ok(()) => evaluation.state = state.cast::<Map>(),
+            Err(e) => evaluation.verdict = Err(RuleError::new(file(), format!("`state` {e}"))),
+        }
+    }
+    if evaluation.verdict.is_err() {
+        evaluation.state = Map::new();
+        evaluation.requested.clear();
+    }
+    evaluation
+}
+
+fn evaluate_unchecked(engine: &Engine, limits: &Limits, rule: &Rule, input: Input) -> Evaluation {
+    // Shared (not copied) between the context, for `log`, and `meta`/`poll`.
+    let name = ImmutableString::from(input.name);
+    let key = ImmutableString::from(input.key);
+    let guard = ContextGuard::set(Context {
+        deadline: Instant::now() + limits.timeout,
+        operations: 0,
+        max_operations: limits.max_operations,
+        stopped: None,
+        max_depth: limits.max_state_depth,
+        event: name.clone(),
+        key: key.clone(),
+        forwards: input
+            .forwards
+            .into_iter()
+            .map(|(name, reply)| {
+                let view = reply.map_or(ForwardView::Pending, ForwardView::Done);
+                (name, view)
+            })
+            .collect(),
+        upstreams: input.upstreams,
+        requested: Vec::new(),
+    });
+
+    let mut meta = Map::new();
+    meta.insert("name".into(), name.into());
+    meta.insert("subscription".into(), input.subscription.into());
+    meta.insert("received_at".into(), input.received_at.into());
+    let mut poll = Map::new();
+    poll.insert(
+        "attempt".into(),
+        Dynamic::from_int(i64::from(input.attempt)),
+    );
+    poll.insert(
+        "elapsed_ms".into(),
+        Dynamic::from_int(i64::try_from(input.elapsed_ms).unwrap_or(i64::MAX)),
+    );
+    poll.insert("key".into(), key.into());
+
+    let mut scope = Scope::new();
+    scope.push_constant_dynamic("event", input.event);
+    // `from_map`, not `push_constant(.., map)`: Rhai's generic conversion of a `Map`
+    // rebuilds it entry by entry.
+    scope.push_constant_dynamic("meta", Dynamic::from_map(meta));
+    scope.push_constant_dynamic("poll", Dynamic::from_map(poll));
+    scope.push_dynamic("state", Dynamic::from_map(input.state));
+
+    let result = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &rule.ast);
+    let requested = guard.take().map(|c| c.requested).unwrap_or_default();
+    let event = scope.remove::<Dynamic>("event").unwrap_or_default();
+    let state = scope.remove::<Dynamic>("state").unwrap_or_default();
+
+    let verdict = match result {
+        Ok(value) => answer(rule, value),
+        Err(err) => failure(rule, *err, limits.timeout),
+    };
+    let (verdict, state) = match state.try_cast::<Map>() {
+        Some(state) => (verdict, state),
+        None => (
+            verdict.and(Err(RuleError::new(
+                rule.file().display().to_string(),
+                "`state` must stay a map",
+            ))),
+            Map::new(),
+        ),
+    };
+    Evaluation {
+        verdict,
+        state,
+        requested,
+        event,
     }
 }
 
@@ -140,13 +205,12 @@ fn answer(rule: &Rule, value: Dynamic) -> Result<Verdict, RuleError> {
         return Ok(Verdict::Answer(Map::new()));
     }
     let type_name = value.type_name();
-    value
-        .try_cast::<Map>()
-        .map(Verdict::Answer)
-        .ok_or_else(|| RuleError {
-            location: format!("{}", rule.file().display()),
-            message: format!("the rule returned {type_name}; it must return a map or ()"),
-        })
+    value.try_cast::<Map>().map(Verdict::Answer).ok_or_else(|| {
+        RuleError::new(
+            rule.file().display().to_string(),
+            format!("the rule returned {type_name}; it must return a map or ()"),
+        )
+    })
 }
 
 fn failure(
@@ -168,14 +232,24 @@ fn failure(
         p if p.is_none() => outer_position,
         p => p,
     };
-    let message = match &inner {
-        EvalAltResult::ErrorTerminated(..) => {
+    let limit = |token: &Dynamic| {
+        if token.clone().into_immutable_string().ok().as_deref() == Some(OPERATION_LIMIT) {
+            "operation limit exceeded (limits.max_operations)".to_owned()
+        } else {
             format!("time limit exceeded (limits.timeout = {timeout:?})")
         }
-        EvalAltResult::ErrorTooManyOperations(..) => {
-            "operation limit exceeded (limits.max_operations)".into()
+    };
+    let (message, summary) = match &inner {
+        EvalAltResult::ErrorTerminated(token, _) => (limit(token), limit(token)),
+        EvalAltResult::ErrorRuntime(value, _) if value.is::<ApiError>() => {
+            let api = value.clone().cast::<ApiError>().0;
+            (api.clone(), api)
         }
-        other => other.to_string(),
+        EvalAltResult::ErrorTooManyOperations(..) => {
+            let m = "operation limit exceeded (limits.max_operations)".to_owned();
+            (m.clone(), m)
+        }
+        other => (other.to_string(), summary(other)),
     };
     Err(RuleError {
         location: format!(
@@ -185,5 +259,44 @@ fn failure(
             position.position().unwrap_or(0)
         ),
         message,
+        summary,
     })
+}
+
+/// A runtime error's kind, without the values Rhai quotes in its message.
+fn summary(err: &EvalAltResult) -> String {
+    use EvalAltResult as E;
+    match err {
+        E::ErrorRuntime(value, _) => match value.read_lock::<ApiError>() {
+            Some(api) => api.0.clone(),
+            None => "the rule threw an error".into(),
+        },
+        // Names and types from the rule's code, never the call's values.
+        E::ErrorVariableExists(..)
+        | E::ErrorForbiddenVariable(..)
+        | E::ErrorVariableNotFound(..)
+        | E::ErrorPropertyNotFound(..)
+        | E::ErrorFunctionNotFound(..)
+        | E::ErrorMismatchDataType(..)
+        | E::ErrorMismatchOutputType(..)
+        | E::ErrorAssignmentToConstant(..)
+        | E::ErrorDataTooLarge(..)
+        | E::ErrorStackOverflow(..)
+        | E::ErrorTooManyVariables(..)
+        | E::ErrorTooManyOperations(..)
+        | E::ErrorTerminated(..)
+        | E::ErrorUnboundThis(..)
+        | E::ErrorParsing(..) => err.to_string(),
+        E::ErrorArithmetic(..) => {
+            "arithmetic error (a number that does not parse, overflow or division by zero)".into()
+        }
+        E::ErrorIndexNotFound(..) => "index not found".into(),
+        E::ErrorArrayBounds(..) => "array index out of bounds".into(),
+        E::ErrorStringBounds(..) => "string index out of bounds".into(),
+        E::ErrorBitFieldBounds(..) => "bit-field index out of bounds".into(),
+        E::ErrorIndexingType(..) => "indexing a value that cannot be indexed".into(),
+        E::ErrorFor(..) => "`for` over a value that cannot be iterated".into(),
+        E::ErrorDotExpr(..) => "error in a property access".into(),
+        _ => "runtime error".into(),
+    }
 }

@@ -3,27 +3,33 @@
 //!
 //! Rules cannot reach files, sockets or processes: Rhai has no such functions, the
 //! `no_module` build removes `import`, `eval` is disabled, and `print`/`debug` go to the log.
+//! Evaluations run on [`pool`]'s threads, never on the HTTP threads.
 
 mod api;
 mod eval;
+pub mod pool;
+mod sort;
 #[cfg(test)]
 mod tests;
+mod value;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rhai::{Engine, AST};
 
-pub use api::{finish_answer, ForwardRequest, Reject};
+pub use api::{finish_answer, ApiError, ForwardRequest, Reject};
 pub use eval::{Evaluation, Input, RuleError, Verdict};
+use pool::{PoolSize, RulePool};
 
 use crate::config::{Limits, Problem};
 
-/// A compiled rule file.
+/// A compiled rule file (cheap to clone: evaluations on the pool share it).
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub path: Arc<Path>,
-    ast: AST,
+    ast: Arc<AST>,
 }
 
 impl Rule {
@@ -33,10 +39,21 @@ impl Rule {
     }
 }
 
-/// The engine every rule runs in: the rule API registered, the limits set.
+/// How long past `limits.timeout` the watchdog waits for an evaluation stuck in a native
+/// function before answering its call fail-safe (GATEWAY.md 12: within 50 ms).
+const OVERRUN_GRACE: Duration = Duration::from_millis(40);
+/// Stack per level of data nesting the size limits allow: Rhai's equality of nested
+/// arrays, the largest user, takes about 4 KiB a level in a release build.
+const STACK_PER_LEVEL: usize = 16 * 1024;
+const MIN_STACK: usize = 16 << 20;
+const MAX_STACK: usize = 1 << 30;
+
+/// The engine every rule runs in: the rule API registered, the limits set, and the
+/// threads evaluations run on.
 pub struct RuleEngine {
-    engine: Engine,
+    engine: Arc<Engine>,
     limits: Limits,
+    pool: RulePool,
 }
 
 impl std::fmt::Debug for RuleEngine {
@@ -51,6 +68,15 @@ impl RuleEngine {
     /// An engine with the given limits.
     pub fn new(limits: &Limits) -> Self {
         let mut engine = Engine::new();
+        // An array or map inside another counts towards the same size limit (Rhai sums
+        // nested data), so the deepest value a rule can build has this many levels.
+        let levels = limits.max_array_size.saturating_add(limits.max_map_size);
+        let size = PoolSize {
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            stack_bytes: levels
+                .saturating_mul(STACK_PER_LEVEL)
+                .clamp(MIN_STACK, MAX_STACK),
+        };
         engine
             .set_max_operations(limits.max_operations)
             .set_max_call_levels(limits.max_call_levels)
@@ -65,20 +91,39 @@ impl RuleEngine {
         engine.on_debug(|text, source, pos| {
             tracing::debug!(target: "pollgate::rule", "debug {}:{pos}: {text}", source.unwrap_or("rule"));
         });
-        // The wall-clock bound: checked every 256 operations against the deadline of the
-        // evaluation running on this thread.
-        engine.on_progress(|ops| {
-            if ops % 256 == 0 && api::past_deadline() {
-                Some("time limit".into())
-            } else {
-                None
-            }
-        });
+        // The operation count and the wall-clock bound of the evaluation on this thread.
+        engine.on_progress(|_| api::progress().map(Into::into));
         api::register(&mut engine);
+        sort::register(&mut engine);
         Self {
-            engine,
+            engine: Arc::new(engine),
             limits: limits.clone(),
+            pool: RulePool::new(size),
         }
+    }
+
+    /// Runs `rule` once on a rule thread. An evaluation that has not ended by
+    /// `limits.timeout` plus a short grace is answered as a time-limit error.
+    pub async fn run(&self, rule: &Rule, input: Input) -> Evaluation {
+        let engine = self.engine.clone();
+        let limits = self.limits.clone();
+        let job_rule = rule.clone();
+        let budget = self.limits.timeout + OVERRUN_GRACE;
+        match self
+            .pool
+            .run(budget, move || {
+                eval::evaluate(&engine, &limits, &job_rule, input)
+            })
+            .await
+        {
+            Ok(evaluation) => evaluation,
+            Err(pool::Overrun) => Evaluation::overrun(rule, self.limits.timeout),
+        }
+    }
+
+    /// The rule threads' count and stack size.
+    pub fn pool_size(&self) -> PoolSize {
+        self.pool.size()
     }
 
     /// Compiles a rule; a syntax error is `file:line:col: message`.
@@ -95,7 +140,7 @@ impl RuleEngine {
         ast.set_source(path.display().to_string());
         Ok(Rule {
             path: Arc::from(path),
-            ast,
+            ast: Arc::new(ast),
         })
     }
 

@@ -538,3 +538,196 @@ fn an_engine_keeps_working_after_a_rule_hit_a_limit() {
     };
     assert_eq!(to_json(answer), json!({"polling": {"finished": true}}));
 }
+
+// ---- hostile rules (GATEWAY.md 12) ----
+
+fn run_on_pool(engine: &RuleEngine, source: &str, input: Input) -> Evaluation {
+    let rule = compile(engine, source);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(engine.run(&rule, input))
+}
+
+fn pool_error(engine: &RuleEngine, source: &str) -> RuleError {
+    match run_on_pool(engine, source, input()).verdict {
+        Err(e) => e,
+        Ok(v) => panic!("expected a rule error, got {v:?}"),
+    }
+}
+
+#[test]
+fn rules_run_on_the_pool_with_stacks_sized_for_the_size_limits() {
+    let engine = engine();
+    let Ok(Verdict::Answer(answer)) = run_on_pool(&engine, "#{ok: 1}", input()).verdict else {
+        panic!("the rule failed on the pool");
+    };
+    assert_eq!(to_json(answer), json!({"ok": 1}));
+    // 10,000 arrays + 10,000 maps of nesting at 16 KiB a level.
+    assert_eq!(engine.pool_size().stack_bytes, 20_000 * 16 * 1024);
+    assert!(engine.pool_size().threads >= 2);
+}
+
+#[test]
+fn data_nested_inside_a_sort_comparator_does_not_overflow_the_stack() {
+    // GATEWAY.md 12 / issue 8: this aborted the process with a stack overflow.
+    let source = "let x = []; let t = []; for i in 0..500 { t.push((i * 7919) % 10007); }\n\
+                  t.sort(|p, q| { x = [#{a: take(x)}]; p - q }); ()";
+    let started = Instant::now();
+    let err = pool_error(&engine(), source);
+    assert!(
+        err.message.starts_with("time limit exceeded") || err.message.contains("too large"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn deeply_nested_data_is_built_compared_printed_and_dropped_without_overflow() {
+    // Small size limits keep the test quick; the stack is sized from them.
+    let limits = Limits {
+        max_operations: 0,
+        max_array_size: 1_500,
+        max_map_size: 1_500,
+        max_string_size: 10_000_000,
+        timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let engine = RuleEngine::new(&limits);
+    let source = "let x = []; for i in 0..1490 { x = [#{a: take(x)}]; }\n\
+                  let same = x == x; let text = x.to_string(); let y = x; y.push(1);\n\
+                  #{same: same, length: text.len() > 0}";
+    let Ok(Verdict::Answer(answer)) = run_on_pool(&engine, source, input()).verdict else {
+        panic!("the deep rule failed");
+    };
+    assert_eq!(to_json(answer), json!({"same": true, "length": true}));
+}
+
+#[test]
+fn a_sort_comparator_cannot_escape_the_time_limit() {
+    let limits = Limits {
+        max_operations: 0,
+        ..Limits::default()
+    };
+    let engine = RuleEngine::new(&limits);
+    let source = "let big = []; for i in 0..1500 { big.push((i * 7919) % 10007); }\n\
+                  big.sort(|a, b| {\n\
+                    let s = []; for i in 0..1000 { s.push((i * 31) % 1009); }\n\
+                    s.sort(|c, d| c - d); s.sort(|c, d| d - c); a - b });\n\
+                  finish(\"sorted\")";
+    let started = Instant::now();
+    let err = pool_error(&engine, source);
+    assert_eq!(err.message, "time limit exceeded (limits.timeout = 50ms)");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_sort_comparator_cannot_escape_the_operation_limit() {
+    let limits = Limits {
+        max_operations: 10_000,
+        timeout: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let engine = RuleEngine::new(&limits);
+    let err = pool_error(
+        &engine,
+        "let t = []; for i in 0..100 { t.push(i); }\nt.sort(|a, b| { let n = 0; loop { n += 1; } })",
+    );
+    assert_eq!(
+        err.message,
+        "operation limit exceeded (limits.max_operations)"
+    );
+}
+
+#[test]
+fn the_builtin_sort_still_sorts_with_a_comparer() {
+    let answer = answer_of(
+        "let t = [3, 1, 2]; t.sort(|a, b| a - b); let u = [1, 3, 2]; u.sort_by(|a, b| a > b);\n#{t: t, u: u}",
+        input(),
+    );
+    assert_eq!(answer, json!({"t": [1, 2, 3], "u": [3, 2, 1]}));
+}
+
+#[test]
+fn an_answer_value_without_a_json_form_is_a_rule_error() {
+    let err = error_of("#{t: timestamp()}");
+    assert_eq!(err.location, FILE);
+    assert_eq!(
+        err.message,
+        "the answer holds a value of type timestamp, which has no JSON form"
+    );
+    let err = error_of("state.f = Fn(\"finish\"); finish()");
+    assert_eq!(
+        err.message,
+        "`state` holds a value of type Fn, which has no JSON form"
+    );
+}
+
+#[test]
+fn state_deeper_than_max_state_depth_is_a_rule_error() {
+    let limits = Limits {
+        max_state_depth: 4,
+        ..Limits::default()
+    };
+    let engine = RuleEngine::new(&limits);
+    let rule = compile(&engine, "state.a = #{b: #{c: 1}}; finish()");
+    assert!(engine.evaluate(&rule, input()).verdict.is_ok());
+    let evaluation = engine.evaluate(
+        &compile(
+            &engine,
+            "state.a = #{b: #{c: #{d: 1}}}; state.a.b.c.d = [1]; finish()",
+        ),
+        input(),
+    );
+    let err = evaluation.verdict.expect_err("too deep");
+    assert_eq!(
+        err.message,
+        "`state` is nested deeper than limits.max_state_depth (4)"
+    );
+    assert!(
+        evaluation.state.is_empty(),
+        "a failed rule's state is not kept"
+    );
+}
+
+#[test]
+fn an_answer_deeper_than_max_state_depth_is_a_rule_error() {
+    let limits = Limits {
+        max_state_depth: 2,
+        ..Limits::default()
+    };
+    let engine = RuleEngine::new(&limits);
+    let err = error_of_with(&engine, "#{a: #{b: #{c: 1}}}", input());
+    assert_eq!(
+        err.message,
+        "the answer is nested deeper than limits.max_state_depth (2)"
+    );
+}
+
+#[test]
+fn a_rule_error_summary_never_quotes_the_calls_values() {
+    let mut call = input();
+    let mut event = call.event.clone().cast::<Map>();
+    event.insert("code".into(), "ABCDEFGH".into());
+    call.event = Dynamic::from_map(event);
+    let engine = engine();
+    let err = error_of_with(&engine, "parse_int(event.code)", call);
+    assert!(err.message.contains("ABCDEFGH"), "{err}");
+    assert!(!err.summary.contains("ABCDEFGH"), "{}", err.summary);
+    assert_eq!(
+        err.summary,
+        "arithmetic error (a number that does not parse, overflow or division by zero)"
+    );
+    let thrown = error_of("throw event.event.eventTimestamp");
+    assert_eq!(thrown.summary, "the rule threw an error");
+    let api = error_of(r#"forward("nowhere")"#);
+    assert_eq!(
+        api.summary,
+        "forward(\"nowhere\"): no such upstream under `upstreams:`"
+    );
+}
