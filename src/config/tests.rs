@@ -452,3 +452,16 @@ fn defaults_fill_what_the_file_leaves_out() {
     assert_eq!(config.state.key.len(), KeyPart::ALL.len());
     assert!(config.events.is_empty());
 }
+
+#[test]
+fn max_state_depth_outside_what_state_can_be_read_back_with_is_refused() {
+    for depth in ["0", "101"] {
+        let text = with_subscription(&format!("limits:\n  max_state_depth: {depth}\n"));
+        assert_eq!(
+            problem(&text),
+            format!("{FILE}: limits.max_state_depth: must be between 1 and 100 (deeper state could not be read back)")
+        );
+    }
+    let text = with_subscription("limits:\n  max_state_depth: 100\n");
+    assert_eq!(parse(&text).expect("valid").limits.max_state_depth, 100);
+}
