@@ -98,7 +98,7 @@ impl RuleEngine {
         Self {
             engine: Arc::new(engine),
             limits: limits.clone(),
-            pool: RulePool::new(size),
+            pool: RulePool::new(size, limits.timeout + OVERRUN_GRACE),
         }
     }
 
@@ -108,12 +108,9 @@ impl RuleEngine {
         let engine = self.engine.clone();
         let limits = self.limits.clone();
         let job_rule = rule.clone();
-        let budget = self.limits.timeout + OVERRUN_GRACE;
         match self
             .pool
-            .run(budget, move || {
-                eval::evaluate(&engine, &limits, &job_rule, input)
-            })
+            .run(move || eval::evaluate(&engine, &limits, &job_rule, input))
             .await
         {
             Ok(evaluation) => evaluation,

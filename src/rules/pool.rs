@@ -43,7 +43,6 @@ struct Job {
     run: Task,
     /// Answers the caller with [`Overrun`] if it has not been answered yet.
     abandon: Task,
-    budget: Duration,
 }
 
 struct Running {
@@ -59,6 +58,8 @@ struct Shared {
     /// The watchdog waits here for the next deadline.
     watch: Condvar,
     size: PoolSize,
+    /// How long a job may run before its caller is answered [`Overrun`].
+    budget: Duration,
     /// Threads in all, busy-abandoned ones included: the bound on replacements.
     max_threads: usize,
 }
@@ -68,13 +69,22 @@ struct State {
     queue: VecDeque<Job>,
     running: Vec<Running>,
     threads: usize,
+    /// Workers waiting for a job: a submit wakes one only when there is one.
+    idle: usize,
+    /// The watchdog waits without a timeout (nothing ran for a while): a job starting must
+    /// wake it. Otherwise it looks again within one budget by itself, and a busy pool costs
+    /// the watchdog no wake-ups.
+    watchdog_asleep: bool,
+    /// Some job started since the watchdog last looked.
+    started_since: bool,
     started: bool,
     next_id: u64,
     closed: bool,
 }
 
 impl RulePool {
-    pub fn new(size: PoolSize) -> Self {
+    /// A pool whose jobs may each run for `budget`.
+    pub fn new(size: PoolSize, budget: Duration) -> Self {
         let size = PoolSize {
             threads: size.threads.max(1),
             ..size
@@ -86,6 +96,7 @@ impl RulePool {
                 watch: Condvar::new(),
                 max_threads: size.threads * 4,
                 size,
+                budget,
             }),
         }
     }
@@ -95,9 +106,9 @@ impl RulePool {
     }
 
     /// Runs `f` on a rule thread. The answer is `Err(Overrun)` when `f` has not returned
-    /// within `budget` of starting (or the pool could not start a thread). If the caller
-    /// goes away before `f` starts, `f` never runs.
-    pub async fn run<T, F>(&self, budget: Duration, f: F) -> Result<T, Overrun>
+    /// within the pool's budget of starting (or the pool could not start a thread). If the
+    /// caller goes away before `f` starts, `f` never runs.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, Overrun>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
@@ -126,11 +137,7 @@ impl RulePool {
                 let _ = tx.send(Err(Overrun));
             }
         });
-        self.submit(Job {
-            run,
-            abandon,
-            budget,
-        });
+        self.submit(Job { run, abandon });
         rx.await.unwrap_or(Err(Overrun))
     }
 
@@ -153,8 +160,11 @@ impl RulePool {
             return;
         }
         state.queue.push_back(job);
+        let wake = state.idle > 0;
         drop(state);
-        shared.work.notify_one();
+        if wake {
+            shared.work.notify_one();
+        }
     }
 }
 
@@ -185,7 +195,7 @@ fn spawn_watchdog(shared: &Arc<Shared>) -> std::io::Result<()> {
     let mine = shared.clone();
     std::thread::Builder::new()
         .name("pollgate-rule-watchdog".into())
-        .spawn(move || watchdog(&mine))?;
+        .spawn(move || watchdog(&mine, mine.budget))?;
     Ok(())
 }
 
@@ -200,25 +210,27 @@ fn worker(shared: &Shared) {
                 state.threads -= 1;
                 return;
             }
+            state.idle += 1;
             state = shared
                 .work
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
+            state.idle -= 1;
         };
         let id = state.next_id;
         state.next_id += 1;
-        let Job {
-            run,
-            abandon,
-            budget,
-        } = job;
+        let Job { run, abandon } = job;
         state.running.push(Running {
             id,
-            deadline: Instant::now() + budget,
+            deadline: Instant::now() + shared.budget,
             abandon,
         });
+        state.started_since = true;
+        let wake = std::mem::take(&mut state.watchdog_asleep);
         drop(state);
-        shared.watch.notify_one();
+        if wake {
+            shared.watch.notify_one();
+        }
 
         run();
 
@@ -236,7 +248,7 @@ fn worker(shared: &Shared) {
     }
 }
 
-fn watchdog(shared: &Arc<Shared>) {
+fn watchdog(shared: &Arc<Shared>, budget: Duration) {
     let mut state = lock(&shared.state);
     loop {
         if state.closed {
@@ -244,10 +256,21 @@ fn watchdog(shared: &Arc<Shared>) {
         }
         let now = Instant::now();
         let Some(next) = state.running.iter().map(|r| r.deadline).min() else {
-            state = shared
-                .watch
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            if std::mem::take(&mut state.started_since) {
+                // Jobs are coming: look again within a budget, so that each job need not
+                // wake this thread (a job started now is due no sooner than that).
+                state = shared
+                    .watch
+                    .wait_timeout(state, budget)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            } else {
+                state.watchdog_asleep = true;
+                state = shared
+                    .watch
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
             continue;
         };
         if next > now {
@@ -286,19 +309,22 @@ fn watchdog(shared: &Arc<Shared>) {
 mod tests {
     use super::*;
 
-    fn pool(threads: usize) -> RulePool {
-        RulePool::new(PoolSize {
-            threads,
-            stack_bytes: 1 << 20,
-        })
+    fn pool(threads: usize, budget: Duration) -> RulePool {
+        RulePool::new(
+            PoolSize {
+                threads,
+                stack_bytes: 1 << 20,
+            },
+            budget,
+        )
     }
 
     #[tokio::test]
     async fn runs_jobs_on_threads_of_its_own() {
-        let pool = pool(2);
+        let pool = pool(2, Duration::from_secs(5));
         let here = std::thread::current().id();
         let name = pool
-            .run(Duration::from_secs(5), move || {
+            .run(move || {
                 assert_ne!(std::thread::current().id(), here);
                 std::thread::current().name().map(str::to_owned)
             })
@@ -308,29 +334,29 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_past_its_budget_is_answered_overrun_and_the_pool_keeps_serving() {
-        let pool = pool(1);
+        let pool = pool(1, Duration::from_millis(30));
         let (release, held) = std::sync::mpsc::channel::<()>();
         let started = Instant::now();
         let stuck = pool
-            .run(Duration::from_millis(30), move || {
+            .run(move || {
                 let _ = held.recv_timeout(Duration::from_secs(10));
             })
             .await;
         assert_eq!(stuck, Err(Overrun));
         assert!(started.elapsed() < Duration::from_secs(5));
         // The only thread is still busy with the stuck job; a replacement serves this one.
-        assert_eq!(pool.run(Duration::from_secs(5), || 7).await, Ok(7));
+        assert_eq!(pool.run(|| 7).await, Ok(7));
         release.send(()).expect("the stuck job is still waiting");
     }
 
     #[tokio::test]
     async fn a_job_whose_caller_left_before_it_started_never_runs() {
-        let pool = Arc::new(pool(1));
+        let pool = Arc::new(pool(1, Duration::from_secs(10)));
         let (release, held) = std::sync::mpsc::channel::<()>();
         let first = pool.clone();
         let busy = tokio::spawn(async move {
             first
-                .run(Duration::from_secs(10), move || {
+                .run(move || {
                     let _ = held.recv_timeout(Duration::from_secs(10));
                 })
                 .await
@@ -343,7 +369,7 @@ mod tests {
         }
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = ran.clone();
-        let gone = pool.run(Duration::from_secs(10), move || {
+        let gone = pool.run(move || {
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         // Polled once (queued), then dropped: the caller went away.
@@ -351,7 +377,23 @@ mod tests {
         release.send(()).expect("the first job is waiting");
         assert_eq!(busy.await.expect("joined"), Ok(()));
         // A later job on the same thread runs after the abandoned one would have.
-        assert_eq!(pool.run(Duration::from_secs(5), || 1).await, Ok(1));
+        assert_eq!(pool.run(|| 1).await, Ok(1));
         assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_job_overrunning_right_after_another_is_still_caught() {
+        // The first job leaves the watchdog looking once a budget without being woken;
+        // the second must still be answered once its own budget is spent.
+        let pool = pool(1, Duration::from_millis(30));
+        assert_eq!(pool.run(|| 1).await, Ok(1));
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let stuck = pool
+            .run(move || {
+                let _ = held.recv_timeout(Duration::from_secs(10));
+            })
+            .await;
+        assert_eq!(stuck, Err(Overrun));
+        release.send(()).expect("the stuck job is still waiting");
     }
 }
