@@ -52,8 +52,13 @@ fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use pollgate::rules::inline;
+    // Stacks large enough for a rule's first slice, so fast rules need no hand-off to the
+    // rule threads (pollgate::rules::RuleEngine::run).
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(inline::WORKER_STACK)
+        .on_thread_start(|| inline::mark_thread(inline::WORKER_STACK))
         .build()
         .context("cannot start the tokio runtime")
 }

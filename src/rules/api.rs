@@ -44,6 +44,13 @@ pub(crate) struct Context {
     pub stopped: Option<&'static str>,
     /// `limits.max_state_depth`, for forward bodies.
     pub max_depth: usize,
+    /// A first slice on the caller's thread: the limits above are the slice's, and hitting
+    /// either stops the evaluation as [`SLICE`] (it is run again on the pool).
+    pub slice: bool,
+    /// `log(msg)` lines, written when the evaluation ends (a slice that ran out writes
+    /// none, so a rule run again logs once). At most [`MAX_LOG_LINES`].
+    pub logs: Vec<ImmutableString>,
+    pub logs_dropped: usize,
     pub event: ImmutableString,
     pub key: ImmutableString,
     /// Forwards known to the conversation, by upstream name.
@@ -81,9 +88,12 @@ impl Drop for ContextGuard {
 /// Why an evaluation was stopped (the token of Rhai's `ErrorTerminated`).
 pub(super) const TIME_LIMIT: &str = "time limit";
 pub(super) const OPERATION_LIMIT: &str = "operation limit";
+pub(super) const SLICE: &str = "slice";
 /// How many operations pass between two looks at the clock: often enough that an
-/// expensive operation (one on deep data costs microseconds) cannot run far past it.
-const CLOCK_EVERY: u64 = 16;
+/// expensive operation (one on large data costs microseconds) cannot run far past it.
+const CLOCK_EVERY: u64 = 8;
+/// `log` lines kept per evaluation: a loop of `log` calls cannot fill memory or the log.
+const MAX_LOG_LINES: usize = 100;
 
 /// Rhai's progress callback: counts the operation and says whether to stop.
 pub(super) fn progress() -> Option<&'static str> {
@@ -93,9 +103,9 @@ pub(super) fn progress() -> Option<&'static str> {
         if c.stopped.is_none() {
             c.operations += 1;
             if c.max_operations > 0 && c.operations > c.max_operations {
-                c.stopped = Some(OPERATION_LIMIT);
+                c.stopped = Some(if c.slice { SLICE } else { OPERATION_LIMIT });
             } else if c.operations % CLOCK_EVERY == 0 && Instant::now() >= c.deadline {
-                c.stopped = Some(TIME_LIMIT);
+                c.stopped = Some(if c.slice { SLICE } else { TIME_LIMIT });
             }
         }
         c.stopped
@@ -172,13 +182,22 @@ fn forward(upstream: &str, body: Option<Dynamic>) -> Result<Dynamic, Box<EvalAlt
     })
 }
 
-fn log(message: &str) {
-    CONTEXT.with(|c| match c.try_borrow().ok().as_deref() {
-        Some(Some(ctx)) => {
-            tracing::info!(target: "pollgate::rule", event = %ctx.event, key = %ctx.key, "{message}");
-        }
+fn log(message: ImmutableString) {
+    CONTEXT.with(|c| match c.try_borrow_mut().ok().as_deref_mut() {
+        Some(Some(ctx)) if ctx.logs.len() < MAX_LOG_LINES => ctx.logs.push(message),
+        Some(Some(ctx)) => ctx.logs_dropped += 1,
         _ => tracing::info!(target: "pollgate::rule", "{message}"),
     });
+}
+
+/// Writes an ended evaluation's `log` lines.
+pub(super) fn write_logs(ctx: &Context) {
+    for line in &ctx.logs {
+        tracing::info!(target: "pollgate::rule", event = %ctx.event, key = %ctx.key, "{line}");
+    }
+    if ctx.logs_dropped > 0 {
+        tracing::info!(target: "pollgate::rule", event = %ctx.event, key = %ctx.key, "{} more log lines of this evaluation dropped", ctx.logs_dropped);
+    }
 }
 
 pub(super) fn register(engine: &mut Engine) {
@@ -214,6 +233,6 @@ pub(super) fn register(engine: &mut Engine) {
                 )))
             },
         )
-        .register_fn("log", |m: ImmutableString| log(&m))
-        .register_fn("log", |m: Dynamic| log(&m.to_string()));
+        .register_fn("log", log)
+        .register_fn("log", |m: Dynamic| log(m.to_string().into()));
 }

@@ -7,9 +7,10 @@ use std::time::Instant;
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, Scope};
 
 use super::api::{
-    ApiError, Context, ContextGuard, ForwardRequest, ForwardView, Reject, OPERATION_LIMIT,
+    write_logs, ApiError, Context, ContextGuard, ForwardRequest, ForwardView, Reject,
+    OPERATION_LIMIT, SLICE,
 };
-use super::value::check_json;
+use super::value::check_map;
 use super::{Rule, RuleEngine};
 use crate::config::Limits;
 
@@ -96,27 +97,60 @@ impl Evaluation {
 
 impl RuleEngine {
     /// Runs `rule` once on this thread. Synchronous and bounded by the engine's limits;
-    /// the gateway uses [`RuleEngine::run`], which runs it on a rule thread.
+    /// the gateway uses [`RuleEngine::run`].
     pub fn evaluate(&self, rule: &Rule, input: Input) -> Evaluation {
         evaluate(&self.engine, self.limits(), rule, input)
     }
 }
 
-/// One evaluation, with its answer and `state` checked (JSON form, depth) before they leave
-/// this thread: a value too deep to handle is dropped here.
+/// A first, short run of a rule on the caller's thread (see [`super::RuleEngine::run`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slice {
+    pub(super) operations: u64,
+    pub(super) time: std::time::Duration,
+}
+
+/// How a slice ended.
+pub(super) enum Sliced {
+    Ended(Evaluation),
+    /// The slice ran out; the call's input, as it came, for a run on the pool.
+    Spent(Input),
+}
+
+/// One whole evaluation, with its answer and `state` checked (JSON form, depth) before
+/// they leave this thread: a value too deep to handle is dropped here.
 pub(super) fn evaluate(engine: &Engine, limits: &Limits, rule: &Rule, input: Input) -> Evaluation {
-    let mut evaluation = evaluate_unchecked(engine, limits, rule, input);
+    match run(engine, limits, rule, input, None) {
+        Sliced::Ended(evaluation) => checked(limits, rule, evaluation),
+        // Only a slice can be spent.
+        Sliced::Spent(_) => Evaluation::overrun(rule, limits.timeout),
+    }
+}
+
+/// A slice of an evaluation: ended (and checked) within `slice`, or spent.
+pub(super) fn evaluate_slice(
+    engine: &Engine,
+    limits: &Limits,
+    rule: &Rule,
+    input: Input,
+    slice: Slice,
+) -> Sliced {
+    match run(engine, limits, rule, input, Some(slice)) {
+        Sliced::Ended(evaluation) => Sliced::Ended(checked(limits, rule, evaluation)),
+        spent => spent,
+    }
+}
+
+fn checked(limits: &Limits, rule: &Rule, mut evaluation: Evaluation) -> Evaluation {
     let file = || rule.file().display().to_string();
     if let Ok(Verdict::Answer(answer)) = &evaluation.verdict {
-        if let Err(e) = check_json(&Dynamic::from_map(answer.clone()), limits.max_state_depth) {
+        if let Err(e) = check_map(answer, limits.max_state_depth) {
             evaluation.verdict = Err(RuleError::new(file(), format!("the answer {e}")));
         }
     }
     if evaluation.verdict.is_ok() {
-        let state = Dynamic::from_map(std::mem::take(&mut evaluation.state));
-        match check_json(&state, limits.max_state_depth) {
-            Ok(()) => evaluation.state = state.cast::<Map>(),
-            Err(e) => evaluation.verdict = Err(RuleError::new(file(), format!("`state` {e}"))),
+        if let Err(e) = check_map(&evaluation.state, limits.max_state_depth) {
+            evaluation.verdict = Err(RuleError::new(file(), format!("`state` {e}")));
         }
     }
     if evaluation.verdict.is_err() {
@@ -126,16 +160,42 @@ pub(super) fn evaluate(engine: &Engine, limits: &Limits, rule: &Rule, input: Inp
     evaluation
 }
 
-fn evaluate_unchecked(engine: &Engine, limits: &Limits, rule: &Rule, input: Input) -> Evaluation {
+/// What a slice keeps to give the input back when it runs out.
+struct Kept {
+    subscription: String,
+    received_at: String,
+    state: Map,
+}
+
+fn run(
+    engine: &Engine,
+    limits: &Limits,
+    rule: &Rule,
+    input: Input,
+    slice: Option<Slice>,
+) -> Sliced {
+    let kept = slice.map(|_| Kept {
+        subscription: input.subscription.clone(),
+        received_at: input.received_at.clone(),
+        state: input.state.clone(),
+    });
+    let (attempt, elapsed_ms) = (input.attempt, input.elapsed_ms);
     // Shared (not copied) between the context, for `log`, and `meta`/`poll`.
     let name = ImmutableString::from(input.name);
     let key = ImmutableString::from(input.key);
+    let (max_operations, time) = match slice {
+        Some(slice) => (slice.operations, slice.time.min(limits.timeout)),
+        None => (limits.max_operations, limits.timeout),
+    };
     let guard = ContextGuard::set(Context {
-        deadline: Instant::now() + limits.timeout,
+        deadline: Instant::now() + time,
         operations: 0,
-        max_operations: limits.max_operations,
+        max_operations,
         stopped: None,
         max_depth: limits.max_state_depth,
+        slice: slice.is_some(),
+        logs: Vec::new(),
+        logs_dropped: 0,
         event: name.clone(),
         key: key.clone(),
         forwards: input
@@ -151,19 +211,16 @@ fn evaluate_unchecked(engine: &Engine, limits: &Limits, rule: &Rule, input: Inpu
     });
 
     let mut meta = Map::new();
-    meta.insert("name".into(), name.into());
+    meta.insert("name".into(), name.clone().into());
     meta.insert("subscription".into(), input.subscription.into());
     meta.insert("received_at".into(), input.received_at.into());
     let mut poll = Map::new();
-    poll.insert(
-        "attempt".into(),
-        Dynamic::from_int(i64::from(input.attempt)),
-    );
+    poll.insert("attempt".into(), Dynamic::from_int(i64::from(attempt)));
     poll.insert(
         "elapsed_ms".into(),
-        Dynamic::from_int(i64::try_from(input.elapsed_ms).unwrap_or(i64::MAX)),
+        Dynamic::from_int(i64::try_from(elapsed_ms).unwrap_or(i64::MAX)),
     );
-    poll.insert("key".into(), key.into());
+    poll.insert("key".into(), key.clone().into());
 
     let mut scope = Scope::new();
     scope.push_constant_dynamic("event", input.event);
@@ -174,8 +231,39 @@ fn evaluate_unchecked(engine: &Engine, limits: &Limits, rule: &Rule, input: Inpu
     scope.push_dynamic("state", Dynamic::from_map(input.state));
 
     let result = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &rule.ast);
-    let requested = guard.take().map(|c| c.requested).unwrap_or_default();
+    let context = guard.take();
     let event = scope.remove::<Dynamic>("event").unwrap_or_default();
+    let spent = context
+        .as_ref()
+        .is_some_and(|c| c.slice && c.stopped == Some(SLICE));
+    if let (true, Some(kept), Some(context)) = (spent, kept, context.as_ref()) {
+        return Sliced::Spent(Input {
+            event,
+            name: name.to_string(),
+            subscription: kept.subscription,
+            received_at: kept.received_at,
+            attempt,
+            elapsed_ms,
+            key: key.to_string(),
+            state: kept.state,
+            forwards: context
+                .forwards
+                .iter()
+                .map(|(name, view)| {
+                    let reply = match view {
+                        ForwardView::Pending => None,
+                        ForwardView::Done(reply) => Some(reply.clone()),
+                    };
+                    (name.clone(), reply)
+                })
+                .collect(),
+            upstreams: context.upstreams.clone(),
+        });
+    }
+    if let Some(context) = &context {
+        write_logs(context);
+    }
+    let requested = context.map(|c| c.requested).unwrap_or_default();
     let state = scope.remove::<Dynamic>("state").unwrap_or_default();
 
     let verdict = match result {
@@ -192,12 +280,12 @@ fn evaluate_unchecked(engine: &Engine, limits: &Limits, rule: &Rule, input: Inpu
             Map::new(),
         ),
     };
-    Evaluation {
+    Sliced::Ended(Evaluation {
         verdict,
         state,
         requested,
         event,
-    }
+    })
 }
 
 fn answer(rule: &Rule, value: Dynamic) -> Result<Verdict, RuleError> {

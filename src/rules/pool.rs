@@ -105,6 +105,11 @@ impl RulePool {
         self.shared.size
     }
 
+    /// Whether any job was ever handed to the pool (its threads start then).
+    pub fn started(&self) -> bool {
+        lock(&self.shared.state).started
+    }
+
     /// Runs `f` on a rule thread. The answer is `Err(Overrun)` when `f` has not returned
     /// within the pool's budget of starting (or the pool could not start a thread). If the
     /// caller goes away before `f` starts, `f` never runs.

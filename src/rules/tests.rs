@@ -731,3 +731,72 @@ fn a_rule_error_summary_never_quotes_the_calls_values() {
         "forward(\"nowhere\"): no such upstream under `upstreams:`"
     );
 }
+
+/// Runs `f` on a thread marked like the gateway's workers (a stack for a slice).
+fn on_worker<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(inline::WORKER_STACK)
+        .spawn(move || {
+            inline::mark_thread(inline::WORKER_STACK);
+            f()
+        })
+        .expect("a worker thread")
+        .join()
+        .expect("the worker thread ran")
+}
+
+#[test]
+fn a_quick_rule_on_a_worker_thread_needs_no_rule_thread() {
+    let (answer, started) = on_worker(|| {
+        let engine = engine();
+        let evaluation = run_on_pool(&engine, "keep_polling(\"quick\")", input());
+        (
+            evaluation.verdict.map(|v| format!("{v:?}")),
+            engine.pool_started(),
+        )
+    });
+    assert!(answer.is_ok());
+    assert!(!started, "a quick rule went to the pool");
+}
+
+#[test]
+fn a_rule_past_its_slice_runs_again_from_the_start_on_the_pool() {
+    let (result, started) = on_worker(|| {
+        let engine = engine();
+        let source = "state.n = (state.n ?? 0) + 1; forward(\"approvals\");\n\
+                      let x = 0; for i in 0..5000 { x += i; }\n\
+                      finish(`sum ${x}`)";
+        let evaluation = run_on_pool(&engine, source, input());
+        let answer = match evaluation.verdict {
+            Ok(Verdict::Answer(map)) => to_json(map),
+            other => panic!("the rule failed: {other:?}"),
+        };
+        let state = to_json(evaluation.state);
+        (
+            (answer, state, evaluation.requested.len()),
+            engine.pool_started(),
+        )
+    });
+    assert!(started, "a long rule stayed on the worker");
+    let (answer, state, requested) = result;
+    assert_eq!(
+        answer,
+        json!({"polling": {"finished": true, "message": "sum 12497500"}})
+    );
+    // The spent slice left no trace: state counted once, the forward asked for once.
+    assert_eq!(state, json!({"n": 1}));
+    assert_eq!(requested, 1);
+}
+
+#[test]
+fn hostile_rules_on_a_worker_thread_are_stopped_by_their_limits() {
+    let err = on_worker(|| {
+        let source = "let x = []; let t = []; for i in 0..500 { t.push((i * 7919) % 10007); }\n\
+                      t.sort(|p, q| { x = [#{a: take(x)}]; p - q }); ()";
+        pool_error(&engine(), source)
+    });
+    assert!(
+        err.message.starts_with("time limit exceeded") || err.message.contains("too large"),
+        "{err}"
+    );
+}

@@ -13,6 +13,16 @@ pub(crate) fn check_json(value: &Dynamic, max_depth: usize) -> Result<(), String
     walk(value, 1, max_depth)
 }
 
+/// [`check_json`] of a map, without wrapping (copying) it in a `Dynamic`.
+pub(crate) fn check_map(map: &rhai::Map, max_depth: usize) -> Result<(), String> {
+    if max_depth == 0 {
+        return Err(format!(
+            "is nested deeper than limits.max_state_depth ({max_depth})"
+        ));
+    }
+    map.values().try_for_each(|v| walk(v, 2, max_depth))
+}
+
 fn walk(value: &Dynamic, depth: usize, max_depth: usize) -> Result<(), String> {
     if value.is_shared() {
         // A value captured by a closure: look through the lock at what it holds.
