@@ -800,3 +800,23 @@ fn hostile_rules_on_a_worker_thread_are_stopped_by_their_limits() {
         "{err}"
     );
 }
+
+#[test]
+fn deep_input_compared_on_a_worker_thread_does_not_overflow() {
+    // Whether the slice ends on the worker or runs out there (a debug build is slow) and
+    // the rule goes to the pool, 360 levels of comparison fit the stacks.
+    let verdict = on_worker(|| {
+        let mut deep = json!(1);
+        for _ in 0..120 {
+            deep = json!({"a": [deep]});
+        }
+        let mut call = input();
+        call.event = dynamic(&deep);
+        let source =
+            "let x = [event, event, #{b: event}]; #{same: x == x, text: x.to_string().len() > 0}";
+        run_on_pool(&engine(), source, call)
+            .verdict
+            .map(|v| format!("{v:?}"))
+    });
+    assert!(verdict.is_ok(), "{verdict:?}");
+}
