@@ -46,10 +46,14 @@ pub enum Outcome {
     NotFound,
     /// The call outlived `server.request_timeout`.
     Deadline,
+    /// Bodies being read were at `server.max_buffered_bytes` (503).
+    Overloaded,
+    /// The body did not arrive within `server.body_timeout` (408).
+    BodyTimeout,
 }
 
 impl Outcome {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 16] = [
         Self::Finished,
         Self::KeepPolling,
         Self::Answered,
@@ -64,6 +68,8 @@ impl Outcome {
         Self::TooLarge,
         Self::NotFound,
         Self::Deadline,
+        Self::Overloaded,
+        Self::BodyTimeout,
     ];
 
     pub fn label(self) -> &'static str {
@@ -82,6 +88,8 @@ impl Outcome {
             Self::TooLarge => "too_large",
             Self::NotFound => "not_found",
             Self::Deadline => "deadline",
+            Self::Overloaded => "overloaded",
+            Self::BodyTimeout => "body_timeout",
         }
     }
 }
