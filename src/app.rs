@@ -95,7 +95,9 @@ impl App {
             (server.shutdown_grace, server.request_timeout, limits)
         };
         let (admin_stop, admin_shutdown) = shutdown::channel();
+        let budget = BodyBudget::default();
         let admin_state = AdminState {
+            budget: budget.clone(),
             gateway: self.gateway.clone(),
             reloader: self.reloader.clone(),
             ready: self.ready.clone(),
@@ -133,7 +135,6 @@ impl App {
         }
 
         let gateway = self.gateway.clone();
-        let budget = BodyBudget::default();
         // The stack, outermost first; see `http::layers` for why each layer is where it is.
         let service = ServiceBuilder::new()
             .layer(TelemetryLayer {

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod connection;
 pub mod layers;
+pub mod origin;
 pub mod overload;
 mod refusal;
 pub mod webhook;
@@ -108,6 +109,9 @@ pub async fn serve<S>(
     }
 }
 
+/// An answer as hyper sends it: the body tells the connection when it is done.
+type TrackedResponse = Response<Tracked<Full<Bytes>>>;
+
 /// `service` as hyper calls it on one connection: the call marks the connection busy, and
 /// its answer body marks it idle once sent.
 fn tracked<S>(
@@ -115,10 +119,9 @@ fn tracked<S>(
     phase: Arc<Phase>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<Tracked<Full<Bytes>>>,
+    Response = TrackedResponse,
     Error = Infallible,
-    Future = impl std::future::Future<Output = Result<Response<Tracked<Full<Bytes>>>, Infallible>>
-                 + Send,
+    Future = impl std::future::Future<Output = Result<TrackedResponse, Infallible>> + Send,
 > + Send
 where
     S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
