@@ -246,6 +246,23 @@ async fn a_connection_that_never_finishes_its_headers_is_closed_after_the_header
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
+#[tokio::test]
+async fn a_request_head_over_16_kib_gets_431_and_the_connection_closes() {
+    let gw = Gateway::start(SCAN, &[]).await;
+    // The head never ends: only a limit on heads being read answers it.
+    let padding = format!("X-Padding: {}\r\n", "p".repeat(20 * 1024));
+    let mut big = connect(
+        &gw,
+        format!("{}{padding}", head(Some(2)).trim_end()).as_bytes(),
+    )
+    .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), big.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "closed within 10s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}
+
 /// Real time with short bounds (a paused clock does not mix with real sockets: it jumps
 /// ahead while the kernel still holds bytes for the server). Head 1 s, idle 2 s.
 #[tokio::test]

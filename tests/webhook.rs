@@ -541,6 +541,7 @@ async fn answers_404_without_reading_the_body_for_event_names_outside_the_safe_a
         let a = raw_exchange(gw.addr, head.as_bytes()).await;
         assert_eq!(a.status, 404, "{}", &name[..name.len().min(20)]);
         assert_eq!(a.error_code().as_deref(), Some("NOT_FOUND"));
+        assert!(a.is_signed(), "the subscription is known, so signed");
     }
     let not_found = gw
         .metric(r#"pollgate_requests_total{event="none",outcome="not_found"}"#)

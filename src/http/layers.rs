@@ -152,9 +152,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        // Read from the head now: the request itself moves into the handler.
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Read from the head now: the request itself moves into the handler, which reuses
+        // this instead of looking it up again.
         let to = Addressee::of(&self.layer.runtime.load(), req.uri().path(), req.headers());
+        req.extensions_mut().insert(to.clone());
         let future = self.inner.call(req);
         let timeout = self.layer.timeout;
         Box::pin(async move {

@@ -49,6 +49,9 @@ pub fn json_response(
     response
 }
 
+/// The largest request head (request line and headers) a connection may send.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
 /// The first pause after a failed accept; it doubles while accepts keep failing.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -72,6 +75,9 @@ pub async fn serve<S>(
     let mut builder = http1::Builder::new();
     // Off: see `connection` for why hyper's own header timeout does not fit.
     builder.header_read_timeout(None);
+    // hyper would buffer up to ~400 KiB of an unfinished head per connection; a till's
+    // heads are well under 1 KiB. Larger ones get 431 and the connection closes.
+    builder.max_header_size(MAX_HEAD_BYTES);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut accepting = Accepting::default();
     loop {

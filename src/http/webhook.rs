@@ -75,21 +75,31 @@ where
     let Some(event_name) = event_name(req.uri().path(), &server.base_path) else {
         return Ok(not_found(
             &rt,
+            req.headers(),
             404,
             "NOT_FOUND",
             "no webhook here; events are POSTed to {base_path}/{eventName}",
         ));
     };
     if req.method() != Method::POST {
-        let mut response = not_found(&rt, 405, "METHOD_NOT_ALLOWED", "webhooks are POST only");
+        let mut response = not_found(
+            &rt,
+            req.headers(),
+            405,
+            "METHOD_NOT_ALLOWED",
+            "webhooks are POST only",
+        );
         response
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static("POST"));
         return Ok(response);
     }
     let event_name = event_name.to_owned();
-    let (parts, body) = req.into_parts();
-    let to = Addressee::of(&rt, parts.uri.path(), &parts.headers);
+    let (mut parts, body) = req.into_parts();
+    let to = parts
+        .extensions
+        .remove::<Addressee>()
+        .unwrap_or_else(|| Addressee::of(&rt, parts.uri.path(), &parts.headers));
     let record = |outcome| to.record(outcome, CallNote::default());
     let max = server.max_body_bytes;
     let declared = parts
@@ -182,13 +192,23 @@ fn event_name<'a>(path: &'a str, base_path: &str) -> Option<&'a str> {
     valid.then_some(rest)
 }
 
-fn not_found(rt: &Runtime, status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let mut response = json_response(status, error_bytes(code, message), None);
+/// `404` or `405`: no event. Signed when the headers name a known subscription, like
+/// every answer to a call of one.
+fn not_found(
+    rt: &Runtime,
+    headers: &HeaderMap,
+    status: u16,
+    code: &str,
+    message: &str,
+) -> Response<Full<Bytes>> {
+    let subscription = pipeline::subscription(rt, headers).ok();
+    let body = error_bytes(code, message);
+    let mut response = json_response(status, body, subscription.as_deref());
     response.extensions_mut().insert(CallRecord {
         metrics: rt.no_event.clone(),
         outcome: Outcome::NotFound,
         event: None,
-        subscription: None,
+        subscription,
         note: CallNote::default(),
     });
     response
