@@ -7,7 +7,9 @@
 //! after an answer, not at the next request's first byte, so it would close every
 //! keep-alive connection after the header timeout instead of the idle timeout. Instead, a
 //! [`Phase`] is kept by three observers: the socket (first byte of a request), the service
-//! (the headers are complete) and the answer body (sent, so the connection is idle).
+//! (the headers are complete; the answer is made) and the answer body (taken by hyper, so
+//! the connection is idle). A made answer the client does not take within the idle
+//! timeout closes the connection too.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,6 +34,9 @@ pub struct ConnLimits {
 const HEADERS: u8 = 0;
 const BUSY: u8 = 1;
 const IDLE: u8 = 2;
+/// The answer is made but hyper has not taken all of it: a client that never reads
+/// would otherwise hold the connection busy forever.
+const SENDING: u8 = 3;
 
 /// Where one connection is: reading a request head, serving a call, or idle between calls;
 /// and since when.
@@ -67,6 +72,12 @@ impl Phase {
         self.set(BUSY);
     }
 
+    /// The answer is made; the client has `idle_timeout` to take it.
+    pub fn answered(&self) {
+        self.set(SENDING);
+        self.changed.notify_one();
+    }
+
     /// The answer was handed to the socket: the connection waits for its next request.
     pub fn idle(&self) {
         self.set(IDLE);
@@ -88,7 +99,7 @@ impl Phase {
         let since = self.opened + Duration::from_millis(self.since_ms.load(Ordering::Acquire));
         match state {
             HEADERS => Some(since + limits.header_timeout),
-            IDLE => Some(since + limits.idle_timeout),
+            IDLE | SENDING => Some(since + limits.idle_timeout),
             _ => None,
         }
     }
@@ -215,5 +226,79 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change of phase at so many seconds after connecting.
+    type Step = (u64, fn(&Phase));
+
+    const LIMITS: ConnLimits = ConnLimits {
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 1,
+    };
+
+    /// How long a connection that never ends by itself lives, with `steps` applied to its
+    /// phase at the given offsets (paused clock: no real time passes).
+    async fn lifetime(steps: &[Step]) -> Duration {
+        let phase = Phase::new();
+        let started = Instant::now();
+        let connection = async {
+            for (at, step) in steps {
+                tokio::time::sleep_until(started + Duration::from_secs(*at)).await;
+                step(&phase);
+            }
+            std::future::pending::<()>().await;
+        };
+        // A bound that never comes fails here instead of hanging the test.
+        let ended = tokio::time::timeout(
+            Duration::from_secs(3600),
+            bounded(connection, &phase, LIMITS),
+        );
+        assert!(ended.await.expect("closed within an hour").is_none());
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_is_due_within_the_header_timeout_of_connecting() {
+        assert_eq!(lifetime(&[]).await, Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_in_progress_is_never_cut_and_idleness_after_it_is() {
+        let steps: &[Step] = &[(1, Phase::busy), (500, Phase::answered), (500, Phase::idle)];
+        assert_eq!(lifetime(steps).await, Duration::from_secs(560));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_heads_time_counts_from_its_first_byte() {
+        let steps: &[Step] = &[
+            (1, Phase::busy),
+            (1, Phase::answered),
+            (1, Phase::idle),
+            (55, Phase::bytes_read),
+        ];
+        assert_eq!(lifetime(steps).await, Duration::from_secs(65));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_the_client_never_takes_closes_after_the_idle_timeout() {
+        let steps: &[Step] = &[(1, Phase::busy), (2, Phase::answered)];
+        assert_eq!(lifetime(steps).await, Duration::from_secs(62));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_of_a_call_in_progress_do_not_start_a_head() {
+        let steps: &[Step] = &[
+            (1, Phase::busy),
+            (30, Phase::bytes_read),
+            (40, Phase::answered),
+            (40, Phase::idle),
+        ];
+        assert_eq!(lifetime(steps).await, Duration::from_secs(100));
     }
 }

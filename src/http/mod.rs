@@ -142,6 +142,7 @@ where
         let call = service.clone().oneshot(req);
         async move {
             let response = call.await?;
+            phase.answered();
             Ok(response.map(|body| Tracked::new(body, phase)))
         }
     })
