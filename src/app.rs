@@ -12,7 +12,9 @@ use tower::ServiceBuilder;
 use crate::config::{Config, Problems, Store as StoreConfig};
 use crate::conversation::{Clock, MemoryStore, RedisStore, Store, StoreError};
 use crate::http::admin::{self, AdminState};
+use crate::http::connection::ConnLimits;
 use crate::http::layers::{DeadlineLayer, TelemetryLayer};
+use crate::http::overload::BodyBudget;
 use crate::http::{self as server, webhook};
 use crate::pipeline::Gateway;
 use crate::reload::{Env, Reloader};
@@ -36,6 +38,9 @@ pub struct App {
     ready: Arc<AtomicBool>,
     watch: bool,
 }
+
+/// Open admin connections at most: the operator's tools, scrapers and back ends pushing.
+const ADMIN_MAX_CONNECTIONS: usize = 1024;
 
 /// How long the rules-folder watcher waits for changes to settle.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(250);
@@ -80,15 +85,19 @@ impl App {
     /// Serves webhooks on `webhook` and the admin endpoints on `admin` until `shutdown`;
     /// then drains calls in flight and background forwards within `server.shutdown_grace`.
     pub async fn serve(self, webhook: TcpListener, admin: TcpListener, shutdown: Shutdown) {
-        let (config_grace, request_timeout) = {
-            let rt = self.gateway.runtime.load();
-            (
-                rt.config.server.shutdown_grace,
-                rt.config.server.request_timeout,
-            )
+        let (config_grace, request_timeout, limits) = {
+            let server = &self.gateway.runtime.load().config.server;
+            let limits = ConnLimits {
+                header_timeout: server.header_timeout,
+                idle_timeout: server.idle_timeout,
+                max_connections: server.max_connections,
+            };
+            (server.shutdown_grace, server.request_timeout, limits)
         };
         let (admin_stop, admin_shutdown) = shutdown::channel();
+        let budget = BodyBudget::default();
         let admin_state = AdminState {
+            budget: budget.clone(),
             gateway: self.gateway.clone(),
             reloader: self.reloader.clone(),
             ready: self.ready.clone(),
@@ -99,6 +108,10 @@ impl App {
             admin_service,
             admin_shutdown,
             Duration::from_secs(1),
+            ConnLimits {
+                max_connections: ADMIN_MAX_CONNECTIONS,
+                ..limits
+            },
         ));
 
         let mut background = Vec::new();
@@ -122,7 +135,6 @@ impl App {
         }
 
         let gateway = self.gateway.clone();
-        let no_event = gateway.runtime.load().no_event.clone();
         // The stack, outermost first; see `http::layers` for why each layer is where it is.
         let service = ServiceBuilder::new()
             .layer(TelemetryLayer {
@@ -130,9 +142,9 @@ impl App {
             })
             .layer(DeadlineLayer {
                 timeout: request_timeout,
-                metrics: no_event,
+                runtime: self.gateway.runtime.clone(),
             })
-            .service_fn(move |req| webhook::handle(gateway.clone(), req));
+            .service_fn(move |req| webhook::handle(gateway.clone(), budget.clone(), req));
 
         self.ready.store(true, Ordering::Release);
         let ready = self.ready.clone();
@@ -141,7 +153,7 @@ impl App {
             stopping.wait().await;
             ready.store(false, Ordering::Release);
         });
-        server::serve(webhook, service, shutdown, config_grace).await;
+        server::serve(webhook, service, shutdown, config_grace, limits).await;
         let _ = unready.await;
         let running = self.gateway.forwarder.running();
         if running > 0 {

@@ -3,7 +3,8 @@
 //! A call's path through the modules:
 //!
 //! - [`http`]: the webhook listener (routing, body limits, signing answers) behind its
-//!   tower stack, the admin listener, and graceful serving.
+//!   tower stack, the admin listener, and graceful serving with connection bounds and the
+//!   overload guard for request bodies.
 //! - [`pipeline`]: the checks of GATEWAY.md 6 ([`pipeline::Verified`] is made only there)
 //!   and a verified call's way to its answer: conversation, forwards, `hold`, the rule.
 //! - [`signature`]: `X-Mplus-Signature`, HMAC-SHA256 over raw bytes.

@@ -165,4 +165,10 @@ fn warn_about_restart_only_changes(old: &Config, new: &Config) {
     if old.state.store != new.state.store {
         tracing::warn!("state.store changed; it takes effect at the next restart");
     }
+    let (o, n) = (&old.server, &new.server);
+    if (o.header_timeout, o.idle_timeout, o.max_connections)
+        != (n.header_timeout, n.idle_timeout, n.max_connections)
+    {
+        tracing::warn!("server.header_timeout, idle_timeout or max_connections changed; they take effect at the next restart");
+    }
 }

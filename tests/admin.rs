@@ -382,3 +382,68 @@ async fn calls_during_repeated_reloads_never_fail() {
         20.0
     );
 }
+
+#[tokio::test]
+async fn refuses_requests_from_other_sites_pages_with_403() {
+    let gw = Gateway::start(POLLING, &[("rule.rhai", "finish()")]).await;
+    // A form on evil.example posting to the admin listener: text/plain needs no preflight.
+    let r = client()
+        .post(gw.admin_url("/reload"))
+        .header("origin", "http://evil.example")
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "CROSS_ORIGIN");
+    let r = client()
+        .get(gw.admin_url("/conversations"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        gw.metric(r#"pollgate_reloads_total{result="ok"}"#).await,
+        0.0,
+        "nothing reloaded"
+    );
+    // The listener's own origin, and tools that send no Origin, pass.
+    let r = client()
+        .post(gw.admin_url("/reload"))
+        .header("origin", format!("http://{}", gw.admin))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(post_reload(&gw).await.0, 200);
+}
+
+#[tokio::test]
+async fn the_conversation_list_is_capped_at_1000_whatever_the_limit() {
+    let gw = Gateway::start(POLLING, &[("rule.rhai", "keep_polling()")]).await;
+    let mut tills = Vec::new();
+    for part in 0..5u32 {
+        let till = gw.till();
+        tills.push(tokio::spawn(async move {
+            for n in part * 201..(part + 1) * 201 {
+                assert_eq!(
+                    till.call_json("addSessionLine", &body(n, 1)).await.status,
+                    200
+                );
+            }
+        }));
+    }
+    for till in tills {
+        till.await.unwrap();
+    }
+    for path in ["/conversations?limit=1000000000", "/conversations"] {
+        let (status, text) = get(&gw, path).await;
+        assert_eq!(status, 200);
+        let list: Vec<Value> = serde_json::from_str(&text).unwrap();
+        assert_eq!(list.len(), 1000, "{path}");
+    }
+}

@@ -142,3 +142,106 @@ async fn access_log_has_one_line_per_call_without_secrets_signatures_or_bodies()
     }
     assert!(!text.contains(SECRET) && !text.contains(&signature) && !text.contains("Cappuccino"));
 }
+
+/// `pollgate serve` on free ports with `config` (after listen lines, `watch: false` and the
+/// `shop` subscription), text logs at info into a file; the child, its webhook address and
+/// the log's path. The folder must outlive the child.
+async fn serve_logging(
+    dir: &std::path::Path,
+    config: &str,
+) -> (std::process::Child, String, std::path::PathBuf) {
+    let (port, admin) = (closed_port().await.port(), closed_port().await.port());
+    let text = format!(
+        "server:\n  listen: 127.0.0.1:{port}\n  access_log: true\nadmin:\n  listen: 127.0.0.1:{admin}\nwatch: false\nsubscriptions:\n  {SUBSCRIPTION}:\n    secret: {SECRET}\n{config}"
+    );
+    std::fs::write(dir.join("pollgate.yaml"), text).unwrap();
+    let log_path = dir.join("stderr.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pollgate"))
+        .args(["serve", "--config"])
+        .arg(dir.join("pollgate.yaml"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{admin}/readyz");
+    eventually("pollgate serve to be ready", || {
+        let url = url.clone();
+        async move {
+            let ready = client().get(url).send().await.ok()?;
+            (ready.status() == 200).then_some(())
+        }
+    })
+    .await;
+    (child, format!("127.0.0.1:{port}"), log_path)
+}
+
+/// The log once it has `n` lines containing `needle`.
+async fn log_with(path: &std::path::Path, needle: &str, n: usize) -> String {
+    eventually(&format!("{n} log lines with {needle:?}"), || async move {
+        let text = std::fs::read_to_string(path).ok()?;
+        (text.lines().filter(|l| l.contains(needle)).count() >= n).then_some(text)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_error_requests_code_and_message_are_logged_escaped_and_cut_to_256_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, log) =
+        serve_logging(dir.path(), "events:\n  addSessionLine:\n    respond: {}\n").await;
+    let prefix = "line one\nFORGED ERROR pollgate: admin token leaked ";
+    let mut call = body(1, 1);
+    call["error"] = serde_json::json!({
+        "code": "BAD\r\nCODE",
+        "message": format!("{prefix}{}", "x".repeat(1000)),
+    });
+    let till = Till {
+        base: format!("http://{addr}/webhooks"),
+        secret: secret(),
+        subscription: SUBSCRIPTION.into(),
+        client: client(),
+    };
+    assert_eq!(till.call_json("addSessionLine", &call).await.status, 200);
+    let text = log_with(&log, "till reported an error", 1).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !text.lines().any(|l| l.starts_with("FORGED")),
+        "a newline in the message started a line:\n{text}"
+    );
+    let escaped = prefix.replace('\n', "\\n");
+    let expected = format!("{escaped}{}…", "x".repeat(255 - escaped.len()));
+    assert_eq!(expected.chars().count(), 256);
+    let line = text.lines().find(|l| l.contains("till reported")).unwrap();
+    assert!(
+        line.ends_with(&format!(" error_message={expected}")),
+        "{line}"
+    );
+    assert!(line.contains(" error_code=BAD\\r\\nCODE "), "{line}");
+}
+
+#[tokio::test]
+async fn unsigned_requests_put_at_most_128_characters_of_any_value_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, log) =
+        serve_logging(dir.path(), "events:\n  \"*\":\n    respond: {}\n").await;
+    let long = "q".repeat(4096);
+    for (event, subscription) in [(long.as_str(), SUBSCRIPTION), ("scanCode", long.as_str())] {
+        let r = client()
+            .post(format!("http://{addr}/webhooks/{event}"))
+            .header("x-mplus-subscription-id", subscription)
+            .header("x-mplus-signature", "c2ln")
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{}", r.status());
+    }
+    let text = log_with(&log, "call", 2).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!text.contains(&"q".repeat(129)), "{text}");
+}

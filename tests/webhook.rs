@@ -518,6 +518,60 @@ async fn answers_404_for_paths_that_are_not_events() {
 }
 
 #[tokio::test]
+async fn answers_404_without_reading_the_body_for_event_names_outside_the_safe_alphabet() {
+    let gw = Gateway::start(
+        "server:\n  body_timeout: 30s\nevents:\n  \"*\":\n    respond: {fallback: true}\n",
+        &[],
+    )
+    .await;
+    let long = "a".repeat(4096);
+    for name in [
+        "add%53essionLine",
+        "a+b",
+        "caf%C3%A9",
+        long.as_str(),
+        &"b".repeat(65),
+    ] {
+        // The head declares a body that is never sent: only an answer that does not read
+        // it arrives (body_timeout is 30 s, raw_exchange waits 10 s).
+        let head = format!(
+            "POST /webhooks/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Mplus-Subscription-Id: {SUBSCRIPTION}\r\nX-Mplus-Signature: {}\r\nContent-Length: 500\r\n\r\n",
+            secret().sign(b"whatever")
+        );
+        let a = raw_exchange(gw.addr, head.as_bytes()).await;
+        assert_eq!(a.status, 404, "{}", &name[..name.len().min(20)]);
+        assert_eq!(a.error_code().as_deref(), Some("NOT_FOUND"));
+        assert!(a.is_signed(), "the subscription is known, so signed");
+    }
+    let not_found = gw
+        .metric(r#"pollgate_requests_total{event="none",outcome="not_found"}"#)
+        .await;
+    assert_eq!(not_found, 5.0);
+}
+
+#[tokio::test]
+async fn never_percent_decodes_an_event_name() {
+    let gw = Gateway::start(
+        "events:\n  addSessionLine:\n    respond: {own: true}\n  \"*\":\n    respond: {fallback: true}\n",
+        &[],
+    )
+    .await;
+    let till = gw.till();
+    let body = serde_json::to_vec(&body(1, 1)).unwrap();
+    assert_answer(
+        &till.call("addSessionLine", body.clone()).await,
+        &json!({"own": true}),
+    );
+    assert_answer(
+        &till.call("a.b_c-D9", body.clone()).await,
+        &json!({"fallback": true}),
+    );
+    let encoded = till.call("add%53essionLine", body).await;
+    assert_eq!(encoded.status, 404, "neither the event nor the fallback");
+    assert_eq!(encoded.error_code().as_deref(), Some("NOT_FOUND"));
+}
+
+#[tokio::test]
 async fn answers_405_with_allow_post_for_other_methods_on_an_event_path() {
     let gw = plain_gateway().await;
     let a = answer(client().get(gw.url("scanCode")).send().await.unwrap()).await;

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::raw::{RawConfig, RawEvent, RawLimits, RawState, RawUpstream, StoreKind};
+use super::raw::{
+    parse_size, RawConfig, RawEvent, RawLimits, RawServer, RawSize, RawState, RawUpstream,
+    StoreKind,
+};
 use super::{
     expand, Admin, Answer, Config, Event, Limits, Polling, Problem, Problems, Server, State, Store,
     Subscription, Upstream, DEMO_SECRET_KEY,
@@ -106,9 +109,7 @@ impl Validator<'_> {
         let listen = self.address("server.listen", &raw.server.listen);
         let admin = self.address("admin.listen", &raw.admin.listen);
         let base_path = self.base_path(&raw.server.base_path);
-        if raw.server.max_body_bytes == 0 {
-            self.problem("server.max_body_bytes", "must be at least 1");
-        }
+        let max_buffered_bytes = self.server_limits(&raw.server);
         let mut subscriptions = HashMap::new();
         for (id, sub) in &raw.subscriptions {
             let key = format!("subscriptions.{id}.secret");
@@ -138,8 +139,8 @@ impl Validator<'_> {
         if !self.problems.is_empty() {
             return Err(Problems(self.problems));
         }
-        let (Some(listen), Some(admin), Some(base_path), Some(state)) =
-            (listen, admin, base_path, state)
+        let (Some(listen), Some(admin), Some(base_path), Some(state), Some(max_buffered_bytes)) =
+            (listen, admin, base_path, state, max_buffered_bytes)
         else {
             unreachable!("every None above recorded a problem")
         };
@@ -153,6 +154,11 @@ impl Validator<'_> {
                 request_timeout: raw.server.request_timeout,
                 shutdown_grace: raw.server.shutdown_grace,
                 access_log: raw.server.access_log,
+                header_timeout: raw.server.header_timeout,
+                body_timeout: raw.server.body_timeout,
+                idle_timeout: raw.server.idle_timeout,
+                max_connections: raw.server.max_connections,
+                max_buffered_bytes,
             },
             admin: Admin { listen: admin },
             subscriptions,
@@ -162,6 +168,48 @@ impl Validator<'_> {
             limits,
             watch: raw.watch.unwrap_or(true),
         })
+    }
+
+    /// The size and time bounds of `server:` (GATEWAY.md 12); the buffered-bytes budget
+    /// when it is valid.
+    fn server_limits(&mut self, raw: &RawServer) -> Option<u64> {
+        if raw.max_body_bytes == 0 {
+            self.problem("server.max_body_bytes", "must be at least 1");
+        }
+        for (key, value) in [
+            ("server.header_timeout", raw.header_timeout),
+            ("server.body_timeout", raw.body_timeout),
+            ("server.idle_timeout", raw.idle_timeout),
+        ] {
+            if value.is_zero() {
+                self.problem(key, "must be more than 0");
+            }
+        }
+        if raw.max_connections == 0 {
+            self.problem("server.max_connections", "must be at least 1");
+        }
+        let budget = match &raw.max_buffered_bytes {
+            RawSize::Bytes(n) => Ok(*n),
+            RawSize::Text(text) => parse_size(text),
+        };
+        match budget {
+            Err(message) => {
+                self.problem("server.max_buffered_bytes", message);
+                None
+            }
+            // A budget smaller than one body would refuse calls the body limit allows.
+            Ok(n) if n < raw.max_body_bytes as u64 => {
+                self.problem(
+                    "server.max_buffered_bytes",
+                    format!(
+                        "{n} is less than server.max_body_bytes ({}); one allowed body must fit",
+                        raw.max_body_bytes
+                    ),
+                );
+                None
+            }
+            Ok(n) => Some(n),
+        }
     }
 
     fn base_path(&mut self, value: &str) -> Option<String> {

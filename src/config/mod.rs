@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use env::{expand, process_env, EnvError};
 pub use problem::{Problem, Problems};
-pub use raw::parse_duration;
+pub use raw::{parse_duration, parse_size};
 
 use crate::conversation::KeyPart;
 use crate::signature::Secret;
@@ -59,6 +59,17 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// One info line per call (target `pollgate::access`).
     pub access_log: bool,
+    /// Complete request headers within this, from connect or from the first byte of a
+    /// later request on the connection.
+    pub header_timeout: Duration,
+    /// The whole request body within this, from the end of its headers.
+    pub body_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Open webhook connections at most; beyond this, new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Request bodies being read, all calls together (GATEWAY.md 12).
+    pub max_buffered_bytes: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -40,6 +40,23 @@ pub(crate) struct RawServer {
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
     pub access_log: bool,
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_buffered_bytes: RawSize,
+}
+
+/// A size as written: a number of bytes, or text like `64MiB` (checked in [`super::load`],
+/// so a bad one is reported with its key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 impl Default for RawServer {
@@ -51,6 +68,11 @@ impl Default for RawServer {
             request_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             access_log: false,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_buffered_bytes: RawSize::Bytes(64 * 1024 * 1024),
         }
     }
 }
@@ -208,6 +230,31 @@ impl Default for RawLimits {
             timeout: Duration::from_millis(50),
         }
     }
+}
+
+/// Parses `1048576`, `512KiB`, `64MiB`, `1GiB` (binary units; `B` alone is bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size like 1048576, 512KiB, 64MiB or 1GiB"
+            ))
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("`{text}` is not a size like 1048576, 512KiB, 64MiB or 1GiB"))
 }
 
 /// Parses `250ms`, `2s`, `10m`, `1h 30m`.

@@ -465,3 +465,62 @@ fn max_state_depth_outside_what_state_can_be_read_back_with_is_refused() {
     let text = with_subscription("limits:\n  max_state_depth: 100\n");
     assert_eq!(parse(&text).expect("valid").limits.max_state_depth, 100);
 }
+
+#[test]
+fn overload_bounds_have_their_defaults() {
+    let config = parse(SUBSCRIPTION).unwrap();
+    let server = &config.server;
+    assert_eq!(server.header_timeout, Duration::from_secs(10));
+    assert_eq!(server.body_timeout, Duration::from_secs(10));
+    assert_eq!(server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(server.max_connections, 10_000);
+    assert_eq!(server.max_buffered_bytes, 64 * 1024 * 1024);
+}
+
+#[test]
+fn buffered_bytes_are_read_as_bytes_or_with_binary_units() {
+    for (written, bytes) in [
+        ("2097152", 2 << 20),
+        ("2048KiB", 2 << 20),
+        ("2MiB", 2 << 20),
+        ("1 GiB", 1 << 30),
+        ("1048576B", 1 << 20),
+    ] {
+        let text = with_subscription(&format!("server:\n  max_buffered_bytes: {written}\n"));
+        assert_eq!(
+            parse(&text).unwrap().server.max_buffered_bytes,
+            bytes,
+            "{written}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_or_too_small_buffer_budget_names_its_key() {
+    let text = with_subscription("server:\n  max_buffered_bytes: 64MB\n");
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}: server.max_buffered_bytes: `64MB` is not a size like 1048576, 512KiB, 64MiB or 1GiB")
+    );
+    let text = with_subscription("server:\n  max_body_bytes: 2048\n  max_buffered_bytes: 1KiB\n");
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}: server.max_buffered_bytes: 1024 is less than server.max_body_bytes (2048); one allowed body must fit")
+    );
+}
+
+#[test]
+fn zero_connection_bounds_are_refused() {
+    let text = with_subscription(
+        "server:\n  header_timeout: 0s\n  body_timeout: 0s\n  idle_timeout: 0s\n  max_connections: 0\n",
+    );
+    assert_eq!(
+        problems(&text),
+        vec![
+            format!("{FILE}: server.header_timeout: must be more than 0"),
+            format!("{FILE}: server.body_timeout: must be more than 0"),
+            format!("{FILE}: server.idle_timeout: must be more than 0"),
+            format!("{FILE}: server.max_connections: must be at least 1"),
+        ]
+    );
+}

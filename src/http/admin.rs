@@ -13,6 +13,8 @@ use http_body_util::Full;
 use serde::Serialize;
 
 use super::json_response;
+use super::origin;
+use super::overload::BodyBudget;
 use crate::conversation::ConversationStore;
 use crate::pipeline::Gateway;
 use crate::reload::Reloader;
@@ -24,15 +26,25 @@ pub struct AdminState {
     pub reloader: Reloader,
     /// False until config and store are ready, and again once shutdown begins.
     pub ready: Arc<AtomicBool>,
+    /// The webhook listener's body budget, for `pollgate_buffered_bytes`.
+    pub budget: BodyBudget,
 }
 
-const DEFAULT_LIST_LIMIT: usize = 1000;
+/// `GET /conversations` lists this many without `?limit=`, and never more (a list of
+/// millions would be a multi-megabyte answer built in memory).
+const MAX_LIST_LIMIT: usize = 1000;
 
 /// Answers one admin request.
 pub async fn handle<B>(
     state: AdminState,
     req: Request<B>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Err(refusal) = origin::check(req.headers()) {
+        return Ok(json(
+            403,
+            &serde_json::json!({"error": {"code": "CROSS_ORIGIN", "message": format!("{refusal}; the admin endpoints refuse requests from other sites' pages")}}),
+        ));
+    }
     let path = req.uri().path();
     let response = match (req.method(), path) {
         (&Method::GET, "/healthz") => json(200, &serde_json::json!({"status": "ok"})),
@@ -95,6 +107,7 @@ async fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
     if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), gateway.store.count()).await {
         gateway.metrics.set_conversations(n);
     }
+    gateway.metrics.set_buffered_bytes(state.budget.in_use());
     let mut response = Response::new(Full::new(Bytes::from(gateway.metrics.encode())));
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -104,10 +117,7 @@ async fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
 }
 
 async fn conversations(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
-    let limit = query
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(DEFAULT_LIST_LIMIT);
+    let limit = list_limit(query);
     let gateway = &state.gateway;
     match gateway.store.list(gateway.clock.now_ms(), limit).await {
         Ok(list) => json(200, &list),
@@ -116,6 +126,14 @@ async fn conversations(state: &AdminState, query: Option<&str>) -> Response<Full
             &serde_json::json!({"error": {"code": "STORE_UNAVAILABLE", "message": e.to_string()}}),
         ),
     }
+}
+
+/// `?limit=N`, at most [`MAX_LIST_LIMIT`].
+fn list_limit(query: Option<&str>) -> usize {
+    query
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
+        .and_then(|n| n.parse::<usize>().ok())
+        .map_or(MAX_LIST_LIMIT, |n| n.min(MAX_LIST_LIMIT))
 }
 
 async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
@@ -128,5 +146,18 @@ async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
             let errors: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
             json(422, &serde_json::json!({"ok": false, "errors": errors}))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_limit_is_capped_at_1000() {
+        assert_eq!(list_limit(None), 1000);
+        assert_eq!(list_limit(Some("limit=5")), 5);
+        assert_eq!(list_limit(Some("x=1&limit=1000000000")), 1000);
+        assert_eq!(list_limit(Some("limit=99999999999999999999999")), 1000);
     }
 }

@@ -4,8 +4,9 @@
 //!    deadline answers included. It reads the [`CallRecord`] the handler leaves in the
 //!    response's extensions and removes it.
 //! 2. [`Deadline`]: a last-resort bound on one call (`server.request_timeout`); inside
-//!    telemetry so its answers are counted too. The pipeline's own bounds (rule limits,
-//!    hold, upstream budgets, store timeouts) normally answer long before.
+//!    telemetry so its answers are counted too (under the call's event, and signed when
+//!    the subscription is known, like every other answer). The pipeline's own bounds (rule
+//!    limits, hold, upstream budgets, store timeouts) normally answer long before.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +28,7 @@ use crate::runtime::Runtime;
 use crate::telemetry::{EventMetrics, Outcome};
 
 use super::json_response;
+use super::webhook::Addressee;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -118,7 +120,7 @@ fn log_call(record: &CallRecord, status: u16, elapsed: Duration) {
 #[derive(Clone)]
 pub struct DeadlineLayer {
     pub timeout: Duration,
-    pub metrics: Arc<EventMetrics>,
+    pub runtime: Arc<ArcSwap<Runtime>>,
 }
 
 impl<S> Layer<S> for DeadlineLayer {
@@ -150,23 +152,22 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Read from the head now: the request itself moves into the handler, which reuses
+        // this instead of looking it up again.
+        let to = Addressee::of(&self.layer.runtime.load(), req.uri().path(), req.headers());
+        req.extensions_mut().insert(to.clone());
         let future = self.inner.call(req);
-        let DeadlineLayer { timeout, metrics } = self.layer.clone();
+        let timeout = self.layer.timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, future).await {
                 Ok(response) => response,
                 Err(_) => {
                     tracing::error!("a call outlived server.request_timeout ({timeout:?})");
                     let body = error_bytes("TIMEOUT", "the gateway could not answer in time");
-                    let mut response = json_response(503, body, None);
-                    response.extensions_mut().insert(CallRecord {
-                        metrics,
-                        outcome: Outcome::Deadline,
-                        event: None,
-                        subscription: None,
-                        note: CallNote::default(),
-                    });
+                    let mut response = json_response(503, body, to.subscription.as_deref());
+                    let record = to.record(Outcome::Deadline, CallNote::default());
+                    response.extensions_mut().insert(record);
                     Ok(response)
                 }
             }

@@ -1,11 +1,17 @@
 //! HTTP: the webhook listener ([`webhook`]) behind its tower stack ([`layers`]), the admin
-//! listener ([`admin`]), and the accept loop both share, with graceful shutdown.
+//! listener ([`admin`]), and the accept loop both share, with connection bounds
+//! ([`connection`]), the body budget ([`overload`]) and graceful shutdown.
 
 pub mod admin;
+pub mod connection;
 pub mod layers;
+pub mod origin;
+pub mod overload;
+mod refusal;
 pub mod webhook;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,13 +22,14 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tower::Service;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tower::{Service, ServiceExt};
 
 use crate::config::Subscription;
 use crate::shutdown::Shutdown;
 use crate::signature::SIGNATURE_HEADER;
+use connection::{ConnLimits, Phase, Tracked, Watched};
 
 /// A JSON answer, signed with the subscription's secret when there is one.
 pub fn json_response(
@@ -42,9 +49,22 @@ pub fn json_response(
     response
 }
 
-/// Accepts connections until `shutdown`, then lets open calls finish within `grace`.
-pub async fn serve<S>(listener: TcpListener, service: S, mut shutdown: Shutdown, grace: Duration)
-where
+/// The largest request head (request line and headers) a connection may send.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// The first pause after a failed accept; it doubles while accepts keep failing.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts connections until `shutdown`, at most `limits.max_connections` at once (at the
+/// cap, new ones wait in the kernel's backlog), then lets open calls finish within `grace`.
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    mut shutdown: Shutdown,
+    grace: Duration,
+    limits: ConnLimits,
+) where
     S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
         + Clone
         + Send
@@ -52,30 +72,37 @@ where
     S::Future: Send + 'static,
 {
     let graceful = GracefulShutdown::new();
-    let builder = http1::Builder::new();
+    let mut builder = http1::Builder::new();
+    // Off: see `connection` for why hyper's own header timeout does not fit.
+    builder.header_read_timeout(None);
+    // hyper would buffer up to ~400 KiB of an unfinished head per connection; a till's
+    // heads are well under 1 KiB. Larger ones get 431 and the connection closes.
+    builder.max_header_size(MAX_HEAD_BYTES);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut accepting = Accepting::default();
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!("connection ended: {e}");
-                    }
-                });
-            }
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
             () = shutdown.wait() => break,
-        }
+        };
+        let Ok(slot) = slot else { break };
+        let stream = tokio::select! {
+            stream = accepting.next(&listener) => stream,
+            () = shutdown.wait() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let phase = Phase::new();
+        let io = TokioIo::new(Watched::new(stream, phase.clone()));
+        let service = tracked(service.clone(), phase.clone());
+        let connection = graceful.watch(builder.serve_connection(io, service));
+        tokio::spawn(async move {
+            match connection::bounded(connection, &phase, limits).await {
+                Some(Err(e)) => tracing::debug!("connection ended: {e}"),
+                Some(Ok(())) => {}
+                None => tracing::debug!("connection closed: header or idle timeout"),
+            }
+            drop(slot);
+        });
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -85,5 +112,71 @@ where
         tracing::warn!(
             "calls still open after the shutdown grace period ({grace:?}); closing them"
         );
+    }
+}
+
+/// An answer as hyper sends it: the body tells the connection when it is done.
+type TrackedResponse = Response<Tracked<Full<Bytes>>>;
+
+/// `service` as hyper calls it on one connection: the call marks the connection busy, and
+/// its answer body marks it idle once sent.
+fn tracked<S>(
+    service: S,
+    phase: Arc<Phase>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = TrackedResponse,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<TrackedResponse, Infallible>> + Send,
+> + Send
+where
+    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    hyper::service::service_fn(move |req| {
+        phase.busy();
+        let phase = phase.clone();
+        let call = service.clone().oneshot(req);
+        async move {
+            let response = call.await?;
+            phase.answered();
+            Ok(response.map(|body| Tracked::new(body, phase)))
+        }
+    })
+}
+
+/// Accept errors (out of file descriptors, mostly) back off instead of spinning, and are
+/// logged once per burst, not once per attempt: under a descriptor flood a warning per
+/// failed accept would be its own flood.
+#[derive(Default)]
+struct Accepting {
+    failures: u64,
+}
+
+impl Accepting {
+    async fn next(&mut self, listener: &TcpListener) -> TcpStream {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    if self.failures > 0 {
+                        tracing::info!(failed = self.failures, "accepting connections again");
+                        self.failures = 0;
+                    }
+                    return stream;
+                }
+                Err(e) => {
+                    if self.failures == 0 {
+                        tracing::warn!("accept failed: {e}; backing off until it succeeds (not logged again until then)");
+                    }
+                    self.failures += 1;
+                    let doublings = u32::try_from(self.failures - 1).unwrap_or(u32::MAX).min(7);
+                    let pause = (ACCEPT_BACKOFF_MIN * 2u32.pow(doublings)).min(ACCEPT_BACKOFF_MAX);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
     }
 }

@@ -24,6 +24,7 @@ use crate::conversation::{
 };
 use crate::rules::{finish_answer, Input, Verdict};
 use crate::runtime::{CompiledEvent, How, Runtime};
+use crate::telemetry::escape::{self, loggable};
 use crate::telemetry::{Metrics, Outcome};
 use crate::upstream::{Forwarder, Outgoing};
 
@@ -418,7 +419,7 @@ impl Gateway {
     /// MPLUS.md 6: log, count, let the rule see it, answer `{}`, never forward.
     async fn error_request(&self, rt: &Runtime, event: &CompiledEvent, call: Verified) -> Answer {
         let (code, message) = error_fields(&call.body);
-        tracing::warn!(event = %call.event_name, subscription = %call.subscription.id, code, message, "till reported an error in an earlier answer");
+        tracing::warn!(event = %call.event_name, subscription = %call.subscription.id, error_code = %code, error_message = %message, "till reported an error in an earlier answer");
         if let How::Rule(rule) = &event.how {
             let input = Input {
                 event: Dynamic::from_map(call.body),
@@ -490,10 +491,13 @@ fn error_fields(body: &Map) -> (String, String) {
     else {
         return (String::new(), String::new());
     };
-    let text = |k: &str| error.get(k).map(|v| v.to_string()).unwrap_or_default();
-    let mut message = text("message");
-    message.truncate(200);
-    (text("code"), message)
+    // Escaped and cut for the log line: the till's text must not forge or flood lines.
+    let text = |k: &str| {
+        error.get(k).map_or_else(String::new, |v| {
+            loggable(&v.to_string(), escape::ERROR_FIELD_MAX_CHARS)
+        })
+    };
+    (text("code"), text("message"))
 }
 
 /// Whether the forward to `upstream` should be (re)started: never started, or its sender's

@@ -46,10 +46,14 @@ pub enum Outcome {
     NotFound,
     /// The call outlived `server.request_timeout`.
     Deadline,
+    /// Bodies being read were at `server.max_buffered_bytes` (503).
+    Overloaded,
+    /// The body did not arrive within `server.body_timeout` (408).
+    BodyTimeout,
 }
 
 impl Outcome {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 16] = [
         Self::Finished,
         Self::KeepPolling,
         Self::Answered,
@@ -64,6 +68,8 @@ impl Outcome {
         Self::TooLarge,
         Self::NotFound,
         Self::Deadline,
+        Self::Overloaded,
+        Self::BodyTimeout,
     ];
 
     pub fn label(self) -> &'static str {
@@ -82,6 +88,8 @@ impl Outcome {
             Self::TooLarge => "too_large",
             Self::NotFound => "not_found",
             Self::Deadline => "deadline",
+            Self::Overloaded => "overloaded",
+            Self::BodyTimeout => "body_timeout",
         }
     }
 }
@@ -157,6 +165,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     forwards_in_flight: Gauge,
     config_generation: Gauge<u64, AtomicU64>,
+    buffered_bytes: Gauge<u64, AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -192,6 +201,7 @@ impl Metrics {
         }
         let forwards_in_flight = Gauge::default();
         let config_generation = Gauge::default();
+        let buffered_bytes = Gauge::default();
         registry.register(
             "requests",
             "Webhook calls by event and outcome",
@@ -238,6 +248,11 @@ impl Metrics {
             "Generation of the config in use (1 at start, +1 per good reload)",
             config_generation.clone(),
         );
+        registry.register(
+            "buffered_bytes",
+            "Request body bytes reserved now (at most server.max_buffered_bytes)",
+            buffered_bytes.clone(),
+        );
         Self {
             registry,
             requests,
@@ -250,6 +265,7 @@ impl Metrics {
             reloads,
             forwards_in_flight,
             config_generation,
+            buffered_bytes,
         }
     }
 
@@ -327,6 +343,10 @@ impl Metrics {
     pub fn set_conversations(&self, n: u64) {
         self.conversations_active
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_buffered_bytes(&self, n: u64) {
+        self.buffered_bytes.set(n);
     }
 
     pub fn forwards_in_flight(&self) -> &Gauge {

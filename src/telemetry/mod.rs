@@ -2,6 +2,7 @@
 //! level from `RUST_LOG` (default `info`). Nothing here logs secrets, signatures or bodies
 //! at info: call lines carry the event, subscription, a conversation key and outcomes.
 
+pub mod escape;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
