@@ -289,6 +289,8 @@ fn reject_ends_the_rule_with_its_code_and_message() {
             message: "no such article".into()
         }
     );
+    // Nothing after the reject ran.
+    assert_eq!(to_json(evaluation.state), json!({"before": true}));
 }
 
 #[test]
@@ -341,11 +343,72 @@ fn runtime_errors_name_file_line_and_column() {
     );
 }
 
+/// The info lines of target `pollgate::rule` written while `f` runs on this thread.
+fn rule_log_lines(f: impl FnOnce()) -> Vec<String> {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("the buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(buffer.0.lock().expect("the buffer").clone()).expect("UTF-8");
+    text.lines()
+        .filter(|l| l.contains("pollgate::rule"))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn log_accepts_text_and_other_values() {
-    assert_eq!(
-        answer_of(r#"log("hello"); log(42); log(#{a: 1}); ()"#, input()),
-        json!({})
+    let lines = rule_log_lines(|| {
+        assert_eq!(
+            answer_of(r#"log("hello"); log(42); log(#{a: 1}); ()"#, input()),
+            json!({})
+        );
+    });
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    for (line, text) in lines.iter().zip(["hello", "42", "#{\"a\": 1}"]) {
+        assert!(line.contains(" INFO "), "{line}");
+        assert!(
+            line.contains(&format!("pollgate::rule: {text} event=")),
+            "{line} should say {text}"
+        );
+        assert!(line.contains("event=addSessionLine"), "{line}");
+        assert!(
+            line.contains("key=0123456789abcdef0123456789abcdef"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn log_keeps_at_most_a_hundred_lines_an_evaluation() {
+    let lines = rule_log_lines(|| {
+        answer_of("for i in 0..150 { log(i); } ()", input());
+    });
+    assert_eq!(lines.len(), 101, "{lines:#?}");
+    assert!(
+        lines[99].contains("pollgate::rule: 99 event="),
+        "{}",
+        lines[99]
+    );
+    assert!(
+        lines[100].contains("pollgate::rule: 50 more log lines of this evaluation dropped"),
+        "{}",
+        lines[100]
     );
 }
 
