@@ -59,13 +59,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        for n in 0..8 {
-            let full = BACKOFF_BASE.saturating_mul(1 << n).min(BACKOFF_MAX);
-            let b = backoff(n);
-            assert!(b >= full / 2 && b <= full, "retry {n}: {b:?}");
+    fn backoff_follows_the_documented_figures_with_jitter() {
+        // README: 100 ms, 200 ms, 400 ms, ... capped at 2 s, jittered to 50-100 %.
+        let documented_ms = [100, 200, 400, 800, 1600, 2000, 2000, 2000, 2000, 2000];
+        for (n, full_ms) in (0u32..).zip(documented_ms) {
+            let full = Duration::from_millis(full_ms);
+            for _ in 0..50 {
+                let b = backoff(n);
+                assert!(
+                    b >= full / 2 && b <= full,
+                    "retry {n}: {b:?} outside {full:?}"
+                );
+            }
         }
+        assert!(
+            backoff(40) <= Duration::from_secs(2),
+            "a huge retry count stays capped"
+        );
         assert_eq!(backoff_ceiling(0), Duration::ZERO);
         assert_eq!(backoff_ceiling(3), Duration::from_millis(100 + 200 + 400));
+        assert_eq!(
+            backoff_ceiling(7),
+            Duration::from_millis(100 + 200 + 400 + 800 + 1600 + 2000 + 2000)
+        );
     }
 }
