@@ -29,13 +29,18 @@ where
     let Some(event_name) = event_name(req.uri().path(), &rt.config.server.base_path) else {
         return Ok(not_found(
             &rt,
-            404,
+            Outcome::NotFound,
             "NOT_FOUND",
             "no webhook here; events are POSTed to {base_path}/{eventName}",
         ));
     };
     if req.method() != Method::POST {
-        let mut response = not_found(&rt, 405, "METHOD_NOT_ALLOWED", "webhooks are POST only");
+        let mut response = not_found(
+            &rt,
+            Outcome::MethodNotAllowed,
+            "METHOD_NOT_ALLOWED",
+            "webhooks are POST only",
+        );
         response
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static("POST"));
@@ -135,11 +140,17 @@ fn event_name<'a>(path: &'a str, base_path: &str) -> Option<&'a str> {
     (!rest.is_empty() && !rest.contains('/')).then_some(rest)
 }
 
-fn not_found(rt: &Runtime, status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
+/// 404 or 405: no event's call, counted under `event="none"`.
+fn not_found(rt: &Runtime, outcome: Outcome, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let status = if outcome == Outcome::MethodNotAllowed {
+        405
+    } else {
+        404
+    };
     let mut response = json_response(status, error_bytes(code, message), None);
     response.extensions_mut().insert(CallRecord {
         metrics: rt.no_event.clone(),
-        outcome: Outcome::NotFound,
+        outcome,
         event: None,
         subscription: None,
         note: CallNote::default(),
