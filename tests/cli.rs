@@ -415,7 +415,7 @@ fn sign_with_a_secret_that_is_not_base64_is_a_usage_error() {
     assert_eq!(r.code(), Some(2), "{r:?}");
     assert_eq!(
         r.stderr,
-        "--secret: secret is not valid base64 (set `encoding: utf8` to use the text as it is)\n"
+        "--secret: the secret is not valid base64 (pass --encoding utf8 to use the text as it is)\n"
     );
     assert_eq!(r.stdout, "");
 }
@@ -684,7 +684,7 @@ fn simulate_follows_a_conversation_to_its_end_and_prints_the_messages() {
 }
 
 #[test]
-fn simulate_with_a_wrong_secret_fails_on_the_signature() {
+fn simulate_with_a_wrong_secret_prints_the_gateways_invalid_signature_error() {
     let served = simulated();
     let r = run(pollgate(&[
         "simulate",
@@ -699,19 +699,23 @@ fn simulate_with_a_wrong_secret_fails_on_the_signature() {
         "--interval",
         "10ms",
     ]));
-    assert_ne!(r.code(), Some(0), "{r:?}");
-    // The gateway refused the call (INVALID_SIGNATURE) and signed that with the real
-    // secret, which the till with the wrong secret cannot verify.
-    assert!(r.stdout.contains("INVALID_SIGNATURE"), "{r:?}");
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    // The gateway refused the call: that is what went wrong, not the answer's signature
+    // (signed with the real secret, which this till does not have).
+    assert!(
+        r.stdout
+            .contains("<- 400 {\"error\":{\"code\":\"INVALID_SIGNATURE\""),
+        "{r:?}"
+    );
     assert_eq!(
         r.stderr,
-        "pollgate simulate: the answer's signature is wrong: X-Mplus-Signature does not match the body\n",
+        "pollgate simulate: error answer 400 INVALID_SIGNATURE: X-Mplus-Signature does not match the body; check --secret and --encoding: the gateway verifies with the subscription's secret in its config\n",
         "{r:?}"
     );
 }
 
 #[test]
-fn simulate_with_an_unknown_subscription_reports_the_unsigned_error_answer() {
+fn simulate_with_an_unknown_subscription_prints_the_gateways_error() {
     let served = simulated();
     let r = run(pollgate(&[
         "simulate",
@@ -726,7 +730,52 @@ fn simulate_with_an_unknown_subscription_reports_the_unsigned_error_answer() {
     ]));
     assert_eq!(r.code(), Some(1), "{r:?}");
     assert_eq!(
-        r.stderr, "pollgate simulate: the answer is not signed (no X-Mplus-Signature)\n",
+        r.stderr,
+        "pollgate simulate: error answer 400 INVALID_SUBSCRIPTION_ID: X-Mplus-Subscription-Id is not a known subscription; check --subscription: `nobody` is not a subscription in the gateway's config\n",
+        "{r:?}"
+    );
+}
+
+#[test]
+fn simulate_prints_a_rules_rejection_and_checks_its_signature() {
+    let served = Served::start(
+        "events:\n  scanCode:\n    rule: reject.rhai\n",
+        &[(
+            "reject.rhai",
+            r#"reject("INVALID_ARTICLE", "no such article")"#,
+        )],
+    );
+    let r = run(pollgate(&[
+        "simulate",
+        "--url",
+        &served.url(),
+        "--event",
+        "scanCode",
+        "--secret",
+        SECRET,
+        "--subscription",
+        "shop",
+    ]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stderr, "pollgate simulate: error answer 400 INVALID_ARTICLE: no such article\n",
+        "{r:?}"
+    );
+}
+
+#[test]
+fn simulate_with_a_secret_that_is_not_base64_names_the_encoding_option() {
+    let r = run(pollgate(&[
+        "simulate",
+        "--event",
+        "scanCode",
+        "--secret",
+        "not*base64!",
+    ]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stderr,
+        "pollgate simulate: --secret: the secret is not valid base64 (pass --encoding utf8 to use the text as it is)\n",
         "{r:?}"
     );
 }
@@ -774,10 +823,24 @@ fn simulate_reports_an_unreachable_gateway() {
         "scanCode",
     ]));
     assert_eq!(r.code(), Some(1), "{r:?}");
-    assert!(
-        r.stderr.starts_with(&format!(
-            "pollgate simulate: cannot reach http://127.0.0.1:{port}/webhooks/scanCode"
-        )),
+    assert_eq!(
+        r.stderr,
+        format!(
+            "pollgate simulate: cannot reach http://127.0.0.1:{port}/webhooks/scanCode: client error (Connect): tcp connect error: Connection refused (os error 111)\n"
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn healthcheck_of_a_gateway_that_is_down_says_why() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let r = run(pollgate(&["healthcheck", "--url", &url]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stderr,
+        format!("healthcheck: cannot reach {url}: client error (Connect): tcp connect error: Connection refused (os error 111)\n"),
         "{r:?}"
     );
 }

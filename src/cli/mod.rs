@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{process_env, Config, DEFAULT_CONFIG_PATH};
 use crate::runtime::Runtime;
-use crate::signature::{Encoding, Secret};
+use crate::signature::{Encoding, Secret, SecretError};
 use crate::telemetry::{LogFormat, Metrics};
 
 pub use simulate::{simulate, SimulateArgs};
@@ -103,10 +103,42 @@ pub async fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("healthcheck: {}: {e}", args.url);
+            eprintln!("healthcheck: cannot reach {}: {}", args.url, causes(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// Why a request got no answer, down to the cause a user can act on: reqwest's own
+/// message only names the URL ("error sending request for url (...)"); its sources say
+/// "tcp connect error: Connection refused (os error 111)" or "dns error: ...".
+fn causes(error: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        let text = e.to_string();
+        // Some layers repeat their source's text in their own.
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    if parts.is_empty() {
+        error.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// `--secret` (and `--encoding`) as a key; the messages name the options, not config keys.
+fn secret_arg(text: &str, encoding: EncodingArg) -> Result<Secret, String> {
+    Secret::decode(text, encoding.into()).map_err(|e| match e {
+        SecretError::NotBase64 => {
+            "--secret: the secret is not valid base64 (pass --encoding utf8 to use the text as it is)"
+                .to_owned()
+        }
+        SecretError::Empty => format!("--secret: {e}"),
+    })
 }
 
 /// Where the config file is.
@@ -204,10 +236,10 @@ pub fn check(args: &ConfigArg) -> ExitCode {
 
 /// `pollgate sign`.
 pub fn sign(args: &SignArgs) -> ExitCode {
-    let secret = match Secret::decode(&args.secret, args.encoding.into()) {
+    let secret = match secret_arg(&args.secret, args.encoding) {
         Ok(secret) => secret,
         Err(e) => {
-            eprintln!("--secret: {e}");
+            eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
