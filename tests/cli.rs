@@ -538,6 +538,106 @@ fn test_reports_an_unreadable_test_file() {
     assert!(r.stderr.contains("evnt"), "{r:?}");
 }
 
+#[test]
+fn test_prints_a_broken_files_error_once_runs_the_other_files_and_sums_up() {
+    let shipped = shipped_config();
+    let good = format!(
+        "config: {}\ncases:\n  - name: an ordinary code passes\n    event: scanCode\n    body: {{scanCode: {{scannedCode: \"8712345678906\"}}}}\n    calls:\n      - expect: {{scanCode: {{recognized: false}}}}\n",
+        shipped.display()
+    );
+    let dir = folder(&[
+        ("a-broken.yaml", "cases:\n  - name: [unclosed\n"),
+        ("b-good.yaml", &good),
+    ]);
+    let r = run(pollgate(&["test", dir.path().to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    let broken = dir.path().join("a-broken.yaml");
+    assert_eq!(r.stderr.lines().count(), 1, "the error once: {r:?}");
+    assert!(
+        r.stderr.starts_with(&format!("{}:2:", broken.display())),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains("ERROR"), "{r:?}");
+    assert_eq!(
+        r.stdout,
+        format!(
+            "{}\n{}\n  ok   an ordinary code passes (1 call)\n1 passed, 1 failed (1 test file could not be run)\n",
+            broken.display(),
+            dir.path().join("b-good.yaml").display()
+        ),
+        "{r:?}"
+    );
+}
+
+/// A rules folder of its own: `pollgate.yaml`, a rule, and `tests/cases.yaml` naming no config.
+fn rules_folder() -> tempfile::TempDir {
+    let config = config_text(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        "events:\n  scanCode:\n    rule: scan.rhai\n",
+    );
+    folder(&[
+        ("rules/pollgate.yaml", &config),
+        ("rules/scan.rhai", "#{ scanCode: #{ recognized: true } }"),
+        (
+            "rules/tests/cases.yaml",
+            "cases:\n  - name: every code is recognized\n    event: scanCode\n    body: {scanCode: {scannedCode: \"1\"}}\n    calls:\n      - expect: {scanCode: {recognized: true}}\n",
+        ),
+    ])
+}
+
+#[test]
+fn test_inside_the_rules_folder_finds_the_config_beside_or_above_the_test_files() {
+    let dir = rules_folder();
+    let rules = dir.path().join("rules");
+    for (cwd, args) in [
+        (dir.path().to_path_buf(), vec!["test"]),
+        (
+            dir.path().to_path_buf(),
+            vec!["test", "rules/tests/cases.yaml"],
+        ),
+        (rules.clone(), vec!["test"]),
+        (rules.clone(), vec!["test", "tests/cases.yaml"]),
+        (rules.clone(), vec!["test", "tests"]),
+        (rules.join("tests"), vec!["test", "cases.yaml"]),
+        (rules.join("tests"), vec!["test", "."]),
+    ] {
+        let mut cmd = pollgate(&args);
+        cmd.current_dir(&cwd);
+        let r = run(cmd);
+        assert_eq!(r.code(), Some(0), "in {}: {args:?}: {r:?}", cwd.display());
+        assert!(
+            r.stdout
+                .ends_with("  ok   every code is recognized (1 call)\n1 passed, 0 failed\n"),
+            "in {}: {args:?}: {r:?}",
+            cwd.display()
+        );
+    }
+}
+
+#[test]
+fn test_with_a_config_option_uses_it_over_the_lookup() {
+    let dir = rules_folder();
+    let other = folder(&[(
+        "pollgate.yaml",
+        &config_text(
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            "events:\n  scanCode:\n    respond: {scanCode: {recognized: false}}\n",
+        ),
+    )]);
+    let mut cmd = pollgate(&[
+        "test",
+        "--config",
+        other.path().join("pollgate.yaml").to_str().unwrap(),
+        "tests/cases.yaml",
+    ]);
+    cmd.current_dir(dir.path().join("rules"));
+    let r = run(cmd);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stdout.ends_with("0 passed, 1 failed\n"), "{r:?}");
+}
+
 // ---- simulate against a real `pollgate serve` ----
 
 /// A `pollgate serve` child on free loopback ports, killed on drop.

@@ -172,9 +172,12 @@ pub struct SignArgs {
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
-    /// Test files or folders.
+    /// The config the cases run against, unless a test file names its own with `config:`
+    /// [default: $POLLGATE_CONFIG, else rules/pollgate.yaml, else pollgate.yaml beside the
+    /// test file, else in its parent folder]
+    #[arg(long, short, env = "POLLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Test files or folders [default: the `tests` folder beside the config]
     pub paths: Vec<PathBuf>,
 }
 
@@ -268,9 +271,10 @@ pub fn sign(args: &SignArgs) -> ExitCode {
 /// `pollgate test`.
 pub fn test(args: &TestArgs) -> ExitCode {
     let mut out = std::io::stdout();
-    match crate::testing::run(&args.config.config, &args.paths, &mut out) {
+    let mut err = std::io::stderr();
+    match crate::testing::run(args.config.as_deref(), &args.paths, &mut out, &mut err) {
         Ok(summary) => {
-            let _ = writeln!(out, "{} passed, {} failed", summary.passed, summary.failed);
+            let _ = writeln!(out, "{summary}");
             if summary.failed == 0 {
                 ExitCode::SUCCESS
             } else {
