@@ -784,6 +784,43 @@ fn simulate_follows_a_conversation_to_its_end_and_prints_the_messages() {
 }
 
 #[test]
+fn simulate_fresh_starts_a_new_conversation_each_run_and_without_it_the_second_run_replays() {
+    let served = simulated();
+    let body = fixture("mplus/examples/addSessionLine.json");
+    let (url, body) = (served.url(), body.to_str().unwrap().to_owned());
+    let simulate = |fresh: bool| {
+        let mut args = vec![
+            "simulate",
+            "--event",
+            "addSessionLine",
+            "--url",
+            &url,
+            "--subscription",
+            "shop",
+            "--body",
+            &body,
+            "--interval",
+            "10ms",
+        ];
+        if fresh {
+            args.push("--fresh");
+        }
+        run(pollgate(&args))
+    };
+    // As the README walks through it: --fresh twice, then without it twice.
+    for (fresh, calls) in [(true, 3), (true, 3), (false, 3), (false, 1)] {
+        let r = simulate(fresh);
+        assert_eq!(r.code(), Some(0), "{r:?}");
+        let last = if calls == 1 { "call" } else { "calls" };
+        assert!(
+            r.stdout
+                .ends_with(&format!("finished after {calls} {last}\n")),
+            "--fresh {fresh}: {r:?}"
+        );
+    }
+}
+
+#[test]
 fn simulate_with_a_wrong_secret_prints_the_gateways_invalid_signature_error() {
     let served = simulated();
     let r = run(pollgate(&[

@@ -43,8 +43,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway: the webhook listener and the admin listener.
     ///
-    /// Reloads config and rules on POST /reload (admin listener), SIGHUP and changes in the
-    /// config file's folder; stops gracefully on SIGTERM or Ctrl-C.
+    /// Reloads config and rules on POST /reload (admin listener), SIGHUP and changes of the
+    /// config file or its rule files (other files in the folder, like a log, are ignored);
+    /// stops gracefully on SIGTERM or Ctrl-C.
     Serve(ServeArgs),
     /// Load the config, decode every secret, compile every rule; print each problem as
     /// `file:line:col: message` and exit 1 if there is any. Never binds a port.
