@@ -463,6 +463,7 @@ fn help_of_each_command_mentions_its_options() {
                 "--url",
                 "--event",
                 "--secret",
+                "--encoding",
                 "--subscription",
                 "--body",
                 "--interval",
@@ -471,6 +472,10 @@ fn help_of_each_command_mentions_its_options() {
         ),
         ("test", &["--config", "[PATHS]..."]),
         ("healthcheck", &["--url"]),
+        (
+            "demo-backend",
+            &["--listen", "--delay", "--approve-up-to", "--secret"],
+        ),
     ];
     for (command, options) in commands {
         let r = run(pollgate(&[command, "--help"]));
