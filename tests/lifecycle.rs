@@ -285,6 +285,15 @@ async fn serve_logging_into_its_config_folder_reloads_only_when_config_or_rules_
         (p.log().matches(UNCHANGED).count() >= 2).then_some(())
     })
     .await;
+    // Proving that nothing more happens takes time: for four debounce periods (1 s), the
+    // reload's own log lines and the calls' do not make the watcher look again (a watcher
+    // that took every file in the folder for an input would, every 250 ms, for ever).
+    let quiet_until = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < quiet_until {
+        let log = p.log();
+        assert_eq!(log.matches(UNCHANGED).count(), 2, "{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let log = p.log();
     assert_eq!(log.matches(UNCHANGED).count(), 2, "{log}");
     assert_eq!(log.matches("config reloaded").count(), 1, "{log}");
