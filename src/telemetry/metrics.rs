@@ -510,6 +510,14 @@ mod tests {
     }
 
     #[test]
+    fn outcomes_are_listed_in_declaration_order() {
+        // EventMetrics indexes its handles with `outcome as usize`.
+        for (i, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i, "{outcome:?}");
+        }
+    }
+
+    #[test]
     fn requests_list_only_the_declared_outcomes_sorted_and_others_once_they_happen() {
         let m = Metrics::new();
         let _none = m.event("none", Outcome::NO_EVENT);
