@@ -9,7 +9,7 @@ use rhai::{Dynamic, Map};
 
 use crate::config::{Answer, Config, Event, Problem, Problems};
 use crate::rules::{Rule, RuleEngine};
-use crate::telemetry::{EventMetrics, Metrics};
+use crate::telemetry::{EventMetrics, Metrics, Outcome};
 use crate::upstream::{HttpUpstreams, UpstreamClient};
 
 /// A compiled event.
@@ -97,12 +97,13 @@ impl Runtime {
                 },
                 Answer::Reply => How::Reply,
             };
+            let outcomes = Outcome::of_event(event.polling.is_some(), matches!(how, How::Rule(_)));
             events.insert(
                 name.clone(),
                 CompiledEvent {
                     config: event.clone(),
                     how,
-                    metrics: metrics.event(name),
+                    metrics: metrics.event(name, &outcomes),
                 },
             );
         }
@@ -114,8 +115,16 @@ impl Runtime {
         }
         let upstream_names: Arc<[String]> = config.upstreams.keys().cloned().collect();
         Ok(Self {
-            unconfigured: metrics.event("unconfigured"),
-            no_event: metrics.event("none"),
+            // With a `"*"` event, no call is unconfigured.
+            unconfigured: metrics.event(
+                "unconfigured",
+                if events.contains_key("*") {
+                    &[]
+                } else {
+                    Outcome::UNCONFIGURED
+                },
+            ),
+            no_event: metrics.event("none", Outcome::NO_EVENT),
             upstream_names,
             upstreams,
             engine,

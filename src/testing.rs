@@ -23,6 +23,11 @@
 //!
 //! `expect` matches when every key it names has the given value in the answer (maps are
 //! compared key by key, arrays element by element, numbers by value).
+//!
+//! The config a file's cases run against: the file's `config:`, else `--config` (or
+//! `$POLLGATE_CONFIG`), else `rules/pollgate.yaml` if it exists, else a `pollgate.yaml`
+//! beside the test file, else one in the test file's parent folder, so `pollgate test
+//! tests/x.yaml` works inside the rules folder too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -36,7 +41,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{parse_duration, Config, Problem};
+use crate::config::{parse_duration, Config, Problem, DEFAULT_CONFIG_PATH};
 use crate::conversation::{Clock, MemoryStore, Reply, Store};
 use crate::pipeline::{self, Gateway};
 use crate::runtime::Runtime;
@@ -97,15 +102,32 @@ struct Pretend {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
     pub passed: usize,
+    /// Failed cases, and test files that could not be run (each counts once).
     pub failed: usize,
+    /// Of `failed`: test files that could not be read.
+    pub broken_files: usize,
 }
 
-/// Runs the test files at `paths` (files or folders); `config` is the default config.
-/// Prints a line per case and returns the totals; `Err` for files that cannot be used.
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed, {} failed", self.passed, self.failed)?;
+        match self.broken_files {
+            0 => Ok(()),
+            1 => write!(f, " (1 test file could not be run)"),
+            n => write!(f, " ({n} test files could not be run)"),
+        }
+    }
+}
+
+/// Runs the test files at `paths` (files or folders; none: the `tests` folder beside the
+/// config) against `config` (`None`: not given, looked up; see the module's docs). Prints
+/// a line per case to `out` and a problem with a file to `err`, once, counting the file as
+/// failed; `Err` when there is nothing to run.
 pub fn run(
-    config: &Path,
+    config: Option<&Path>,
     paths: &[PathBuf],
     out: &mut dyn std::io::Write,
+    err: &mut dyn std::io::Write,
 ) -> Result<Summary, Vec<Problem>> {
     let files = test_files(config, paths)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -114,12 +136,11 @@ pub fn run(
         .build()
         .map_err(|e| {
             vec![Problem::in_file(
-                config,
+                &files[0],
                 format!("cannot start the test runtime: {e}"),
             )]
         })?;
     let mut summary = Summary::default();
-    let mut problems = Vec::new();
     for file in files {
         let _ = writeln!(out, "{}", file.display());
         match runtime.block_on(run_file(config, &file, out)) {
@@ -128,19 +149,53 @@ pub fn run(
                 summary.failed += s.failed;
             }
             Err(problem) => {
-                let _ = writeln!(out, "  ERROR {problem}");
-                problems.push(problem);
+                let _ = out.flush();
+                let _ = writeln!(err, "{problem}");
+                summary.failed += 1;
+                summary.broken_files += 1;
             }
         }
     }
-    if problems.is_empty() {
-        Ok(summary)
-    } else {
-        Err(problems)
-    }
+    Ok(summary)
 }
 
-fn test_files(config: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<Problem>> {
+/// The config for a test file in `file_dir` that names none (see the module's docs).
+fn config_for(file_dir: &Path, given: Option<&Path>) -> PathBuf {
+    let dir = if file_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        file_dir
+    };
+    // `tests` → `.`, `rules/tests` → `rules`, but `.` and `..` → `./..`, `../..`.
+    let parent = match dir.components().next_back() {
+        Some(std::path::Component::Normal(_)) => dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
+        _ => dir.join(".."),
+    };
+    lookup(given, &[dir.to_path_buf(), parent])
+}
+
+/// `given`, else the default path if it exists, else the first `pollgate.yaml` in `dirs`,
+/// else the default path (so the error names it).
+fn lookup(given: Option<&Path>, dirs: &[PathBuf]) -> PathBuf {
+    if let Some(given) = given {
+        return given.to_path_buf();
+    }
+    let default = Path::new(DEFAULT_CONFIG_PATH);
+    if default.is_file() {
+        return default.to_path_buf();
+    }
+    dirs.iter()
+        .map(|d| d.join("pollgate.yaml"))
+        .find(|c| c.is_file())
+        .unwrap_or_else(|| default.to_path_buf())
+}
+
+fn test_files(config: Option<&Path>, paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<Problem>> {
+    let config = lookup(config, &[PathBuf::from(".")]);
     let default_dir = config.parent().unwrap_or(Path::new(".")).join("tests");
     let roots = if paths.is_empty() {
         vec![default_dir]
@@ -166,13 +221,13 @@ fn test_files(config: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<Prob
         }
     }
     if files.is_empty() {
-        return Err(vec![Problem::in_file(config, "no rule test files found")]);
+        return Err(vec![Problem::in_file(&config, "no rule test files found")]);
     }
     Ok(files)
 }
 
 async fn run_file(
-    default_config: &Path,
+    given_config: Option<&Path>,
     file: &Path,
     out: &mut dyn std::io::Write,
 ) -> Result<Summary, Problem> {
@@ -186,7 +241,7 @@ async fn run_file(
     let config_path = tests
         .config
         .as_ref()
-        .map_or_else(|| default_config.to_path_buf(), |c| dir.join(c));
+        .map_or_else(|| config_for(dir, given_config), |c| dir.join(c));
     let mut summary = Summary::default();
     for case in &tests.cases {
         match run_case(&config_path, dir, case).await {
@@ -219,8 +274,9 @@ async fn run_case(config_path: &Path, dir: &Path, case: &Case) -> Result<usize, 
     let metrics = Arc::new(Metrics::new());
     let pretend = Arc::new(PretendUpstreams::new(&case.upstreams)?);
     let ttl = config.state.ttl;
-    let runtime =
+    let mut runtime =
         Runtime::build_with(config, &metrics, 1, pretend.clone()).map_err(|e| e.to_string())?;
+    runtime.engine.run_inline();
     let sub = match &case.subscription {
         Some(id) => runtime
             .config

@@ -168,6 +168,86 @@ async fn metrics_move_with_calls_rule_errors_and_reloads() {
 }
 
 #[tokio::test]
+async fn metrics_list_the_request_series_that_can_happen_sorted_with_a_405_of_its_own() {
+    let gw = Gateway::start(
+        "events:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {}\n  completeSession:\n    respond: {}\n",
+        &[("rule.rhai", "finish()")],
+    )
+    .await;
+    // A GET on a webhook path: 405, counted as such (not as a 404).
+    let r = client().get(gw.url("addSessionLine")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let text = gw.metrics().await;
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("pollgate_requests_total{"))
+        .collect();
+    let expected: Vec<String> = [
+        ("addSessionLine", "bad_request", 0),
+        ("addSessionLine", "body_timeout", 0),
+        ("addSessionLine", "deadline", 0),
+        ("addSessionLine", "error_request", 0),
+        ("addSessionLine", "finished", 0),
+        ("addSessionLine", "keep_polling", 0),
+        ("addSessionLine", "overloaded", 0),
+        ("addSessionLine", "rejected", 0),
+        ("addSessionLine", "replayed", 0),
+        ("addSessionLine", "rule_error", 0),
+        ("addSessionLine", "store_error", 0),
+        ("addSessionLine", "timeout", 0),
+        ("addSessionLine", "too_large", 0),
+        ("completeSession", "answered", 0),
+        ("completeSession", "bad_request", 0),
+        ("completeSession", "body_timeout", 0),
+        ("completeSession", "deadline", 0),
+        ("completeSession", "error_request", 0),
+        ("completeSession", "overloaded", 0),
+        ("completeSession", "replayed", 0),
+        ("completeSession", "rule_error", 0),
+        ("completeSession", "store_error", 0),
+        ("completeSession", "too_large", 0),
+        ("none", "method_not_allowed", 1),
+        ("none", "not_found", 0),
+        ("unconfigured", "bad_request", 0),
+        ("unconfigured", "body_timeout", 0),
+        ("unconfigured", "overloaded", 0),
+        ("unconfigured", "too_large", 0),
+        ("unconfigured", "unconfigured", 0),
+    ]
+    .iter()
+    .map(|(event, outcome, n)| {
+        format!(r#"pollgate_requests_total{{event="{event}",outcome="{outcome}"}} {n}"#)
+    })
+    .collect();
+    assert_eq!(series, expected, "{text}");
+    assert!(
+        text.contains(&format!(
+            "# TYPE pollgate_build_info gauge\npollgate_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_fallback_event_no_call_is_counted_as_unconfigured() {
+    let gw = Gateway::start("events:\n  \"*\":\n    respond: {}\n", &[]).await;
+    let _ = gw.till().call("someEvent", "{}").await;
+    let text = gw.metrics().await;
+    assert!(
+        !text.contains(r#"pollgate_requests_total{event="unconfigured""#),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"pollgate_requests_total{event="*",outcome="answered"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn conversations_lists_live_conversations_without_bodies_or_secrets() {
     let gw = Gateway::start(
         POLLING,

@@ -415,7 +415,7 @@ fn sign_with_a_secret_that_is_not_base64_is_a_usage_error() {
     assert_eq!(r.code(), Some(2), "{r:?}");
     assert_eq!(
         r.stderr,
-        "--secret: secret is not valid base64 (set `encoding: utf8` to use the text as it is)\n"
+        "--secret: the secret is not valid base64 (pass --encoding utf8 to use the text as it is)\n"
     );
     assert_eq!(r.stdout, "");
 }
@@ -463,6 +463,7 @@ fn help_of_each_command_mentions_its_options() {
                 "--url",
                 "--event",
                 "--secret",
+                "--encoding",
                 "--subscription",
                 "--body",
                 "--interval",
@@ -471,6 +472,10 @@ fn help_of_each_command_mentions_its_options() {
         ),
         ("test", &["--config", "[PATHS]..."]),
         ("healthcheck", &["--url"]),
+        (
+            "demo-backend",
+            &["--listen", "--delay", "--approve-up-to", "--secret"],
+        ),
     ];
     for (command, options) in commands {
         let r = run(pollgate(&[command, "--help"]));
@@ -536,6 +541,106 @@ fn test_reports_an_unreadable_test_file() {
         "{r:?}"
     );
     assert!(r.stderr.contains("evnt"), "{r:?}");
+}
+
+#[test]
+fn test_prints_a_broken_files_error_once_runs_the_other_files_and_sums_up() {
+    let shipped = shipped_config();
+    let good = format!(
+        "config: {}\ncases:\n  - name: an ordinary code passes\n    event: scanCode\n    body: {{scanCode: {{scannedCode: \"8712345678906\"}}}}\n    calls:\n      - expect: {{scanCode: {{recognized: false}}}}\n",
+        shipped.display()
+    );
+    let dir = folder(&[
+        ("a-broken.yaml", "cases:\n  - name: [unclosed\n"),
+        ("b-good.yaml", &good),
+    ]);
+    let r = run(pollgate(&["test", dir.path().to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    let broken = dir.path().join("a-broken.yaml");
+    assert_eq!(r.stderr.lines().count(), 1, "the error once: {r:?}");
+    assert!(
+        r.stderr.starts_with(&format!("{}:2:", broken.display())),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains("ERROR"), "{r:?}");
+    assert_eq!(
+        r.stdout,
+        format!(
+            "{}\n{}\n  ok   an ordinary code passes (1 call)\n1 passed, 1 failed (1 test file could not be run)\n",
+            broken.display(),
+            dir.path().join("b-good.yaml").display()
+        ),
+        "{r:?}"
+    );
+}
+
+/// A rules folder of its own: `pollgate.yaml`, a rule, and `tests/cases.yaml` naming no config.
+fn rules_folder() -> tempfile::TempDir {
+    let config = config_text(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        "events:\n  scanCode:\n    rule: scan.rhai\n",
+    );
+    folder(&[
+        ("rules/pollgate.yaml", &config),
+        ("rules/scan.rhai", "#{ scanCode: #{ recognized: true } }"),
+        (
+            "rules/tests/cases.yaml",
+            "cases:\n  - name: every code is recognized\n    event: scanCode\n    body: {scanCode: {scannedCode: \"1\"}}\n    calls:\n      - expect: {scanCode: {recognized: true}}\n",
+        ),
+    ])
+}
+
+#[test]
+fn test_inside_the_rules_folder_finds_the_config_beside_or_above_the_test_files() {
+    let dir = rules_folder();
+    let rules = dir.path().join("rules");
+    for (cwd, args) in [
+        (dir.path().to_path_buf(), vec!["test"]),
+        (
+            dir.path().to_path_buf(),
+            vec!["test", "rules/tests/cases.yaml"],
+        ),
+        (rules.clone(), vec!["test"]),
+        (rules.clone(), vec!["test", "tests/cases.yaml"]),
+        (rules.clone(), vec!["test", "tests"]),
+        (rules.join("tests"), vec!["test", "cases.yaml"]),
+        (rules.join("tests"), vec!["test", "."]),
+    ] {
+        let mut cmd = pollgate(&args);
+        cmd.current_dir(&cwd);
+        let r = run(cmd);
+        assert_eq!(r.code(), Some(0), "in {}: {args:?}: {r:?}", cwd.display());
+        assert!(
+            r.stdout
+                .ends_with("  ok   every code is recognized (1 call)\n1 passed, 0 failed\n"),
+            "in {}: {args:?}: {r:?}",
+            cwd.display()
+        );
+    }
+}
+
+#[test]
+fn test_with_a_config_option_uses_it_over_the_lookup() {
+    let dir = rules_folder();
+    let other = folder(&[(
+        "pollgate.yaml",
+        &config_text(
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            "events:\n  scanCode:\n    respond: {scanCode: {recognized: false}}\n",
+        ),
+    )]);
+    let mut cmd = pollgate(&[
+        "test",
+        "--config",
+        other.path().join("pollgate.yaml").to_str().unwrap(),
+        "tests/cases.yaml",
+    ]);
+    cmd.current_dir(dir.path().join("rules"));
+    let r = run(cmd);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stdout.ends_with("0 passed, 1 failed\n"), "{r:?}");
 }
 
 // ---- simulate against a real `pollgate serve` ----
@@ -684,7 +789,44 @@ fn simulate_follows_a_conversation_to_its_end_and_prints_the_messages() {
 }
 
 #[test]
-fn simulate_with_a_wrong_secret_fails_on_the_signature() {
+fn simulate_fresh_starts_a_new_conversation_each_run_and_without_it_the_second_run_replays() {
+    let served = simulated();
+    let body = fixture("mplus/examples/addSessionLine.json");
+    let (url, body) = (served.url(), body.to_str().unwrap().to_owned());
+    let simulate = |fresh: bool| {
+        let mut args = vec![
+            "simulate",
+            "--event",
+            "addSessionLine",
+            "--url",
+            &url,
+            "--subscription",
+            "shop",
+            "--body",
+            &body,
+            "--interval",
+            "10ms",
+        ];
+        if fresh {
+            args.push("--fresh");
+        }
+        run(pollgate(&args))
+    };
+    // As the README walks through it: --fresh twice, then without it twice.
+    for (fresh, calls) in [(true, 3), (true, 3), (false, 3), (false, 1)] {
+        let r = simulate(fresh);
+        assert_eq!(r.code(), Some(0), "{r:?}");
+        let last = if calls == 1 { "call" } else { "calls" };
+        assert!(
+            r.stdout
+                .ends_with(&format!("finished after {calls} {last}\n")),
+            "--fresh {fresh}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn simulate_with_a_wrong_secret_prints_the_gateways_invalid_signature_error() {
     let served = simulated();
     let r = run(pollgate(&[
         "simulate",
@@ -699,19 +841,23 @@ fn simulate_with_a_wrong_secret_fails_on_the_signature() {
         "--interval",
         "10ms",
     ]));
-    assert_ne!(r.code(), Some(0), "{r:?}");
-    // The gateway refused the call (INVALID_SIGNATURE) and signed that with the real
-    // secret, which the till with the wrong secret cannot verify.
-    assert!(r.stdout.contains("INVALID_SIGNATURE"), "{r:?}");
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    // The gateway refused the call: that is what went wrong, not the answer's signature
+    // (signed with the real secret, which this till does not have).
+    assert!(
+        r.stdout
+            .contains("<- 400 {\"error\":{\"code\":\"INVALID_SIGNATURE\""),
+        "{r:?}"
+    );
     assert_eq!(
         r.stderr,
-        "pollgate simulate: the answer's signature is wrong: X-Mplus-Signature does not match the body\n",
+        "pollgate simulate: error answer 400 INVALID_SIGNATURE: X-Mplus-Signature does not match the body; check --secret and --encoding: the gateway verifies with the subscription's secret in its config\n",
         "{r:?}"
     );
 }
 
 #[test]
-fn simulate_with_an_unknown_subscription_reports_the_unsigned_error_answer() {
+fn simulate_with_an_unknown_subscription_prints_the_gateways_error() {
     let served = simulated();
     let r = run(pollgate(&[
         "simulate",
@@ -726,7 +872,52 @@ fn simulate_with_an_unknown_subscription_reports_the_unsigned_error_answer() {
     ]));
     assert_eq!(r.code(), Some(1), "{r:?}");
     assert_eq!(
-        r.stderr, "pollgate simulate: the answer is not signed (no X-Mplus-Signature)\n",
+        r.stderr,
+        "pollgate simulate: error answer 400 INVALID_SUBSCRIPTION_ID: X-Mplus-Subscription-Id is not a known subscription; check --subscription: `nobody` is not a subscription in the gateway's config\n",
+        "{r:?}"
+    );
+}
+
+#[test]
+fn simulate_prints_a_rules_rejection_and_checks_its_signature() {
+    let served = Served::start(
+        "events:\n  scanCode:\n    rule: reject.rhai\n",
+        &[(
+            "reject.rhai",
+            r#"reject("INVALID_ARTICLE", "no such article")"#,
+        )],
+    );
+    let r = run(pollgate(&[
+        "simulate",
+        "--url",
+        &served.url(),
+        "--event",
+        "scanCode",
+        "--secret",
+        SECRET,
+        "--subscription",
+        "shop",
+    ]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stderr, "pollgate simulate: error answer 400 INVALID_ARTICLE: no such article\n",
+        "{r:?}"
+    );
+}
+
+#[test]
+fn simulate_with_a_secret_that_is_not_base64_names_the_encoding_option() {
+    let r = run(pollgate(&[
+        "simulate",
+        "--event",
+        "scanCode",
+        "--secret",
+        "not*base64!",
+    ]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stderr,
+        "pollgate simulate: --secret: the secret is not valid base64 (pass --encoding utf8 to use the text as it is)\n",
         "{r:?}"
     );
 }
@@ -774,10 +965,24 @@ fn simulate_reports_an_unreachable_gateway() {
         "scanCode",
     ]));
     assert_eq!(r.code(), Some(1), "{r:?}");
-    assert!(
-        r.stderr.starts_with(&format!(
-            "pollgate simulate: cannot reach http://127.0.0.1:{port}/webhooks/scanCode"
-        )),
+    assert_eq!(
+        r.stderr,
+        format!(
+            "pollgate simulate: cannot reach http://127.0.0.1:{port}/webhooks/scanCode: client error (Connect): tcp connect error: Connection refused (os error 111)\n"
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn healthcheck_of_a_gateway_that_is_down_says_why() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let r = run(pollgate(&["healthcheck", "--url", &url]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stderr,
+        format!("healthcheck: cannot reach {url}: client error (Connect): tcp connect error: Connection refused (os error 111)\n"),
         "{r:?}"
     );
 }

@@ -883,3 +883,137 @@ fn compose_runs_pollgate_with_redis_and_the_demo_back_end() {
         "docker/compose/pollgate.yaml differs from rules/pollgate.yaml beyond `state`: keep them in step"
     );
 }
+
+#[test]
+fn compose_builds_the_image_once_and_the_demo_back_end_runs_it() {
+    let compose = compose();
+    let services = &compose["services"];
+    let pollgate = &services["pollgate"];
+    let (backend_name, backend) = service_by(services, |s| {
+        strings(&s["command"]).first().map(String::as_str) == Some("demo-backend")
+    });
+    let image = pollgate["image"]
+        .as_str()
+        .expect("the pollgate service names the image it builds (`image:`)");
+    assert!(builds_our_image(pollgate));
+    assert_eq!(
+        backend["image"].as_str(),
+        Some(image),
+        "{backend_name} does not run the image the pollgate service builds"
+    );
+    assert!(
+        backend["build"].is_null(),
+        "{backend_name} builds the image a second time"
+    );
+    // The image is on no registry: `up` must not try to pull it for the demo back end.
+    assert_eq!(backend["pull_policy"].as_str(), Some("never"));
+    let builders: Vec<&Value> = services
+        .as_mapping()
+        .unwrap()
+        .values()
+        .filter(|s| builds_our_image(s))
+        .collect();
+    assert_eq!(
+        builders.len(),
+        1,
+        "docker/Dockerfile is built more than once"
+    );
+}
+
+#[test]
+fn compose_publishes_every_port_on_the_hosts_loopback_only() {
+    let compose = compose();
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        for port in published(service) {
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name:?} publishes {port} on every interface; the example runs with the public demo secret"
+            );
+        }
+    }
+    // The way to open it up, with a real secret, is in the file and in docker/README.md.
+    let text = read("docker/compose.yaml");
+    assert!(text.contains("MPLUS_SECRET") && text.contains("\"8080:8080\""));
+    let readme = read("docker/README.md");
+    assert!(readme.contains("Opening the webhook port to tills on other machines"));
+}
+
+/// `docker compose ... exec pollgate pollgate simulate ...` lines of `text`, as argv.
+fn simulate_examples(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter_map(|l| l.split_once("exec pollgate pollgate simulate"))
+        .map(|(_, args)| {
+            ["pollgate", "simulate"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(args.split_whitespace().map(str::to_owned))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_compose_simulate_example_pays_enough_to_reach_the_demo_back_end() {
+    let compose_text = read("docker/compose.yaml");
+    let readme = read("docker/README.md");
+    let examples = simulate_examples(&compose_text);
+    assert_eq!(
+        examples.len(),
+        1,
+        "one simulate example in docker/compose.yaml"
+    );
+    assert_eq!(
+        simulate_examples(&readme),
+        examples,
+        "docker/README.md shows another simulate example than docker/compose.yaml"
+    );
+    let Sub::Simulate(args) = parse_cli(&examples[0]) else {
+        panic!("{:?} is not `pollgate simulate`", examples[0])
+    };
+    assert_eq!(args.event, "startPayment");
+    let body = args.body.expect(
+        "the example sends the default body (a 4.25 Cappuccino), which never reaches the back end",
+    );
+
+    // The container's files: the image's, then the pollgate service's mounts.
+    let image = image();
+    let pollgate = &compose()["services"]["pollgate"];
+    let mut mounts = bind_mounts(pollgate);
+    mounts.sort_by_key(|(_, target)| target.matches('/').count());
+    for (host, target) in &mounts {
+        apply_mount(image.fs.path(), host, target);
+    }
+    let workdir = image.final_stage().last("WORKDIR").args.clone();
+    let body = in_root(image.fs.path(), &format!("{workdir}/{}", body.display()));
+    assert!(
+        body.is_file(),
+        "{}: the example's --body is not in the container",
+        body.display()
+    );
+
+    // Through the container's config and rules: the body takes the approval path (one
+    // forward to the back end, the till kept polling until the reply).
+    let config = image.config_in(image.fs.path());
+    let cases = image.fs.path().join("compose-example.yaml");
+    std::fs::write(
+        &cases,
+        format!(
+            "config: {}\ncases:\n  - name: the compose example's payment waits for the demo back end\n    event: startPayment\n    body_file: {}\n    upstreams:\n      approvals: {{status: 200, body: {{approved: true, manager: \"Sam\"}}, delay: 3s}}\n    forwards: {{approvals: 1}}\n    calls:\n      - expect: {{polling: {{finished: false}}}}\n      - after: 3s\n        expect: {{polling: {{finished: true, message: \"Approved by Sam\"}}}}\n",
+            config.display(),
+            body.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pollgate"))
+        .arg("test")
+        .arg(&cases)
+        .env_clear()
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.ends_with("1 passed, 0 failed\n"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -245,3 +245,170 @@ async fn unsigned_requests_put_at_most_128_characters_of_any_value_in_the_log() 
     let _ = child.wait();
     assert!(!text.contains(&"q".repeat(129)), "{text}");
 }
+
+/// A `pollgate serve --config pollgate.yaml` child started *inside* its config folder with
+/// stdout and stderr redirected to `serve.log` there, as a user does with `> serve.log 2>&1`.
+struct LoggingIntoItsFolder {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+    admin: u16,
+}
+
+impl LoggingIntoItsFolder {
+    async fn start(config: &str, files: &[(&str, &str)], rust_log: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        let (port, admin) = (closed_port().await.port(), closed_port().await.port());
+        let text = format!(
+            "server:\n  listen: 127.0.0.1:{port}\n  access_log: true\nadmin:\n  listen: 127.0.0.1:{admin}\nsubscriptions:\n  {SUBSCRIPTION}:\n    secret: {SECRET}\n{config}"
+        );
+        std::fs::write(dir.path().join("pollgate.yaml"), text).unwrap();
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pollgate"))
+            .args(["serve", "--config", "pollgate.yaml"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", rust_log)
+            .env_remove("NO_COLOR")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = Self {
+            child,
+            dir,
+            port,
+            admin,
+        };
+        eventually("pollgate serve to be ready", || async {
+            client()
+                .get(format!("http://127.0.0.1:{}/readyz", p.admin))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        })
+        .await;
+        p
+    }
+
+    fn till(&self) -> Till {
+        Till {
+            base: format!("http://127.0.0.1:{}/webhooks", self.port),
+            secret: secret(),
+            subscription: SUBSCRIPTION.into(),
+            client: client(),
+        }
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let text = client()
+            .get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&text, series)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap()
+    }
+
+    /// Replaces `name` the way editors and `git pull` do: written elsewhere, renamed over it.
+    fn replace(&self, name: &str, content: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join(name)).unwrap();
+    }
+}
+
+impl Drop for LoggingIntoItsFolder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const UNCHANGED: &str = "config and rule files unchanged; not reloading";
+
+#[tokio::test]
+async fn serve_logging_into_its_config_folder_reloads_only_when_config_or_rules_change() {
+    let p = LoggingIntoItsFolder::start(
+        "events:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {}\n",
+        &[("rule.rhai", "finish(\"old\")")],
+        "info,pollgate=debug",
+    )
+    .await;
+    let till = p.till();
+    // Calls write access lines into serve.log; notes.txt is another file in the folder.
+    for n in 0..5 {
+        assert_eq!(
+            till.call_json("addSessionLine", &body(n, 1)).await.status,
+            200
+        );
+    }
+    std::fs::write(p.dir.path().join("notes.txt"), "a note").unwrap();
+    // The rule's own bytes again: seen, compared, and no reload.
+    p.replace("rule.rhai", "finish(\"old\")");
+    eventually("the unchanged rule to be noticed", || async {
+        p.log().contains(UNCHANGED).then_some(())
+    })
+    .await;
+    assert_eq!(p.metric("pollgate_config_generation").await, 1.0);
+
+    // A real change: one reload.
+    p.replace("rule.rhai", "finish(\"new\")");
+    eventually("the changed rule to be reloaded", || async {
+        (p.metric("pollgate_config_generation").await == 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        till.call_json("addSessionLine", &body(100, 1))
+            .await
+            .message()
+            .as_deref(),
+        Some("new")
+    );
+    // More log lines (the reload's own among them), then the same bytes once more: the
+    // second "unchanged" line shows the watcher has looked at everything before it.
+    for n in 10..15 {
+        assert_eq!(
+            till.call_json("addSessionLine", &body(n, 1)).await.status,
+            200
+        );
+    }
+    p.replace("rule.rhai", "finish(\"new\")");
+    eventually("the second unchanged rule to be noticed", || async {
+        (p.log().matches(UNCHANGED).count() >= 2).then_some(())
+    })
+    .await;
+    // Proving that nothing more happens takes time: for four debounce periods (1 s), the
+    // reload's own log lines and the calls' do not make the watcher look again (a watcher
+    // that took every file in the folder for an input would, every 250 ms, for ever).
+    let quiet_until = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < quiet_until {
+        let log = p.log();
+        assert_eq!(log.matches(UNCHANGED).count(), 2, "{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = p.log();
+    assert_eq!(log.matches(UNCHANGED).count(), 2, "{log}");
+    assert_eq!(log.matches("config reloaded").count(), 1, "{log}");
+    assert_eq!(p.metric("pollgate_config_generation").await, 2.0);
+    assert_eq!(
+        p.metric(r#"pollgate_reloads_total{result="ok"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        p.metric(r#"pollgate_reloads_total{result="error"}"#).await,
+        0.0
+    );
+    // Not a terminal: no colour codes in the file.
+    assert!(!log.contains('\u{1b}'), "{log}");
+}

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{process_env, Config, DEFAULT_CONFIG_PATH};
 use crate::runtime::Runtime;
-use crate::signature::{Encoding, Secret};
+use crate::signature::{Encoding, Secret, SecretError};
 use crate::telemetry::{LogFormat, Metrics};
 
 pub use simulate::{simulate, SimulateArgs};
@@ -43,8 +43,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway: the webhook listener and the admin listener.
     ///
-    /// Reloads config and rules on POST /reload (admin listener), SIGHUP and changes in the
-    /// config file's folder; stops gracefully on SIGTERM or Ctrl-C.
+    /// Reloads config and rules on POST /reload (admin listener), SIGHUP and changes of the
+    /// config file or its rule files (other files in the folder, like a log, are ignored);
+    /// stops gracefully on SIGTERM or Ctrl-C.
     Serve(ServeArgs),
     /// Load the config, decode every secret, compile every rule; print each problem as
     /// `file:line:col: message` and exit 1 if there is any. Never binds a port.
@@ -103,10 +104,42 @@ pub async fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("healthcheck: {}: {e}", args.url);
+            eprintln!("healthcheck: cannot reach {}: {}", args.url, causes(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// Why a request got no answer, down to the cause a user can act on: reqwest's own
+/// message only names the URL ("error sending request for url (...)"); its sources say
+/// "tcp connect error: Connection refused (os error 111)" or "dns error: ...".
+fn causes(error: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        let text = e.to_string();
+        // Some layers repeat their source's text in their own.
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    if parts.is_empty() {
+        error.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// `--secret` (and `--encoding`) as a key; the messages name the options, not config keys.
+fn secret_arg(text: &str, encoding: EncodingArg) -> Result<Secret, String> {
+    Secret::decode(text, encoding.into()).map_err(|e| match e {
+        SecretError::NotBase64 => {
+            "--secret: the secret is not valid base64 (pass --encoding utf8 to use the text as it is)"
+                .to_owned()
+        }
+        SecretError::Empty => format!("--secret: {e}"),
+    })
 }
 
 /// Where the config file is.
@@ -140,9 +173,12 @@ pub struct SignArgs {
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
-    /// Test files or folders.
+    /// The config the cases run against, unless a test file names its own with `config:`
+    /// [default: $POLLGATE_CONFIG, else rules/pollgate.yaml, else pollgate.yaml beside the
+    /// test file, else in its parent folder]
+    #[arg(long, short, env = "POLLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Test files or folders [default: the `tests` folder beside the config]
     pub paths: Vec<PathBuf>,
 }
 
@@ -204,10 +240,10 @@ pub fn check(args: &ConfigArg) -> ExitCode {
 
 /// `pollgate sign`.
 pub fn sign(args: &SignArgs) -> ExitCode {
-    let secret = match Secret::decode(&args.secret, args.encoding.into()) {
+    let secret = match secret_arg(&args.secret, args.encoding) {
         Ok(secret) => secret,
         Err(e) => {
-            eprintln!("--secret: {e}");
+            eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -236,9 +272,10 @@ pub fn sign(args: &SignArgs) -> ExitCode {
 /// `pollgate test`.
 pub fn test(args: &TestArgs) -> ExitCode {
     let mut out = std::io::stdout();
-    match crate::testing::run(&args.config.config, &args.paths, &mut out) {
+    let mut err = std::io::stderr();
+    match crate::testing::run(args.config.as_deref(), &args.paths, &mut out, &mut err) {
         Ok(summary) => {
-            let _ = writeln!(out, "{} passed, {} failed", summary.passed, summary.failed);
+            let _ = writeln!(out, "{summary}");
             if summary.failed == 0 {
                 ExitCode::SUCCESS
             } else {

@@ -66,8 +66,7 @@ pub async fn simulate(args: &SimulateArgs, out: &mut dyn Write) -> ExitCode {
 }
 
 async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
-    let secret =
-        Secret::decode(&args.secret, args.encoding.into()).map_err(|e| format!("--secret: {e}"))?;
+    let secret = super::secret_arg(&args.secret, args.encoding)?;
     let body = match &args.body {
         Some(path) => {
             let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -100,7 +99,7 @@ async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
             .body(body.clone())
             .send()
             .await
-            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+            .map_err(|e| format!("cannot reach {url}: {}", super::causes(&e)))?;
         let status = response.status().as_u16();
         let answer_signature = response
             .headers()
@@ -109,6 +108,15 @@ async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
         let bytes = response.bytes().await.map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&bytes);
         let _ = writeln!(out, "<- {status} {text}");
+        if status != 200 {
+            return Err(error_answer(
+                status,
+                &bytes,
+                answer_signature.as_deref(),
+                &secret,
+                args,
+            ));
+        }
         match answer_signature {
             None => return Err("the answer is not signed (no X-Mplus-Signature)".into()),
             Some(sig) => secret
@@ -117,13 +125,6 @@ async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
         }
         let json: Value =
             serde_json::from_slice(&bytes).map_err(|_| "the answer is not JSON".to_owned())?;
-        if status != 200 {
-            let error = &json["error"];
-            return Err(format!(
-                "error answer {status}: {} {}",
-                error["code"], error["message"]
-            ));
-        }
         show(&json, out);
         match json.pointer("/polling/finished").and_then(Value::as_bool) {
             Some(false) => tokio::time::sleep(args.interval).await,
@@ -138,6 +139,62 @@ async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
         }
     }
     Err(format!("not finished after --max-polls {}", args.max_polls))
+}
+
+/// What went wrong, for an answer other than 200: the gateway's error code and message
+/// first (it says which side is wrong), with what to check for the checks a till's
+/// settings fail; then, for an answer that should verify, its signature.
+fn error_answer(
+    status: u16,
+    bytes: &[u8],
+    signature: Option<&[u8]>,
+    secret: &Secret,
+    args: &SimulateArgs,
+) -> String {
+    let json: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let field = |name: &str| {
+        json.pointer(&format!("/error/{name}"))
+            .and_then(Value::as_str)
+    };
+    let (Some(code), message) = (field("code"), field("message").unwrap_or("")) else {
+        return format!("error answer {status} without an MplusKASSA error object (is --url a pollgate webhook base URL?)");
+    };
+    let mut text = format!("error answer {status} {code}: {message}");
+    match code {
+        "INVALID_SIGNATURE" => text.push_str(
+            "; check --secret and --encoding: the gateway verifies with the subscription's secret in its config",
+        ),
+        "INVALID_SUBSCRIPTION_ID" => text.push_str(&format!(
+            "; check --subscription: `{}` is not a subscription in the gateway's config",
+            args.subscription
+        )),
+        "NOT_FOUND" => text.push_str(
+            "; check --url: it is the base URL the event name is appended to",
+        ),
+        _ => {}
+    }
+    // With a wrong secret every answer's signature is wrong, and errors before the
+    // subscription is known cannot be signed: only other error answers get a word on theirs.
+    let unsignable = [
+        "INVALID_SIGNATURE",
+        "NO_SUBSCRIPTION_ID",
+        "INVALID_SUBSCRIPTION_ID",
+        "NOT_FOUND",
+        "METHOD_NOT_ALLOWED",
+        "TIMEOUT",
+    ];
+    if !unsignable.contains(&code) {
+        match signature.map(|sig| secret.verify(sig, bytes)) {
+            None => text.push_str(
+                "\npollgate simulate: and the error answer is not signed (no X-Mplus-Signature)",
+            ),
+            Some(Err(e)) => text.push_str(&format!(
+                "\npollgate simulate: and the error answer's signature is wrong: {e}"
+            )),
+            Some(Ok(())) => {}
+        }
+    }
+    text
 }
 
 fn show(answer: &Value, out: &mut dyn Write) {

@@ -76,7 +76,7 @@ where
         return Ok(not_found(
             &rt,
             req.headers(),
-            404,
+            Outcome::NotFound,
             "NOT_FOUND",
             "no webhook here; events are POSTed to {base_path}/{eventName}",
         ));
@@ -85,7 +85,7 @@ where
         let mut response = not_found(
             &rt,
             req.headers(),
-            405,
+            Outcome::MethodNotAllowed,
             "METHOD_NOT_ALLOWED",
             "webhooks are POST only",
         );
@@ -192,21 +192,26 @@ fn event_name<'a>(path: &'a str, base_path: &str) -> Option<&'a str> {
     valid.then_some(rest)
 }
 
-/// `404` or `405`: no event. Signed when the headers name a known subscription, like
-/// every answer to a call of one.
+/// `404` or `405`: no event's call, counted under `event="none"`. Signed when the headers
+/// name a known subscription, like every answer to a call of one.
 fn not_found(
     rt: &Runtime,
     headers: &HeaderMap,
-    status: u16,
+    outcome: Outcome,
     code: &str,
     message: &str,
 ) -> Response<Full<Bytes>> {
+    let status = if outcome == Outcome::MethodNotAllowed {
+        405
+    } else {
+        404
+    };
     let subscription = pipeline::subscription(rt, headers).ok();
     let body = error_bytes(code, message);
     let mut response = json_response(status, body, subscription.as_deref());
     response.extensions_mut().insert(CallRecord {
         metrics: rt.no_event.clone(),
-        outcome: Outcome::NotFound,
+        outcome,
         event: None,
         subscription,
         note: CallNote::default(),

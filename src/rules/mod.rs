@@ -65,6 +65,8 @@ pub struct RuleEngine {
     pool: RulePool,
     /// The stack a thread needs to run a slice inline.
     inline_stack: usize,
+    /// Evaluate on the calling thread (see [`RuleEngine::run_inline`]).
+    inline: bool,
 }
 
 impl std::fmt::Debug for RuleEngine {
@@ -115,7 +117,16 @@ impl RuleEngine {
                 INPUT_LEVELS + limits.max_state_depth,
                 STACK_PER_LEVEL,
             ),
+            inline: false,
         }
+    }
+
+    /// Makes [`run`](Self::run) evaluate on the calling thread, without the pool and its
+    /// watchdog. For `pollgate test` only: it runs on tokio's paused clock, which jumps to
+    /// the next timer whenever its one thread waits, so waiting for a rule thread would let
+    /// simulated time pass during an evaluation (a pretend reply would arrive early).
+    pub fn run_inline(&mut self) {
+        self.inline = true;
     }
 
     /// Runs `rule` once. An evaluation that has not ended by `limits.timeout` plus a short
@@ -127,6 +138,9 @@ impl RuleEngine {
     /// within it is answered at once; one that does not is stopped, nothing it did is
     /// kept (its `log` lines included), and it runs again from the start on the pool.
     pub async fn run(&self, rule: &Rule, input: Input) -> Evaluation {
+        if self.inline {
+            return self.evaluate(rule, input);
+        }
         let input = if inline::stack_bytes() >= self.inline_stack {
             match eval::evaluate_slice(&self.engine, &self.limits, rule, input, SLICE) {
                 eval::Sliced::Ended(evaluation) => return evaluation,

@@ -4,15 +4,17 @@
 //! Families are resolved to plain handles when a config generation is built, so a call
 //! only touches atomics: no label hashing or string building on the hot path.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// How a call ended, as counted in `pollgate_requests_total{outcome}`.
@@ -42,8 +44,10 @@ pub enum Outcome {
     BadRequest,
     /// Body over `max_body_bytes` (413).
     TooLarge,
-    /// Not a webhook path (404) or not a POST (405).
+    /// Not a webhook path (404).
     NotFound,
+    /// A webhook path, but not a POST (405).
+    MethodNotAllowed,
     /// The call outlived `server.request_timeout`.
     Deadline,
     /// Bodies being read were at `server.max_buffered_bytes` (503).
@@ -53,7 +57,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Finished,
         Self::KeepPolling,
         Self::Answered,
@@ -67,10 +71,50 @@ impl Outcome {
         Self::BadRequest,
         Self::TooLarge,
         Self::NotFound,
+        Self::MethodNotAllowed,
         Self::Deadline,
         Self::Overloaded,
         Self::BodyTimeout,
     ];
+
+    /// What a request that is not an event's call can end with (label `none`).
+    pub const NO_EVENT: &'static [Self] = &[Self::NotFound, Self::MethodNotAllowed];
+
+    /// What a call of an event neither configured nor covered by `"*"` can end with
+    /// (label `unconfigured`): its body is read and checked, then `{}`.
+    pub const UNCONFIGURED: &'static [Self] = &[
+        Self::Unconfigured,
+        Self::BadRequest,
+        Self::TooLarge,
+        Self::Overloaded,
+        Self::BodyTimeout,
+    ];
+
+    /// What a call of a configured event can end with: a polling event finishes, keeps
+    /// polling or times out, another is answered; only a rule rejects. Any answer can be
+    /// too large (rule_error), replayed, or meet a store failure.
+    pub fn of_event(polling: bool, rule: bool) -> Vec<Self> {
+        let mut outcomes = vec![
+            Self::BadRequest,
+            Self::TooLarge,
+            Self::Overloaded,
+            Self::BodyTimeout,
+            Self::Deadline,
+            Self::ErrorRequest,
+            Self::Replayed,
+            Self::RuleError,
+            Self::StoreError,
+        ];
+        if polling {
+            outcomes.extend([Self::Finished, Self::KeepPolling, Self::TimedOut]);
+        } else {
+            outcomes.push(Self::Answered);
+        }
+        if rule {
+            outcomes.push(Self::Rejected);
+        }
+        outcomes
+    }
 
     pub fn label(self) -> &'static str {
         match self {
@@ -87,6 +131,7 @@ impl Outcome {
             Self::BadRequest => "bad_request",
             Self::TooLarge => "too_large",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Deadline => "deadline",
             Self::Overloaded => "overloaded",
             Self::BodyTimeout => "body_timeout",
@@ -118,10 +163,55 @@ impl UpstreamOutcome {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Ordered by event, then outcome: the order `/metrics` lists them in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct EventOutcomeLabels {
     event: String,
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+/// `pollgate_requests_total`: a counter family that lists its series sorted (a `Family`
+/// lists them in hash order, different on every start). A std lock: it is taken when a
+/// generation is built and on each scrape, never on a call's path (calls hold handles).
+#[derive(Clone, Debug, Default)]
+struct RequestCounters(Arc<RwLock<BTreeMap<EventOutcomeLabels, Counter>>>);
+
+impl RequestCounters {
+    fn get_or_create(&self, event: &str, outcome: Outcome) -> Counter {
+        let labels = EventOutcomeLabels {
+            event: event.to_owned(),
+            outcome: outcome.label().to_owned(),
+        };
+        if let Some(c) = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&labels)
+        {
+            return c.clone();
+        }
+        let mut series = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        series.entry(labels).or_default().clone()
+    }
+}
+
+impl EncodeMetric for RequestCounters {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let series = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        for (labels, counter) in series.iter() {
+            counter.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -155,7 +245,7 @@ fn seconds_histogram() -> Histogram {
 /// Every metric pollgate exports; one per process, shared by all config generations.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<EventOutcomeLabels, Counter>,
+    requests: RequestCounters,
     duration: HistogramFamily<EventLabels>,
     rule_errors: Family<EventLabels, Counter>,
     rule_duration: HistogramFamily<EventLabels>,
@@ -183,7 +273,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("pollgate");
-        let requests = Family::default();
+        let requests = RequestCounters::default();
         let duration =
             HistogramFamily::new_with_constructor(seconds_histogram as fn() -> Histogram);
         let rule_errors = Family::default();
@@ -202,6 +292,17 @@ impl Metrics {
         let forwards_in_flight = Gauge::default();
         let config_generation = Gauge::default();
         let buffered_bytes = Gauge::default();
+        let build_info: Family<VersionLabels, Gauge> = Family::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The running pollgate's version (always 1)",
+            build_info,
+        );
         registry.register(
             "requests",
             "Webhook calls by event and outcome",
@@ -269,20 +370,22 @@ impl Metrics {
         }
     }
 
-    /// The handles for one event label.
-    pub fn event(&self, event: &str) -> Arc<EventMetrics> {
+    /// The handles for one event label. The `outcomes` that can happen for it are listed at
+    /// zero from now on; any other is listed once it happens.
+    pub fn event(&self, event: &str, outcomes: &[Outcome]) -> Arc<EventMetrics> {
         let labels = EventLabels {
             event: event.to_owned(),
         };
         let requests = Outcome::ALL.map(|o| {
-            self.requests
-                .get_or_create(&EventOutcomeLabels {
-                    event: event.to_owned(),
-                    outcome: o.label().to_owned(),
-                })
-                .clone()
+            let cell = OnceLock::new();
+            if outcomes.contains(&o) {
+                let _ = cell.set(self.requests.get_or_create(event, o));
+            }
+            cell
         });
         Arc::new(EventMetrics {
+            event: event.to_owned(),
+            family: self.requests.clone(),
             requests,
             duration: self.duration.get_or_create(&labels).clone(),
             rule_errors: self.rule_errors.get_or_create(&labels).clone(),
@@ -365,7 +468,11 @@ impl Metrics {
 /// Pre-resolved handles for one event label.
 #[derive(Debug)]
 pub struct EventMetrics {
-    requests: [Counter; Outcome::ALL.len()],
+    event: String,
+    family: RequestCounters,
+    /// By `Outcome as usize`; set at creation for the outcomes declared, on first use for
+    /// the others.
+    requests: [OnceLock<Counter>; Outcome::ALL.len()],
     duration: Histogram,
     rule_errors: Counter,
     rule_duration: Histogram,
@@ -373,7 +480,9 @@ pub struct EventMetrics {
 
 impl EventMetrics {
     pub fn call(&self, outcome: Outcome, elapsed: Duration) {
-        self.requests[outcome as usize].inc();
+        self.requests[outcome as usize]
+            .get_or_init(|| self.family.get_or_create(&self.event, outcome))
+            .inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
 
@@ -392,9 +501,9 @@ mod tests {
     #[test]
     fn exports_the_contract_names_with_bounded_labels() {
         let m = Metrics::new();
-        m.event("addSessionLine")
+        m.event("addSessionLine", &[])
             .call(Outcome::KeepPolling, Duration::from_millis(1));
-        m.event("addSessionLine")
+        m.event("addSessionLine", &[])
             .rule(Duration::from_micros(5), true);
         m.upstream(
             "backend",
@@ -411,8 +520,58 @@ mod tests {
             r#"pollgate_upstream_requests_total{upstream="backend",outcome="success"} 1"#,
             "pollgate_conversations_active 3",
             r#"pollgate_reloads_total{result="ok"} 1"#,
+            concat!(
+                r#"pollgate_build_info{version=""#,
+                env!("CARGO_PKG_VERSION"),
+                r#""} 1"#
+            ),
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    fn request_series(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("pollgate_requests_total{"))
+            .collect()
+    }
+
+    #[test]
+    fn outcomes_are_listed_in_declaration_order() {
+        // EventMetrics indexes its handles with `outcome as usize`.
+        for (i, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn requests_list_only_the_declared_outcomes_sorted_and_others_once_they_happen() {
+        let m = Metrics::new();
+        let _none = m.event("none", Outcome::NO_EVENT);
+        let scan = m.event("scanCode", &Outcome::of_event(false, true));
+        let text = m.encode();
+        assert_eq!(
+            request_series(&text),
+            [
+                r#"pollgate_requests_total{event="none",outcome="method_not_allowed"} 0"#,
+                r#"pollgate_requests_total{event="none",outcome="not_found"} 0"#,
+                r#"pollgate_requests_total{event="scanCode",outcome="answered"} 0"#,
+                r#"pollgate_requests_total{event="scanCode",outcome="bad_request"} 0"#,
+                r#"pollgate_requests_total{event="scanCode",outcome="body_timeout"} 0"#,
+                r#"pollgate_requests_total{event="scanCode",outcome="deadline"} 0"#,
+                r#"pollgate_requests_total{event="scanCode",outcome="error_request"} 0"#,
+                r#"pollgate_requests_total{event="scanCode",outcome="overloaded"} 0"#,
+                r#"pollgate_requests_total{event="scanCode",outcome="rejected"} 0"#,
+                r#"pollgate_requests_total{event="scanCode",outcome="replayed"} 0"#,
+                r#"pollgate_requests_total{event="scanCode",outcome="rule_error"} 0"#,
+                r#"pollgate_requests_total{event="scanCode",outcome="store_error"} 0"#,
+                r#"pollgate_requests_total{event="scanCode",outcome="too_large"} 0"#,
+            ]
+        );
+        // An outcome nobody expected for the label is still counted.
+        scan.call(Outcome::Finished, Duration::ZERO);
+        assert!(m
+            .encode()
+            .contains(r#"pollgate_requests_total{event="scanCode",outcome="finished"} 1"#));
     }
 }

@@ -1,12 +1,19 @@
-//! Reloading config and rules: from `POST /reload`, SIGHUP and changes in the rules folder.
+//! Reloading config and rules: from `POST /reload`, SIGHUP and changes of the config's
+//! input files (the config file, its rule files; see [`inputs`]).
 //!
 //! A reload reads and compiles everything into a new [`Runtime`] first and swaps it in
 //! with one atomic store; calls in flight keep the generation they loaded. A failed
-//! reload keeps the last good generation, is logged and counted, and reports why.
+//! reload keeps the last good generation, is logged and counted, and reports why. A
+//! change the watcher sees that leaves every input byte for byte as it is now running is
+//! skipped: no new generation, nothing counted (`POST /reload` and SIGHUP always reload).
+
+mod inputs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use inputs::{Fingerprint, Inputs};
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::Mutex;
@@ -25,45 +32,87 @@ pub struct Reloader {
     gateway: Gateway,
     path: PathBuf,
     env: Env,
-    /// One reload at a time, so generations are numbered in the order they were built.
-    lock: Arc<Mutex<()>>,
+    /// One reload at a time, so generations are numbered in the order they were built. It
+    /// guards the fingerprint of the running generation's inputs (`None`: not known, so
+    /// the next change reloads); a tokio lock, as it is held across the build.
+    running: Arc<Mutex<Option<Fingerprint>>>,
+}
+
+/// What [`Reloader::reload_if_changed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// A new generation runs.
+    New(u64),
+    /// The inputs are byte for byte those of the running generation, which stays.
+    Unchanged(u64),
 }
 
 impl Reloader {
     pub fn new(gateway: Gateway, path: PathBuf, env: Env) -> Self {
+        let fingerprint = Inputs::of(&gateway.runtime.load().config).fingerprint();
         Self {
             gateway,
             path,
             env,
-            lock: Arc::default(),
+            running: Arc::new(Mutex::new(Some(fingerprint))),
         }
     }
 
     /// Loads, validates and compiles the config again; swaps it in when all is well.
     pub async fn reload(&self, trigger: &str) -> Result<u64, Problems> {
-        let _one_at_a_time = self.lock.lock().await;
-        let current = self.gateway.runtime.load();
+        match self.run(trigger, false).await? {
+            Reloaded::New(generation) | Reloaded::Unchanged(generation) => Ok(generation),
+        }
+    }
+
+    /// As [`reload`](Self::reload), unless every input is byte for byte as running now.
+    pub async fn reload_if_changed(&self, trigger: &str) -> Result<Reloaded, Problems> {
+        self.run(trigger, true).await
+    }
+
+    async fn run(&self, trigger: &str, only_if_changed: bool) -> Result<Reloaded, Problems> {
+        let mut running = self.running.lock().await;
+        let current = self.gateway.runtime.load_full();
         let generation = current.generation + 1;
         let path = self.path.clone();
         let env = self.env.clone();
         let metrics = self.gateway.metrics.clone();
+        let inputs = Inputs::of(&current.config);
+        let known = running.clone();
         // Reading files and compiling rules is blocking work: keep it off the call path.
-        let built = tokio::task::spawn_blocking(move || {
+        let built = tokio::task::spawn_blocking(move || -> Result<_, Problems> {
+            let before = inputs.fingerprint();
+            if only_if_changed && known.as_ref() == Some(&before) {
+                return Ok(None);
+            }
             let config = Config::load(&path, &*env)?;
-            Runtime::build(config, &metrics, generation)
+            let runtime = Runtime::build(config, &metrics, generation)?;
+            // Read again after the build: the same bytes as before it means these are the
+            // bytes it was built from (a change during the build leaves it unknown).
+            let after = Inputs::of(&runtime.config).fingerprint();
+            Ok(Some((runtime, (after == before).then_some(after))))
         })
         .await
         .unwrap_or_else(|e| {
             Err(crate::config::Problem::in_file(&self.path, format!("reload panicked: {e}")).into())
         });
         match built {
-            Ok(runtime) => {
+            Ok(None) => {
+                tracing::debug!(
+                    trigger,
+                    generation = current.generation,
+                    "config and rule files unchanged; not reloading"
+                );
+                Ok(Reloaded::Unchanged(current.generation))
+            }
+            Ok(Some((runtime, fingerprint))) => {
                 warn_about_restart_only_changes(&current.config, &runtime.config);
+                *running = fingerprint;
                 self.gateway.runtime.store(Arc::new(runtime));
                 self.gateway.metrics.reload(true);
                 self.gateway.metrics.set_generation(generation);
                 tracing::info!(trigger, generation, "config reloaded");
-                Ok(generation)
+                Ok(Reloaded::New(generation))
             }
             Err(problems) => {
                 self.gateway.metrics.reload(false);
@@ -104,7 +153,8 @@ impl Reloader {
     }
 
     /// Watches the config file's folder (not the file: editors and `git pull` replace files,
-    /// bind mounts swap them) and reloads after changes settle for `debounce`.
+    /// bind mounts swap them) and reloads after changes of the config's inputs settle for
+    /// `debounce`. Other files in the folder (a log, notes, editor swap files) are ignored.
     pub async fn watch_folder(self, debounce: Duration, mut shutdown: Shutdown) {
         let folder = self
             .path
@@ -116,7 +166,7 @@ impl Reloader {
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
                 if !matches!(event.kind, notify::EventKind::Access(_)) {
-                    let _ = tx.send(());
+                    let _ = tx.send(event.paths);
                 }
             }
         });
@@ -137,24 +187,59 @@ impl Reloader {
             );
             return;
         }
-        tracing::info!("watching {} for rule and config changes", folder.display());
+        tracing::info!(
+            "watching {} for changes of the config and rule files",
+            folder.display()
+        );
+        let mut inputs = InputsOf::default();
         loop {
             tokio::select! {
-                changed = rx.recv() => {
-                    if changed.is_none() { return; }
-                    // Debounce: wait until the folder is quiet for `debounce`.
+                paths = rx.recv() => {
+                    let Some(paths) = paths else { return };
+                    if !inputs.get(&self).touched(&paths) { continue; }
+                    // Debounce: wait until the inputs are quiet for `debounce`; other files'
+                    // changes (a busy log) do not put it off.
+                    let mut quiet_at = tokio::time::Instant::now() + debounce;
                     loop {
-                        match tokio::time::timeout(debounce, rx.recv()).await {
-                            Ok(Some(())) => continue,
+                        match tokio::time::timeout_at(quiet_at, rx.recv()).await {
+                            Ok(Some(paths)) => {
+                                if inputs.get(&self).touched(&paths) {
+                                    quiet_at = tokio::time::Instant::now() + debounce;
+                                }
+                            }
                             Ok(None) => return,
                             Err(_) => break,
                         }
                     }
-                    let _ = self.reload("rules folder changed").await;
+                    let _ = self.reload_if_changed("config or rule file changed").await;
                 }
                 () = shutdown.wait() => return,
             }
         }
+    }
+}
+
+/// The running generation's [`Inputs`], worked out once per generation.
+#[derive(Default)]
+struct InputsOf {
+    generation: u64,
+    inputs: Inputs,
+}
+
+impl InputsOf {
+    fn get(&mut self, reloader: &Reloader) -> &Inputs {
+        let runtime = reloader.gateway.runtime.load();
+        if self.generation != runtime.generation {
+            self.generation = runtime.generation;
+            self.inputs = Inputs::of(&runtime.config);
+        }
+        &self.inputs
+    }
+}
+
+impl Inputs {
+    fn touched(&self, paths: &[PathBuf]) -> bool {
+        paths.iter().any(|p| self.is_input(p))
     }
 }
 
