@@ -49,7 +49,7 @@ impl Reloader {
         let metrics = self.gateway.metrics.clone();
         // Reading files and compiling rules is blocking work: keep it off the call path.
         let built = tokio::task::spawn_blocking(move || {
-            let config = Config::load(&path, &*env)?;
+            let config = crate::runtime::load_config(&path, &*env)?;
             Runtime::build(config, &metrics, generation)
         })
         .await

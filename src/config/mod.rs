@@ -32,6 +32,18 @@ pub const DEMO_SECRET_KEY: &[u8] = b"demo-secret-for-pollgate-examples";
 /// Where the config comes from when neither `--config` nor `$POLLGATE_CONFIG` says.
 pub const DEFAULT_CONFIG_PATH: &str = "rules/pollgate.yaml";
 
+/// `url` with its password (if any) shown as `***`, for messages and logs.
+pub fn without_password(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "(an unparsable URL)".to_owned(),
+    }
+}
+
 /// A loaded, validated config file.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -530,10 +530,8 @@ const UPSTREAM: &str = "upstreams:\n  backend:\n    url: http://127.0.0.1:9000\n
 
 #[test]
 fn variables_are_substituted_before_values_are_typed() {
-    let text = format!(
-        "subscriptions:\n  shop:\n    secret: ${{SET}}\n    encoding: ${{ENC:-base64}}\nupstreams:\n  backend:\n    url: http://127.0.0.1:9000\n    retries: ${{RETRIES:-2}}\n    timeout: ${{UNSET:-3s}}\nwatch: ${{WATCH}}\n"
-    );
-    let config = Config::from_text(FILE, &text, &env_with).expect("valid");
+    let text = "subscriptions:\n  shop:\n    secret: ${SET}\n    encoding: ${ENC:-base64}\nupstreams:\n  backend:\n    url: http://127.0.0.1:9000\n    retries: ${RETRIES:-2}\n    timeout: ${UNSET:-3s}\nwatch: ${WATCH}\n";
+    let config = Config::from_text(FILE, text, &env_with).expect("valid");
     assert!(config.subscriptions["shop"].secret.has_key(b"value"));
     assert_eq!(config.upstreams["backend"].retries, 5);
     assert_eq!(config.upstreams["backend"].timeout, Duration::from_secs(3));

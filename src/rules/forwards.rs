@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use rhai::{ASTNode, Expr, AST};
+use rhai::{ASTNode, Expr, Stmt, AST};
 
 use crate::config::Problem;
 
@@ -18,19 +18,21 @@ pub(super) fn unknown_upstreams(
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
     ast.walk(&mut |nodes: &[ASTNode<'_>]| {
-        if let Some(ASTNode::Expr(Expr::FnCall(call, at))) = nodes.last() {
-            if call.name == "forward" {
-                if let Some(Expr::StringConstant(name, _)) = call.args.first() {
-                    if !known(name) {
-                        problems.push(Problem::at_position(
-                            path,
-                            at.line().unwrap_or(0),
-                            at.position().unwrap_or(0),
-                            format!(
-                                "forward(\"{name}\"): unknown upstream `{name}` (not under `upstreams:`)"
-                            ),
-                        ));
-                    }
+        // A call is an expression, or a statement of its own (`forward("x");`).
+        let (call, at) = match nodes.last() {
+            Some(ASTNode::Expr(Expr::FnCall(call, at))) => (call, at),
+            Some(ASTNode::Stmt(Stmt::FnCall(call, at))) => (call, at),
+            _ => return true,
+        };
+        if call.name == "forward" {
+            if let Some(Expr::StringConstant(name, _)) = call.args.first() {
+                if !known(name) {
+                    problems.push(Problem::at_position(
+                        path,
+                        at.line().unwrap_or(0),
+                        at.position().unwrap_or(0),
+                        format!("forward(\"{name}\"): unknown upstream `{name}` (not under `upstreams:`)"),
+                    ));
                 }
             }
         }
