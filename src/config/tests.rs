@@ -690,3 +690,19 @@ fn a_yaml_syntax_error_stops_at_its_line() {
         format!("{FILE}:6:1: did not find expected ',' or ']', while parsing a flow sequence")
     );
 }
+
+#[test]
+fn a_url_is_shown_without_its_password() {
+    assert_eq!(
+        without_password("redis://pollgate:s3cret@10.0.0.5:6379/0"),
+        "redis://pollgate:***@10.0.0.5:6379/0"
+    );
+    assert_eq!(
+        without_password("redis://:s3cret@10.0.0.5:6379"),
+        "redis://:***@10.0.0.5:6379"
+    );
+    assert_eq!(
+        without_password("redis://10.0.0.5:6379"),
+        "redis://10.0.0.5:6379"
+    );
+}
