@@ -48,6 +48,13 @@ pub(super) fn from_text(
     if doc.is_null() {
         doc = Value::Mapping(serde_yaml::Mapping::new());
     }
+    if !doc.is_mapping() {
+        return Err(Problem::in_file(
+            path,
+            "the config must be a mapping of sections like `server:` and `subscriptions:`",
+        )
+        .into());
+    }
     let mut report = Report::new(path, text);
     let substituted = substitute(&mut doc, env);
     let mut hidden = HashSet::new();

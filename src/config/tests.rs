@@ -706,3 +706,21 @@ fn a_url_is_shown_without_its_password() {
         "redis://10.0.0.5:6379"
     );
 }
+
+#[test]
+fn an_empty_section_holds_the_defaults_and_a_section_that_is_not_a_mapping_is_refused() {
+    let text = with_subscription("server:\nlimits:\nevents:\n");
+    let config = parse(&text).expect("empty sections are defaults");
+    assert_eq!(config.server.base_path, "/webhooks");
+    let text = with_subscription("server: fast\n");
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}:4:1: server: invalid type: string \"fast\", expected a section with the keys `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`")
+    );
+    assert_eq!(
+        problem("- server\n- subscriptions\n"),
+        format!(
+            "{FILE}: the config must be a mapping of sections like `server:` and `subscriptions:`"
+        )
+    );
+}

@@ -363,6 +363,25 @@ impl<'de> de::Deserializer<'de> for Node<'de, '_> {
                 fields: Some(fields),
                 pending: None,
             }),
+            // `server:` with every key commented out: a section of defaults.
+            Value::Null => visitor.visit_map(empty()),
+            other => Err(de::Error::custom(format!(
+                "invalid type: {}, expected a section with the keys {}",
+                unexpected(other),
+                fields
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+        .map_err(|e| e.at(&path))
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let path = self.path.clone();
+        match self.value {
+            Value::Null => visitor.visit_map(empty()),
             _ => self.any(visitor),
         }
         .map_err(|e| e.at(&path))
@@ -373,7 +392,25 @@ impl<'de> de::Deserializer<'de> for Node<'de, '_> {
     }
 
     forward_to_deserialize_any! {
-        i128 u128 char bytes byte_buf unit unit_struct seq tuple tuple_struct map
+        i128 u128 char bytes byte_buf unit unit_struct seq tuple tuple_struct
+    }
+}
+
+/// A mapping without entries.
+fn empty() -> de::value::MapDeserializer<'static, std::iter::Empty<(String, String)>, Error> {
+    de::value::MapDeserializer::new(std::iter::empty())
+}
+
+/// What a value is, as serde's "invalid type" messages say it.
+fn unexpected(value: &Value) -> String {
+    match value {
+        Value::Null => "unit value".into(),
+        Value::Bool(b) => format!("boolean `{b}`"),
+        Value::Number(n) => format!("number `{n}`"),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Sequence(_) => "sequence".into(),
+        Value::Mapping(_) => "map".into(),
+        Value::Tagged(tagged) => unexpected(&tagged.value),
     }
 }
 
