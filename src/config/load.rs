@@ -9,7 +9,7 @@ use serde_yaml::Value;
 
 use super::env::substitute;
 use super::raw::{RawConfig, RawEvent, RawLimits, RawState, RawUpstream, StoreKind};
-use super::report::Report;
+use super::report::{yaml_problem, Report};
 use super::tree::{self, show};
 use super::{
     Admin, Answer, Config, Event, Limits, Polling, Problem, Problems, RuleCheck, Server, State,
@@ -100,36 +100,6 @@ fn upstream_names(doc: &Value) -> Vec<String> {
         .and_then(Value::as_mapping)
         .map(|m| m.keys().map(tree::key_text).collect())
         .unwrap_or_default()
-}
-
-fn yaml_problem(path: &Path, error: &serde_yaml::Error) -> Problem {
-    // serde_yaml (and libyaml inside the message) write " at line L column C"; the
-    // position goes to the front instead.
-    let message = without_positions(&error.to_string());
-    match error.location() {
-        Some(at) => Problem::at_position(path, at.line(), at.column(), message),
-        None => Problem::in_file(path, message),
-    }
-}
-
-fn without_positions(message: &str) -> String {
-    let mut out = String::new();
-    let mut rest = message;
-    while let Some(at) = rest.find(" at line ") {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + " at line ".len()..];
-        let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let line = digits(after);
-        match after[line..].strip_prefix(" column ") {
-            Some(tail) if line > 0 && digits(tail) > 0 => rest = &tail[digits(tail)..],
-            _ => {
-                out.push_str(" at line ");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 struct Validator<'a> {

@@ -1,6 +1,7 @@
 //! The problems of one config load, from every phase, put in file order (GATEWAY.md 2):
 //! each is placed at its key's line (or its nearest ancestor's) in the config file, and a
 //! rule file's problems at the line of the `rule:` key naming the file, in their own order.
+//! A YAML syntax error, which stops loading, is shaped here too.
 
 use std::path::Path;
 
@@ -124,4 +125,34 @@ fn hide_substituted(mut problem: Problem, replaced: &[(String, String, String)])
         }
     }
     problem
+}
+
+pub(super) fn yaml_problem(path: &Path, error: &serde_yaml::Error) -> Problem {
+    // serde_yaml (and libyaml inside the message) write " at line L column C"; the
+    // position goes to the front instead.
+    let message = without_positions(&error.to_string());
+    match error.location() {
+        Some(at) => Problem::at_position(path, at.line(), at.column(), message),
+        None => Problem::in_file(path, message),
+    }
+}
+
+fn without_positions(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(at) = rest.find(" at line ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + " at line ".len()..];
+        let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let line = digits(after);
+        match after[line..].strip_prefix(" column ") {
+            Some(tail) if line > 0 && digits(tail) > 0 => rest = &tail[digits(tail)..],
+            _ => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
