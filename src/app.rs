@@ -27,8 +27,10 @@ use crate::telemetry::Metrics;
 pub enum AppError {
     #[error("{0}")]
     Config(#[from] Problems),
-    #[error("{0}")]
-    Store(#[from] StoreError),
+    /// Shown once, naming the URL (without its password); the store's reason is the
+    /// source, so `{:#}` prints it after.
+    #[error("cannot use the conversation store at {url} (state.url)")]
+    Store { url: String, source: StoreError },
 }
 
 /// A gateway ready to serve.
@@ -55,7 +57,14 @@ impl App {
                 url,
                 prefix,
                 timeout,
-            } => Store::Redis(RedisStore::connect(url, prefix, config.state.ttl, *timeout).await?),
+            } => Store::Redis(
+                RedisStore::connect(url, prefix, config.state.ttl, *timeout)
+                    .await
+                    .map_err(|source| AppError::Store {
+                        url: crate::config::without_password(url),
+                        source,
+                    })?,
+            ),
         };
         for sub in config.subscriptions.values().filter(|s| s.is_demo) {
             tracing::warn!(

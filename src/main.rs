@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use pollgate::cli::{self, Cli, Command, ServeArgs};
-use pollgate::config::{process_env, Config};
+use pollgate::config::process_env;
+use pollgate::runtime::load_config;
 use pollgate::{shutdown, telemetry, App};
 use tokio::net::TcpListener;
 
@@ -65,7 +66,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let path = args.config.config;
-    let config = Config::load(&path, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let config = load_config(&path, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
     let (listen, admin) = (config.server.listen, config.admin.listen);
     let webhook = TcpListener::bind(listen)
         .await

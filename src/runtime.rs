@@ -50,6 +50,15 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// Loads the config at `path` as [`Config::load`] does; when it has problems, its rule files
+/// are checked too ([`crate::rules::check`]), so one run reports every problem.
+pub fn load_config(
+    path: &std::path::Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Problems> {
+    Config::load_checking(path, env, &crate::rules::check)
+}
+
 impl Runtime {
     /// Compiles every rule of `config`, reporting every problem at once.
     pub fn build(
@@ -75,7 +84,12 @@ impl Runtime {
         for (name, event) in &config.events {
             let how = match &event.answer {
                 Answer::Rule { path, source } => match engine.compile(path, source) {
-                    Ok(rule) => How::Rule(rule),
+                    Ok(rule) => {
+                        problems.extend(
+                            rule.unknown_upstreams(&|name| config.upstreams.contains_key(name)),
+                        );
+                        How::Rule(rule)
+                    }
                     Err(problem) => {
                         problems.push(problem);
                         continue;
@@ -108,6 +122,8 @@ impl Runtime {
             );
         }
         if !problems.is_empty() {
+            // Events come in name order; problems go file by file, line by line.
+            problems.sort_by(|a, b| (&a.file, a.position).cmp(&(&b.file, b.position)));
             return Err(Problems(problems));
         }
         for name in config.upstreams.keys() {

@@ -22,7 +22,8 @@
 //! ```
 //!
 //! `expect` matches when every key it names has the given value in the answer (maps are
-//! compared key by key, arrays element by element, numbers by value).
+//! compared key by key, arrays element by element, numbers by value); `null` expects the
+//! key to be absent (or null).
 //!
 //! The config a file's cases run against: the file's `config:`, else `--config` (or
 //! `$POLLGATE_CONFIG`), else `rules/pollgate.yaml` if it exists, else a `pollgate.yaml`
@@ -242,6 +243,9 @@ async fn run_file(
         .config
         .as_ref()
         .map_or_else(|| config_for(dir, given_config), |c| dir.join(c));
+    if let Ok(config) = Config::load(&config_path, &crate::config::process_env) {
+        unknown_upstreams(file, &tests, &config)?;
+    }
     let mut summary = Summary::default();
     for case in &tests.cases {
         match run_case(&config_path, dir, case).await {
@@ -266,6 +270,38 @@ async fn run_file(
         }
     }
     Ok(summary)
+}
+
+/// A case's pretend replies and expected forwards may only name upstreams the config has:
+/// a misspelt name would pretend for an upstream no rule can reach, and pass unnoticed.
+fn unknown_upstreams(file: &Path, tests: &TestFile, config: &Config) -> Result<(), Problem> {
+    for case in &tests.cases {
+        let named = case.upstreams.keys().map(|name| ("upstreams", name)).chain(
+            case.forwards
+                .iter()
+                .flatten()
+                .map(|(name, _)| ("forwards", name)),
+        );
+        for (key, name) in named {
+            if !config.upstreams.contains_key(name) {
+                let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+                return Err(Problem::in_file(
+                    file,
+                    format!(
+                        "case `{}`: {key}: unknown upstream `{name}` (the config {} has: {})",
+                        case.name,
+                        config.path.display(),
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn run_case(config_path: &Path, dir: &Path, case: &Case) -> Result<usize, String> {
@@ -381,6 +417,7 @@ fn mismatch(expect: &Value, got: &Value, at: &str) -> Option<String> {
             };
             match g.get(k) {
                 Some(gv) => mismatch(ev, gv, &path),
+                None if ev.is_null() => None,
                 None => Some(format!("expected {path} = {ev}, but it is missing")),
             }
         }),

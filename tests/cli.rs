@@ -189,8 +189,10 @@ fn check_uses_the_default_config_path_and_the_environment_variable() {
     let r = run(cmd);
     assert_eq!(r.code(), Some(0), "{r:?}");
     assert!(
-        r.stdout
-            .starts_with(&format!("{}: ok (1 events", path.display())),
+        r.stdout.starts_with(&format!(
+            "{}: ok (1 event, 1 subscription, 0 upstreams)\n",
+            path.display()
+        )),
         "{r:?}"
     );
 }
@@ -256,6 +258,125 @@ fn check_reports_a_yaml_mistake_with_line_and_column() {
     assert!(
         r.stderr
             .starts_with(&format!("{}:9:1: unknown field `evnts`", config.display())),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn check_reports_typos_wrong_values_missing_variables_and_rule_errors_in_one_run() {
+    let dir = folder(&[
+        (
+            "pollgate.yaml",
+            "server:\n  listn: 127.0.0.1:0\nsubscriptions:\n  shop:\n    secret: ${MPLUS_SECRET}\n    encodng: utf8\nevents:\n  scanCode:\n    rule: scan.rhai\n  startPayment:\n    rule: pay.rhai\nupstreams:\n  approvals:\n    url: http://127.0.0.1:9000\n    timeout: 10\n    retries: ${RETRIES:-2}\n    timout: 1s\n",
+        ),
+        ("scan.rhai", "let a = 1;\nlet b = a +;\n"),
+        (
+            "pay.rhai",
+            "// forward(\"nope\") in a comment is no call\nlet reply = forward(\"codez\");\nfinish()\n",
+        ),
+    ]);
+    let config = dir.path().join("pollgate.yaml");
+    let r = run(pollgate(&["check", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    let (file, scan, pay) = (
+        config.display(),
+        dir.path().join("scan.rhai"),
+        dir.path().join("pay.rhai"),
+    );
+    assert_eq!(
+        r.stderr,
+        format!(
+            "{file}:2:3: server: unknown field `listn`, expected one of `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`\n\
+             {file}: subscriptions.shop.secret: environment variable MPLUS_SECRET is not set (set it, or write ${{MPLUS_SECRET:-default}})\n\
+             {file}:6:5: subscriptions.shop: unknown field `encodng`, expected `secret` or `encoding`\n\
+             {}:2:12: Unexpected ';'\n\
+             {}:2:13: forward(\"codez\"): unknown upstream `codez` (not under `upstreams:`)\n\
+             {file}:15:5: upstreams.approvals.timeout: `10` is not a duration: give a unit, like 10s or 10ms\n\
+             {file}:17:5: upstreams.approvals: unknown field `timout`, expected one of `url`, `timeout`, `retries`, `secret`, `encoding`, `max_connections`, `max_reply_bytes`\n",
+            scan.display(),
+            pay.display(),
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn check_refuses_a_rule_forwarding_to_an_unknown_upstream_at_the_call() {
+    let dir = folder(&[
+        (
+            "pollgate.yaml",
+            &config_text(
+                "127.0.0.1:0",
+                "127.0.0.1:0",
+                "events:\n  startPayment:\n    rule: pay.rhai\nupstreams:\n  approvals:\n    url: http://127.0.0.1:9000\n",
+            ),
+        ),
+        (
+            "pay.rhai",
+            "let ok = forward(\"approvals\");\nlet s = \"forward(\\\"x\\\")\";\nif ok == () {\n    forward(\"codez\", #{a: 1})\n}\nfinish()\n",
+        ),
+    ]);
+    let config = dir.path().join("pollgate.yaml");
+    let r = run(pollgate(&["check", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stderr,
+        format!(
+            "{}:4:5: forward(\"codez\"): unknown upstream `codez` (not under `upstreams:`)\n",
+            dir.path().join("pay.rhai").display()
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn check_types_values_after_substituting_variables() {
+    let dir = folder(&[(
+        "pollgate.yaml",
+        &format!(
+            "server:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nsubscriptions:\n  shop:\n    secret: {SECRET}\n    encoding: ${{ENC:-base64}}\nupstreams:\n  approvals:\n    url: http://127.0.0.1:9000\n    retries: ${{RETRIES:-2}}\n    timeout: ${{TIMEOUT:-3s}}\nevents:\n  startPayment:\n    forward: approvals\n"
+        ),
+    )]);
+    let config = dir.path().join("pollgate.yaml");
+    let mut cmd = pollgate(&["check", "--config", config.to_str().unwrap()]);
+    cmd.env("TIMEOUT", "").env("RETRIES", "4");
+    let r = run(cmd);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(
+        r.stdout,
+        format!(
+            "{}: ok (1 event, 1 subscription, 1 upstream)\nnote: subscription shop uses the public demo secret\n",
+            config.display()
+        ),
+        "{r:?}"
+    );
+    let mut cmd = pollgate(&["check", "--config", config.to_str().unwrap()]);
+    cmd.env("ENC", "bas64");
+    let r = run(cmd);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stderr,
+        format!("{}:8:5: subscriptions.shop.encoding: unknown variant `${{ENC:-base64}}`, expected `base64` or `utf8` (the value from the environment is not shown)\n", config.display()),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn serve_reports_an_unreachable_redis_once_naming_its_url_without_the_password() {
+    let dir = folder(&[(
+        "pollgate.yaml",
+        &config_text(
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            "state:\n  store: redis\n  url: redis://pollgate:s3cret@127.0.0.1:1/0\n",
+        ),
+    )]);
+    let config = dir.path().join("pollgate.yaml");
+    let r = run(pollgate(&["serve", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stderr,
+        "pollgate: cannot use the conversation store at redis://pollgate:***@127.0.0.1:1/0 (state.url): conversation store unavailable: connecting: Connection refused (os error 111)\n",
         "{r:?}"
     );
 }
@@ -528,6 +649,27 @@ fn test_fails_with_a_fail_line_for_a_failing_case() {
         "{r:?}"
     );
     assert!(r.stdout.ends_with("1 passed, 1 failed\n"), "{r:?}");
+}
+
+#[test]
+fn test_refuses_a_case_naming_an_unknown_upstream() {
+    let file = format!(
+        "config: {}\ncases:\n  - name: approved by a manager\n    event: scanCode\n    body: {{scanCode: {{scannedCode: \"1\"}}}}\n    upstreams:\n      aprovals: {{status: 200, body: {{approved: true}}}}\n    calls:\n      - expect: {{}}\n",
+        shipped_config().display()
+    );
+    let dir = folder(&[("cases.yaml", &file)]);
+    let path = dir.path().join("cases.yaml");
+    let r = run(pollgate(&["test", path.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(
+        r.stderr,
+        format!(
+            "{}: case `approved by a manager`: upstreams: unknown upstream `aprovals` (the config {} has: approvals)\n",
+            path.display(),
+            shipped_config().display()
+        ),
+        "{r:?}"
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{process_env, Config, DEFAULT_CONFIG_PATH};
+use crate::config::{process_env, DEFAULT_CONFIG_PATH};
 use crate::runtime::Runtime;
 use crate::signature::{Encoding, Secret, SecretError};
 use crate::telemetry::{LogFormat, Metrics};
@@ -202,7 +202,7 @@ impl From<EncodingArg> for Encoding {
 
 /// `pollgate check`.
 pub fn check(args: &ConfigArg) -> ExitCode {
-    let config = match Config::load(&args.config, &process_env) {
+    let config = match crate::runtime::load_config(&args.config, &process_env) {
         Ok(config) => config,
         Err(problems) => {
             eprintln!("{problems}");
@@ -223,8 +223,11 @@ pub fn check(args: &ConfigArg) -> ExitCode {
     match Runtime::build(config, &std::sync::Arc::new(Metrics::new()), 1) {
         Ok(_) => {
             println!(
-                "{}: ok ({events} events, {subscriptions} subscriptions, {upstreams} upstreams)",
-                args.config.display()
+                "{}: ok ({}, {}, {})",
+                args.config.display(),
+                count(events, "event"),
+                count(subscriptions, "subscription"),
+                count(upstreams, "upstream"),
             );
             for id in demo {
                 println!("note: subscription {id} uses the public demo secret");
@@ -235,6 +238,15 @@ pub fn check(args: &ConfigArg) -> ExitCode {
             eprintln!("{problems}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `1 event`, `2 events`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 

@@ -1,17 +1,22 @@
 //! From YAML text to a validated [`Config`], collecting every problem with its file and key.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde_yaml::Value;
+
+use super::env::substitute;
 use super::raw::{
     parse_size, RawConfig, RawEvent, RawLimits, RawServer, RawSize, RawState, RawUpstream,
     StoreKind,
 };
+use super::report::{yaml_problem, Report};
+use super::tree::{self, show};
 use super::{
-    expand, Admin, Answer, Config, Event, Limits, Polling, Problem, Problems, Server, State, Store,
-    Subscription, Upstream, DEMO_SECRET_KEY,
+    Admin, Answer, Config, Event, Limits, Polling, Problem, Problems, RuleCheck, Server, State,
+    Store, Subscription, Upstream, DEMO_SECRET_KEY,
 };
 use crate::conversation::KeyPart;
 use crate::signature::Secret;
@@ -22,61 +27,120 @@ const MAX_STATE_DEPTH: usize = 100;
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-pub(super) fn load(path: &Path, env: Env<'_>) -> Result<Config, Problems> {
+pub(super) fn load(
+    path: &Path,
+    env: Env<'_>,
+    rules: Option<RuleCheck<'_>>,
+) -> Result<Config, Problems> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Problem::in_file(path, format!("cannot read config file: {e}")))?;
-    from_text(path, &text, env)
+    from_text(path, &text, env, rules)
 }
 
-pub(super) fn from_text(path: &Path, text: &str, env: Env<'_>) -> Result<Config, Problems> {
-    let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_problem(path, &e))?;
-    Validator {
+/// YAML, then `${VAR}`, then types, then values and references: each phase reports every
+/// problem it finds, and a later phase still runs where an earlier one left something to
+/// check. Rules are checked with `rules` only when the config has problems (otherwise
+/// [`crate::runtime::Runtime::build`] compiles them), so one run shows everything.
+pub(super) fn from_text(
+    path: &Path,
+    text: &str,
+    env: Env<'_>,
+    rules: Option<RuleCheck<'_>>,
+) -> Result<Config, Problems> {
+    let mut doc: Value = serde_yaml::from_str(text).map_err(|e| yaml_problem(path, &e))?;
+    if doc.is_null() {
+        doc = Value::Mapping(serde_yaml::Mapping::new());
+    }
+    if !doc.is_mapping() {
+        return Err(Problem::in_file(
+            path,
+            "the config must be a mapping of sections like `server:` and `subscriptions:`",
+        )
+        .into());
+    }
+    let mut report = Report::new(path, text);
+    let substituted = substitute(&mut doc, env);
+    let mut hidden = HashSet::new();
+    for (at, error) in substituted.failed {
+        report.add_at_key(&at, error.to_string());
+        hidden.insert(at);
+    }
+    let typed = tree::typed::<RawConfig>(&doc, hidden);
+    report.add_found(typed.found);
+    let Some(raw) = typed.value else {
+        return Err(report.finish(&substituted.replaced));
+    };
+    let mut validator = Validator {
         file: path,
         dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        env,
+        hidden: typed.hidden.iter().map(|p| show(p)).collect(),
         problems: Vec::new(),
+        rules: Vec::new(),
+    };
+    let config = validator.validate(raw);
+    for problem in validator.problems {
+        report.add(problem);
     }
-    .validate(raw)
+    match config {
+        Some(config) if report.is_empty() => Ok(config),
+        _ => {
+            if let Some(check) = rules {
+                let known = upstream_names(&doc);
+                let known = |name: &str| known.iter().any(|k| k == name);
+                for (key, rule, source) in &validator.rules {
+                    report.add_rule_problems(key, check(rule, source, &known));
+                }
+            }
+            Err(report.finish(&substituted.replaced))
+        }
+    }
 }
 
-fn yaml_problem(path: &Path, error: &serde_yaml::Error) -> Problem {
-    let message = error.to_string();
-    // serde_yaml appends " at line L column C"; move the position to the front.
-    let message = message
-        .rsplit_once(" at line ")
-        .map_or(message.as_str(), |(head, _)| head)
-        .to_owned();
-    match error.location() {
-        Some(at) => Problem::at_position(path, at.line(), at.column(), message),
-        None => Problem::in_file(path, message),
-    }
+/// The names under `upstreams:` as written, also those whose entry has a problem (a rule
+/// naming one is not wrong).
+fn upstream_names(doc: &Value) -> Vec<String> {
+    doc.get("upstreams")
+        .and_then(Value::as_mapping)
+        .map(|m| m.keys().map(tree::key_text).collect())
+        .unwrap_or_default()
 }
 
 struct Validator<'a> {
     file: &'a Path,
     dir: PathBuf,
-    env: Env<'a>,
+    /// Keys whose values had a problem while typing (shown as `upstreams.x.timeout`): they
+    /// hold defaults or are gone, so what follows from that is not reported again.
+    hidden: Vec<String>,
     problems: Vec<Problem>,
+    /// Every rule file read: the key naming it, its path and its source.
+    rules: Vec<(String, PathBuf, Arc<str>)>,
 }
 
 impl Validator<'_> {
     fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem::at_key(self.file, key, message));
-    }
-
-    /// Expands `${VAR}` in a string value; a problem (and `None`) when it cannot.
-    fn expand(&mut self, key: &str, value: &str) -> Option<String> {
-        match expand(value, self.env) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.problem(key, e.to_string());
-                None
-            }
+        let key = key.into();
+        if !self.is_hidden(&key) {
+            self.problems.push(Problem::at_key(self.file, key, message));
         }
     }
 
+    /// Whether `key`, or a section it is in, had a problem while typing.
+    fn is_hidden(&self, key: &str) -> bool {
+        self.hidden.iter().any(|h| {
+            key.strip_prefix(h.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }
+
+    /// Whether something inside `key` had a problem while typing (so `key` may lack it).
+    fn lost_inside(&self, key: &str) -> bool {
+        self.hidden.iter().any(|h| {
+            h.strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with(['.', '[']))
+        })
+    }
+
     fn address(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
-        let value = self.expand(key, value)?;
         match value.trim().parse() {
             Ok(addr) => Some(addr),
             Err(_) => {
@@ -95,8 +159,7 @@ impl Validator<'_> {
         text: &str,
         encoding: crate::signature::Encoding,
     ) -> Option<Secret> {
-        let text = self.expand(key, text)?;
-        match Secret::decode(&text, encoding) {
+        match Secret::decode(text, encoding) {
             Ok(secret) => Some(secret),
             Err(e) => {
                 self.problem(key, e.to_string());
@@ -105,7 +168,8 @@ impl Validator<'_> {
         }
     }
 
-    fn validate(mut self, raw: RawConfig) -> Result<Config, Problems> {
+    /// The config, when `raw` has no problem of its own (they are in `self.problems`).
+    fn validate(&mut self, raw: RawConfig) -> Option<Config> {
         let listen = self.address("server.listen", &raw.server.listen);
         let admin = self.address("admin.listen", &raw.admin.listen);
         let base_path = self.base_path(&raw.server.base_path);
@@ -126,7 +190,7 @@ impl Validator<'_> {
                 );
             }
         }
-        if raw.subscriptions.is_empty() {
+        if raw.subscriptions.is_empty() && !self.lost_inside("subscriptions") {
             self.problem(
                 "subscriptions",
                 "no subscription is configured; no till could call",
@@ -137,16 +201,17 @@ impl Validator<'_> {
         let state = self.state(raw.state);
         let limits = self.limits(&raw.limits);
         if !self.problems.is_empty() {
-            return Err(Problems(self.problems));
+            return None;
         }
         let (Some(listen), Some(admin), Some(base_path), Some(state), Some(max_buffered_bytes)) =
             (listen, admin, base_path, state, max_buffered_bytes)
         else {
-            unreachable!("every None above recorded a problem")
+            // A problem was recorded here, or while typing (and not repeated here).
+            return None;
         };
-        Ok(Config {
+        Some(Config {
             path: self.file.to_path_buf(),
-            dir: self.dir,
+            dir: self.dir.clone(),
             server: Server {
                 listen,
                 base_path,
@@ -213,7 +278,6 @@ impl Validator<'_> {
     }
 
     fn base_path(&mut self, value: &str) -> Option<String> {
-        let value = self.expand("server.base_path", value)?;
         let trimmed = value.trim_end_matches('/');
         if !value.starts_with('/') || trimmed.contains("//") || trimmed.contains(['?', '#']) {
             self.problem(
@@ -259,7 +323,6 @@ impl Validator<'_> {
     }
 
     fn url(&mut self, key: &str, value: &str) -> Option<reqwest::Url> {
-        let value = self.expand(key, value)?;
         match reqwest::Url::parse(value.trim()) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
                 let mut url = url;
@@ -301,7 +364,7 @@ impl Validator<'_> {
         upstreams: &BTreeMap<String, Upstream>,
     ) -> Option<Event> {
         if let Some(up) = &ev.forward {
-            if !upstreams.contains_key(up) {
+            if !upstreams.contains_key(up) && !self.is_hidden(&format!("upstreams.{up}")) {
                 self.problem(
                     format!("{key}.forward"),
                     format!("unknown upstream `{up}` (not under `upstreams:`)"),
@@ -314,13 +377,14 @@ impl Validator<'_> {
                 return None;
             }
             (Some(rule), None, _) => {
-                let rule = self.expand(&format!("{key}.rule"), &rule)?;
                 let path = self.dir.join(rule);
                 match std::fs::read_to_string(&path) {
-                    Ok(source) => Answer::Rule {
-                        path,
-                        source: source.into(),
-                    },
+                    Ok(source) => {
+                        let source: Arc<str> = source.into();
+                        self.rules
+                            .push((format!("{key}.rule"), path.clone(), source.clone()));
+                        Answer::Rule { path, source }
+                    }
                     Err(e) => {
                         self.problem(
                             format!("{key}.rule"),
@@ -339,7 +403,9 @@ impl Validator<'_> {
             }
             (None, None, Some(_)) => Answer::Reply,
             (None, None, None) => {
-                self.problem(key, "needs `rule`, `respond` or `forward`");
+                if !self.lost_inside(key) {
+                    self.problem(key, "needs `rule`, `respond` or `forward`");
+                }
                 return None;
             }
         };
@@ -387,7 +453,6 @@ impl Validator<'_> {
                     self.problem("state.url", "`store: redis` needs `url: redis://host:6379`");
                     return None;
                 };
-                let url = self.expand("state.url", &url)?;
                 if url.starts_with("rediss://") {
                     self.problem("state.url", "rediss:// (TLS) is not supported; reach Redis over a private network or a TLS tunnel with redis://");
                     return None;
@@ -396,10 +461,9 @@ impl Validator<'_> {
                     self.problem("state.url", format!("`{url}` is not a redis:// URL"));
                     return None;
                 }
-                let prefix = self.expand("state.prefix", &raw.prefix)?;
                 Store::Redis {
                     url,
-                    prefix,
+                    prefix: raw.prefix,
                     timeout: raw.timeout,
                 }
             }

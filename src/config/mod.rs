@@ -5,14 +5,17 @@
 
 mod env;
 mod load;
+mod locate;
 mod problem;
 pub(crate) mod raw;
+mod report;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +31,18 @@ pub const DEMO_SECRET_KEY: &[u8] = b"demo-secret-for-pollgate-examples";
 
 /// Where the config comes from when neither `--config` nor `$POLLGATE_CONFIG` says.
 pub const DEFAULT_CONFIG_PATH: &str = "rules/pollgate.yaml";
+
+/// `url` with its password (if any) shown as `***`, for messages and logs.
+pub fn without_password(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "(an unparsable URL)".to_owned(),
+    }
+}
 
 /// A loaded, validated config file.
 #[derive(Debug, Clone)]
@@ -184,13 +199,29 @@ impl Default for Limits {
     }
 }
 
+/// Checks one rule file while a config with problems is loaded, so that its problems are
+/// reported in the same run: the file, its source, and whether an upstream name is under
+/// `upstreams:`. [`crate::rules::check`] is the one pollgate uses (config does not depend
+/// on rules).
+pub type RuleCheck<'a> = &'a dyn Fn(&Path, &str, &dyn Fn(&str) -> bool) -> Vec<Problem>;
+
 impl Config {
     /// Reads and validates the config file at `path`, expanding `${VAR}` with `env`.
     pub fn load(
         path: impl Into<PathBuf>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, Problems> {
-        load::load(&path.into(), env)
+        load::load(&path.into(), env, None)
+    }
+
+    /// As [`Config::load`]; when the config has problems, every rule file it names is
+    /// checked with `rules` too, and its problems are reported with the config's.
+    pub fn load_checking(
+        path: impl Into<PathBuf>,
+        env: &dyn Fn(&str) -> Option<String>,
+        rules: RuleCheck<'_>,
+    ) -> Result<Self, Problems> {
+        load::load(&path.into(), env, Some(rules))
     }
 
     /// Parses config text as if read from `path` (whose folder anchors relative paths).
@@ -199,7 +230,17 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, Problems> {
-        load::from_text(&path.into(), text, env)
+        load::from_text(&path.into(), text, env, None)
+    }
+
+    /// As [`Config::from_text`], checking rules as [`Config::load_checking`] does.
+    pub fn from_text_checking(
+        path: impl Into<PathBuf>,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        rules: RuleCheck<'_>,
+    ) -> Result<Self, Problems> {
+        load::from_text(&path.into(), text, env, Some(rules))
     }
 
     /// The event config for `name`: its own, else `"*"`, else none.

@@ -257,10 +257,56 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is not a size like 1048576, 512KiB, 64MiB or 1GiB"))
 }
 
-/// Parses `250ms`, `2s`, `10m`, `1h 30m`.
+/// Parses `250ms`, `2s`, `10m`, `1h 30m`, `1d`: whole numbers with the units ms, s, m, h
+/// and d, several summed. A bare number is refused (seconds or milliseconds?), and so are
+/// months and years (`1M` would be a month) and spelled-out units (`10 seconds`): one short
+/// spelling each, the way the examples write them.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration like 250ms, 2s or 10m ({e})"))
+    let trimmed = text.trim();
+    if !trimmed.is_empty() && trimmed.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "`{text}` is not a duration: give a unit, like {trimmed}s or {trimmed}ms"
+        ));
+    }
+    let refuse =
+        |why: &str| format!("`{text}` is not a duration like 250ms, 2s, 10m or 1h 30m ({why})");
+    let mut total = Duration::ZERO;
+    let mut rest = trimmed;
+    if rest.is_empty() {
+        return Err(refuse("units: ms, s, m, h, d"));
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| refuse("units: ms, s, m, h, d"))?;
+        rest = rest[digits..].trim_start();
+        let letters = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..letters] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            "M" | "y" | "mon" | "month" | "months" | "year" | "years" | "yr" | "yrs" => {
+                return Err(refuse(
+                    "months and years are not accepted; write days, like 30d",
+                ));
+            }
+            _ => return Err(refuse("units: ms, s, m, h, d")),
+        };
+        let part = u32::try_from(number)
+            .ok()
+            .and_then(|n| unit.checked_mul(n))
+            .ok_or_else(|| refuse("too long"))?;
+        total = total.checked_add(part).ok_or_else(|| refuse("too long"))?;
+        rest = rest[letters..].trim_start();
+    }
+    Ok(total)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -320,15 +320,63 @@ fn redis_store_with_url_and_prefix_loads() {
 }
 
 #[test]
-fn a_bad_duration_is_reported_with_line_and_column() {
+fn a_bad_duration_is_reported_with_its_full_key_at_its_line() {
     let text = with_subscription("state:\n  ttl: forever\n");
-    let shown = problem(&text);
-    assert!(
-        shown.starts_with(&format!(
-            "{FILE}:5:3: state: `forever` is not a duration like 250ms, 2s or 10m ("
-        )),
-        "{shown}"
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}:5:3: state.ttl: `forever` is not a duration like 250ms, 2s, 10m or 1h 30m (units: ms, s, m, h, d)")
     );
+}
+
+#[test]
+fn a_bare_number_is_not_a_duration_and_names_its_own_key_and_line() {
+    let text = with_subscription(
+        "upstreams:\n  approvals:\n    url: http://127.0.0.1:9000\n    timeout: 10\n",
+    );
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}:7:5: upstreams.approvals.timeout: `10` is not a duration: give a unit, like 10s or 10ms")
+    );
+}
+
+#[test]
+fn months_years_and_spelled_out_units_are_not_durations() {
+    for (written, why) in [
+        (
+            "1M",
+            "months and years are not accepted; write days, like 30d",
+        ),
+        (
+            "2y",
+            "months and years are not accepted; write days, like 30d",
+        ),
+        ("10 seconds", "units: ms, s, m, h, d"),
+        ("1.5s", "units: ms, s, m, h, d"),
+        ("\"\"", "units: ms, s, m, h, d"),
+    ] {
+        let text = with_subscription(&format!("limits:\n  timeout: {written}\n"));
+        let shown = written.trim_matches('"');
+        assert_eq!(
+            problem(&text),
+            format!("{FILE}:5:3: limits.timeout: `{shown}` is not a duration like 250ms, 2s, 10m or 1h 30m ({why})"),
+            "{written}"
+        );
+    }
+}
+
+#[test]
+fn durations_combine_short_units() {
+    for (written, expected) in [
+        ("250ms", Duration::from_millis(250)),
+        ("2s", Duration::from_secs(2)),
+        ("10m", Duration::from_secs(600)),
+        ("1h 30m", Duration::from_secs(5400)),
+        ("1h30m", Duration::from_secs(5400)),
+        ("2d", Duration::from_secs(2 * 86_400)),
+        ("1s 500ms", Duration::from_millis(1500)),
+    ] {
+        assert_eq!(parse_duration(written), Ok(expected), "{written}");
+    }
 }
 
 #[test]
@@ -464,6 +512,217 @@ fn max_state_depth_outside_what_state_can_be_read_back_with_is_refused() {
     }
     let text = with_subscription("limits:\n  max_state_depth: 100\n");
     assert_eq!(parse(&text).expect("valid").limits.max_state_depth, 100);
+}
+
+/// An environment with a few more variables than [`env`].
+fn env_with(name: &str) -> Option<String> {
+    match name {
+        "ENC" => Some("utf8".into()),
+        "RETRIES" => Some("5".into()),
+        "EMPTY" => Some(String::new()),
+        "REDIS_URL" => Some("http://:hunter2@10.0.0.5:6379".into()),
+        "WATCH" => Some("false".into()),
+        _ => env(name),
+    }
+}
+
+const UPSTREAM: &str = "upstreams:\n  backend:\n    url: http://127.0.0.1:9000\n";
+
+#[test]
+fn variables_are_substituted_before_values_are_typed() {
+    let text = "subscriptions:\n  shop:\n    secret: ${SET}\n    encoding: ${ENC:-base64}\nupstreams:\n  backend:\n    url: http://127.0.0.1:9000\n    retries: ${RETRIES:-2}\n    timeout: ${UNSET:-3s}\nwatch: ${WATCH}\n";
+    let config = Config::from_text(FILE, text, &env_with).expect("valid");
+    assert!(config.subscriptions["shop"].secret.has_key(b"value"));
+    assert_eq!(config.upstreams["backend"].retries, 5);
+    assert_eq!(config.upstreams["backend"].timeout, Duration::from_secs(3));
+    assert!(!config.watch);
+    // Unset, the defaults are typed the same way.
+    let text = format!(
+        "subscriptions:\n  shop:\n    secret: ZGVtbw==\n    encoding: ${{UNSET:-base64}}\n{UPSTREAM}    retries: ${{UNSET:-2}}\n"
+    );
+    let config = Config::from_text(FILE, &text, &env).expect("valid");
+    assert!(config.subscriptions["shop"].secret.has_key(b"demo"));
+    assert_eq!(config.upstreams["backend"].retries, 2);
+}
+
+#[test]
+fn a_colon_dash_default_covers_an_empty_variable_and_a_dash_default_does_not() {
+    let text = with_subscription("server:\n  base_path: /${EMPTY:-hooks}\n");
+    let config = Config::from_text(FILE, &text, &env_with).expect("valid");
+    assert_eq!(config.server.base_path, "/hooks");
+    let text = with_subscription("server:\n  base_path: /x${EMPTY-hooks}\n");
+    let config = Config::from_text(FILE, &text, &env_with).expect("valid");
+    assert_eq!(config.server.base_path, "/x");
+    let text = with_subscription("server:\n  base_path: /x${UNSET-hooks}\n");
+    let config = Config::from_text(FILE, &text, &env_with).expect("valid");
+    assert_eq!(config.server.base_path, "/xhooks");
+}
+
+#[test]
+fn a_missing_variable_in_a_typed_value_names_the_variable_and_the_key() {
+    let text = with_subscription(&format!("{UPSTREAM}    retries: ${{RETRIES}}\n"));
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}: upstreams.backend.retries: environment variable RETRIES is not set (set it, or write ${{RETRIES:-default}})")
+    );
+}
+
+#[test]
+fn a_wrong_value_from_the_environment_is_not_shown() {
+    let text = with_subscription("state:\n  store: redis\n  url: ${REDIS_URL}\n");
+    let shown = Config::from_text(FILE, &text, &env_with)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        shown,
+        format!("{FILE}: state.url: `${{REDIS_URL}}` is not a redis:// URL (the value from the environment is not shown)")
+    );
+    assert!(!shown.contains("hunter2"));
+}
+
+#[test]
+fn a_wrong_type_names_its_key_at_its_line() {
+    let text = with_subscription(&format!("{UPSTREAM}    retries: many\n"));
+    assert_eq!(
+        problem(&text),
+        format!(
+            "{FILE}:7:5: upstreams.backend.retries: invalid type: string \"many\", expected u32"
+        )
+    );
+}
+
+#[test]
+fn a_section_missing_a_required_key_is_reported_at_the_section() {
+    let text = with_subscription("upstreams:\n  backend:\n    timeout: 1s\n");
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}:5:3: upstreams.backend: missing field `url`")
+    );
+}
+
+#[test]
+fn every_unknown_key_is_reported_in_file_order() {
+    let text = "\
+servr:
+  listen: 127.0.0.1:8080
+subscriptions:
+  shop:
+    secret: ZGVtbw==
+    encodng: utf8
+upstreams:
+  backend:
+    url: http://127.0.0.1:9000
+    retry: 2
+";
+    assert_eq!(
+        problems(text),
+        vec![
+            format!("{FILE}:1:1: unknown field `servr`, expected one of `server`, `admin`, `subscriptions`, `events`, `upstreams`, `state`, `limits`, `watch`"),
+            format!("{FILE}:6:5: subscriptions.shop: unknown field `encodng`, expected `secret` or `encoding`"),
+            format!("{FILE}:10:5: upstreams.backend: unknown field `retry`, expected one of `url`, `timeout`, `retries`, `secret`, `encoding`, `max_connections`, `max_reply_bytes`"),
+        ]
+    );
+}
+
+#[test]
+fn typos_values_references_variables_and_rule_syntax_are_reported_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("scan.rhai"), "let x = ;\nfinish()\n").unwrap();
+    std::fs::write(dir.path().join("pay.rhai"), "forward(\"codez\")\n").unwrap();
+    let path = dir.path().join("pollgate.yaml");
+    let text = "\
+server:
+  listn: 127.0.0.1:8080
+  shutdown_grace: 10
+subscriptions:
+  shop:
+    secret: ${MPLUS_SECRET}
+events:
+  scanCode:
+    rule: scan.rhai
+    hold: 1M
+  startPayment:
+    rule: pay.rhai
+    forward: aprovals
+upstreams:
+  approvals:
+    url: http://127.0.0.1:9000
+    timout: 1s
+";
+    // A stand-in for rules::check (config does not depend on rules).
+    let check = |rule: &std::path::Path, source: &str, known: &dyn Fn(&str) -> bool| {
+        let mut found = Vec::new();
+        if source.contains("= ;") {
+            found.push(Problem::at_position(rule, 1, 9, "syntax error"));
+        }
+        if source.contains("codez") && !known("codez") {
+            found.push(Problem::at_position(rule, 1, 1, "unknown upstream `codez`"));
+        }
+        assert!(known("approvals"));
+        found
+    };
+    let err = Config::from_text_checking(&path, text, &env, &check).unwrap_err();
+    let (f, scan, pay) = (
+        path.display(),
+        dir.path().join("scan.rhai"),
+        dir.path().join("pay.rhai"),
+    );
+    assert_eq!(
+        err.to_string().lines().collect::<Vec<_>>(),
+        vec![
+            format!("{f}:2:3: server: unknown field `listn`, expected one of `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`"),
+            format!("{f}:3:3: server.shutdown_grace: `10` is not a duration: give a unit, like 10s or 10ms"),
+            format!("{f}: subscriptions.shop.secret: environment variable MPLUS_SECRET is not set (set it, or write ${{MPLUS_SECRET:-default}})"),
+            format!("{}:1:9: syntax error", scan.display()),
+            format!("{f}:10:5: events.scanCode.hold: `1M` is not a duration like 250ms, 2s, 10m or 1h 30m (months and years are not accepted; write days, like 30d)"),
+            format!("{}:1:1: unknown upstream `codez`", pay.display()),
+            format!("{f}: events.startPayment.forward: unknown upstream `aprovals` (not under `upstreams:`)"),
+            format!("{f}:17:5: upstreams.approvals: unknown field `timout`, expected one of `url`, `timeout`, `retries`, `secret`, `encoding`, `max_connections`, `max_reply_bytes`"),
+        ]
+    );
+}
+
+#[test]
+fn a_yaml_syntax_error_stops_at_its_line() {
+    let text = with_subscription("server:\n  listen: [1\n");
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}:6:1: did not find expected ',' or ']', while parsing a flow sequence")
+    );
+}
+
+#[test]
+fn a_url_is_shown_without_its_password() {
+    assert_eq!(
+        without_password("redis://pollgate:s3cret@10.0.0.5:6379/0"),
+        "redis://pollgate:***@10.0.0.5:6379/0"
+    );
+    assert_eq!(
+        without_password("redis://:s3cret@10.0.0.5:6379"),
+        "redis://:***@10.0.0.5:6379"
+    );
+    assert_eq!(
+        without_password("redis://10.0.0.5:6379"),
+        "redis://10.0.0.5:6379"
+    );
+}
+
+#[test]
+fn an_empty_section_holds_the_defaults_and_a_section_that_is_not_a_mapping_is_refused() {
+    let text = with_subscription("server:\nlimits:\nevents:\n");
+    let config = parse(&text).expect("empty sections are defaults");
+    assert_eq!(config.server.base_path, "/webhooks");
+    let text = with_subscription("server: fast\n");
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}:4:1: server: invalid type: string \"fast\", expected a section with the keys `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`")
+    );
+    assert_eq!(
+        problem("- server\n- subscriptions\n"),
+        format!(
+            "{FILE}: the config must be a mapping of sections like `server:` and `subscriptions:`"
+        )
+    );
 }
 
 #[test]

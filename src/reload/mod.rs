@@ -85,7 +85,7 @@ impl Reloader {
             if only_if_changed && known.as_ref() == Some(&before) {
                 return Ok(None);
             }
-            let config = Config::load(&path, &*env)?;
+            let config = crate::runtime::load_config(&path, &*env)?;
             let runtime = Runtime::build(config, &metrics, generation)?;
             // Read again after the build: the same bytes as before it means these are the
             // bytes it was built from (a change during the build leaves it unknown).

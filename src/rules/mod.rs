@@ -7,6 +7,7 @@
 
 mod api;
 mod eval;
+mod forwards;
 pub mod inline;
 pub mod pool;
 mod sort;
@@ -38,6 +39,59 @@ impl Rule {
     pub fn file(&self) -> &Path {
         &self.path
     }
+
+    /// Its `forward("name")` calls naming an upstream `known` does not have.
+    pub fn unknown_upstreams(&self, known: &dyn Fn(&str) -> bool) -> Vec<Problem> {
+        forwards::unknown_upstreams(&self.path, &self.ast, known)
+    }
+}
+
+/// Checks a rule without a [`RuleEngine`] (no threads are started): its syntax, and its
+/// `forward("name")` calls against `known`. For reporting a config's every problem at once.
+pub fn check(path: &Path, source: &str, known: &dyn Fn(&str) -> bool) -> Vec<Problem> {
+    let engine = configured_engine(&Limits::default());
+    match compile(&engine, path, source) {
+        Ok(ast) => forwards::unknown_upstreams(path, &ast, known),
+        Err(problem) => vec![problem],
+    }
+}
+
+fn compile(engine: &Engine, path: &Path, source: &str) -> Result<AST, Problem> {
+    let mut ast = engine.compile(source).map_err(|e| {
+        let pos = e.position();
+        Problem::at_position(
+            path,
+            pos.line().unwrap_or(0),
+            pos.position().unwrap_or(0),
+            e.err_type().to_string(),
+        )
+    })?;
+    ast.set_source(path.display().to_string());
+    Ok(ast)
+}
+
+/// The engine rules run in: the rule API registered and the limits set.
+fn configured_engine(limits: &Limits) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_call_levels(limits.max_call_levels)
+        .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_variables(1_000)
+        .set_max_functions(1_000);
+    engine.disable_symbol("eval");
+    engine.on_print(|text| tracing::debug!(target: "pollgate::rule", "print: {text}"));
+    engine.on_debug(|text, source, pos| {
+        tracing::debug!(target: "pollgate::rule", "debug {}:{pos}: {text}", source.unwrap_or("rule"));
+    });
+    // The operation count and the wall-clock bound of the evaluation on this thread.
+    engine.on_progress(|_| api::progress().map(Into::into));
+    api::register(&mut engine);
+    sort::register(&mut engine);
+    engine
 }
 
 /// How long past `limits.timeout` the watchdog waits for an evaluation stuck in a native
@@ -80,7 +134,7 @@ impl std::fmt::Debug for RuleEngine {
 impl RuleEngine {
     /// An engine with the given limits.
     pub fn new(limits: &Limits) -> Self {
-        let mut engine = Engine::new();
+        let engine = configured_engine(limits);
         // An array or map inside another counts towards the same size limit (Rhai sums
         // nested data), so the deepest value a rule can build has this many levels.
         let levels = limits.max_array_size.saturating_add(limits.max_map_size);
@@ -90,24 +144,6 @@ impl RuleEngine {
                 .saturating_mul(STACK_PER_LEVEL)
                 .clamp(MIN_STACK, MAX_STACK),
         };
-        engine
-            .set_max_operations(limits.max_operations)
-            .set_max_call_levels(limits.max_call_levels)
-            .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth)
-            .set_max_string_size(limits.max_string_size)
-            .set_max_array_size(limits.max_array_size)
-            .set_max_map_size(limits.max_map_size)
-            .set_max_variables(1_000)
-            .set_max_functions(1_000);
-        engine.disable_symbol("eval");
-        engine.on_print(|text| tracing::debug!(target: "pollgate::rule", "print: {text}"));
-        engine.on_debug(|text, source, pos| {
-            tracing::debug!(target: "pollgate::rule", "debug {}:{pos}: {text}", source.unwrap_or("rule"));
-        });
-        // The operation count and the wall-clock bound of the evaluation on this thread.
-        engine.on_progress(|_| api::progress().map(Into::into));
-        api::register(&mut engine);
-        sort::register(&mut engine);
         Self {
             engine: Arc::new(engine),
             limits: limits.clone(),
@@ -174,16 +210,7 @@ impl RuleEngine {
 
     /// Compiles a rule; a syntax error is `file:line:col: message`.
     pub fn compile(&self, path: &Path, source: &str) -> Result<Rule, Problem> {
-        let mut ast = self.engine.compile(source).map_err(|e| {
-            let pos = e.position();
-            Problem::at_position(
-                path,
-                pos.line().unwrap_or(0),
-                pos.position().unwrap_or(0),
-                e.err_type().to_string(),
-            )
-        })?;
-        ast.set_source(path.display().to_string());
+        let ast = compile(&self.engine, path, source)?;
         Ok(Rule {
             path: Arc::from(path),
             ast: Arc::new(ast),

@@ -888,3 +888,34 @@ fn deep_input_compared_on_a_worker_thread_does_not_overflow() {
     });
     assert!(verdict.is_ok(), "{verdict:?}");
 }
+
+#[test]
+fn forward_calls_naming_an_unknown_upstream_are_found_at_the_call_and_nowhere_else() {
+    let source = "// forward(\"in_a_comment\")\nlet s = \"forward(\\\"in_a_string\\\")\";\nlet a = forward(\"approvals\");\nif a == () {\n    forward(\"codez\", #{x: 1});\n}\nfn helper() { forward(\"in_a_function\") }\nlet name = \"computed\";\nforward(name);\nfinish()\n";
+    let known = |name: &str| name == "approvals";
+    let shown: Vec<String> = compile(&engine(), source)
+        .unknown_upstreams(&known)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            format!("{FILE}:5:5: forward(\"codez\"): unknown upstream `codez` (not under `upstreams:`)"),
+            format!("{FILE}:7:15: forward(\"in_a_function\"): unknown upstream `in_a_function` (not under `upstreams:`)"),
+        ]
+    );
+    // The same check without an engine, for a config that has problems of its own.
+    let checked: Vec<String> = check(Path::new(FILE), source, &known)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(checked, shown);
+    assert_eq!(
+        check(Path::new(FILE), "let x = ;", &known)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec![format!("{FILE}:1:9: Unexpected ';'")]
+    );
+}
