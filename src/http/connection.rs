@@ -19,7 +19,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The connection time bounds of a listener.
@@ -38,16 +37,14 @@ const IDLE: u8 = 2;
 /// would otherwise hold the connection busy forever.
 const SENDING: u8 = 3;
 
-/// Where one connection is: reading a request head, serving a call, or idle between calls;
-/// and since when.
+/// Where one connection is: reading a request head, serving a call, handing over its
+/// answer, or idle between calls; and since when.
 #[derive(Debug)]
 pub struct Phase {
     state: AtomicU8,
     /// Milliseconds from `opened` to the start of the current state.
     since_ms: AtomicU64,
     opened: Instant,
-    /// Wakes the watchdog when a deadline appears or moves closer.
-    changed: Notify,
 }
 
 impl Phase {
@@ -57,7 +54,6 @@ impl Phase {
             state: AtomicU8::new(HEADERS),
             since_ms: AtomicU64::new(0),
             opened: Instant::now(),
-            changed: Notify::new(),
         })
     }
 
@@ -75,13 +71,11 @@ impl Phase {
     /// The answer is made; the client has `idle_timeout` to take it.
     pub fn answered(&self) {
         self.set(SENDING);
-        self.changed.notify_one();
     }
 
     /// The answer was handed to the socket: the connection waits for its next request.
     pub fn idle(&self) {
         self.set(IDLE);
-        self.changed.notify_one();
     }
 
     /// Bytes arrived: on an idle connection they start the next request's head.
@@ -89,7 +83,6 @@ impl Phase {
         // Socket, service and body all run in the connection's one task: no race here.
         if self.state.load(Ordering::Acquire) == IDLE {
             self.set(HEADERS);
-            self.changed.notify_one();
         }
     }
 
@@ -107,31 +100,48 @@ impl Phase {
 
 /// Runs `connection` until it ends or its phase outlives its bound; then drops it, which
 /// closes the socket. Returns `None` when it was closed for time.
+///
+/// Every phase change happens while `connection` is polled (socket, service and answer
+/// body all run inside it), so the deadline is looked at right after each poll: no
+/// wake-ups of its own. The timer is only moved earlier; when it fires before the
+/// phase's own deadline it is moved on then, so a busy keep-alive connection touches the
+/// timer about once per timeout period, not per call.
 pub async fn bounded<F: Future>(
     connection: F,
     phase: &Phase,
     limits: ConnLimits,
 ) -> Option<F::Output> {
     let mut connection = std::pin::pin!(connection);
-    loop {
-        let deadline = phase.deadline(&limits);
-        let expired = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            out = &mut connection => return Some(out),
-            () = phase.changed.notified() => {}
-            () = expired => {
-                // The phase may have moved on just as the timer fired.
-                if phase.deadline(&limits).is_some_and(|at| at <= Instant::now()) {
-                    return None;
-                }
-            }
+    let mut armed = phase
+        .deadline(&limits)
+        .unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(armed));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
         }
-    }
+        loop {
+            // A call in progress: its bounds are the handler's. A timer still armed may
+            // fire meanwhile; that only brings the next look.
+            let Some(deadline) = phase.deadline(&limits) else {
+                return Poll::Pending;
+            };
+            if deadline < armed {
+                timer.as_mut().reset(deadline);
+                armed = deadline;
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The timer fired at `armed`, so the time is past it.
+            if deadline <= armed {
+                return Poll::Ready(None);
+            }
+            timer.as_mut().reset(deadline);
+            armed = deadline;
+        }
+    })
+    .await
 }
 
 /// A socket that tells its [`Phase`] when bytes arrive.
