@@ -477,7 +477,8 @@ impl Gateway {
 fn log_rule_error(event: &str, key: Option<ConversationKey>, error: &crate::rules::RuleError) {
     let key = key.map(|k| k.to_hex()).unwrap_or_default();
     tracing::error!(event, key, location = %error.location, "rule failed: {}", error.summary);
-    tracing::debug!(event, key, location = %error.location, "rule failed: {}", error.message);
+    let message = crate::telemetry::escape::loggable(&error.message, 1024);
+    tracing::debug!(event, key, location = %error.location, "rule failed: {message}");
 }
 
 fn is_error_request(body: &Map) -> bool {

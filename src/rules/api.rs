@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, Position};
 
+use crate::telemetry::escape::loggable;
+
 /// A rule asked for a forward that has not been started yet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForwardRequest {
@@ -186,13 +188,21 @@ fn log(message: ImmutableString) {
     CONTEXT.with(|c| match c.try_borrow_mut().ok().as_deref_mut() {
         Some(Some(ctx)) if ctx.logs.len() < MAX_LOG_LINES => ctx.logs.push(message),
         Some(Some(ctx)) => ctx.logs_dropped += 1,
-        _ => tracing::info!(target: "pollgate::rule", "{message}"),
+        _ => {
+            let message = loggable(&message, LOG_LINE_MAX_CHARS);
+            tracing::info!(target: "pollgate::rule", "{message}");
+        }
     });
 }
 
-/// Writes an ended evaluation's `log` lines.
+/// The most characters of one `log` line a rule writes.
+const LOG_LINE_MAX_CHARS: usize = 1024;
+
+/// Writes an ended evaluation's `log` lines, escaped (a rule may log the call's values; a
+/// `\n` in them must not start a forged line) and cut to [`LOG_LINE_MAX_CHARS`].
 pub(super) fn write_logs(ctx: &Context) {
     for line in &ctx.logs {
+        let line = loggable(line, LOG_LINE_MAX_CHARS);
         tracing::info!(target: "pollgate::rule", event = %ctx.event, key = %ctx.key, "{line}");
     }
     if ctx.logs_dropped > 0 {

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use rhai::{Engine, AST};
 
+use crate::telemetry::escape::loggable;
+
 pub use api::{finish_answer, ApiError, ForwardRequest, Reject};
 pub use eval::{Evaluation, Input, RuleError, Verdict};
 use pool::{PoolSize, RulePool};
@@ -83,8 +85,12 @@ fn configured_engine(limits: &Limits) -> Engine {
         .set_max_variables(1_000)
         .set_max_functions(1_000);
     engine.disable_symbol("eval");
-    engine.on_print(|text| tracing::debug!(target: "pollgate::rule", "print: {text}"));
+    engine.on_print(|text| {
+        let text = loggable(text, 1024);
+        tracing::debug!(target: "pollgate::rule", "print: {text}");
+    });
     engine.on_debug(|text, source, pos| {
+        let text = loggable(text, 1024);
         tracing::debug!(target: "pollgate::rule", "debug {}:{pos}: {text}", source.unwrap_or("rule"));
     });
     // The operation count and the wall-clock bound of the evaluation on this thread.

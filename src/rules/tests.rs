@@ -395,6 +395,19 @@ fn log_accepts_text_and_other_values() {
 }
 
 #[test]
+fn log_lines_are_escaped_so_a_value_cannot_forge_a_line() {
+    let lines = rule_log_lines(|| {
+        answer_of(r#"log("till says\nINFO forged line"); ()"#, input());
+    });
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains(r"till says\nINFO forged line"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
 fn log_keeps_at_most_a_hundred_lines_an_evaluation() {
     let lines = rule_log_lines(|| {
         answer_of("for i in 0..150 { log(i); } ()", input());
