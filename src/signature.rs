@@ -147,10 +147,8 @@ mod tests {
             .map(|v| {
                 let body = match (&v.body, &v.body_file) {
                     (Some(body), _) => body.clone().into_bytes(),
-                    (None, Some(file)) => {
-                        std::fs::read(format!("{MPLUS}/{file}"))
-                            .unwrap_or_else(|e| panic!("fixture {MPLUS}/{file}: {e}"))
-                    }
+                    (None, Some(file)) => std::fs::read(format!("{MPLUS}/{file}"))
+                        .unwrap_or_else(|e| panic!("fixture {MPLUS}/{file}: {e}")),
                     (None, None) => panic!("vector {} has no body", v.name),
                 };
                 (v, body)

@@ -157,6 +157,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     forwards_in_flight: Gauge,
     config_generation: Gauge<u64, AtomicU64>,
+    store_full: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -192,6 +193,7 @@ impl Metrics {
         }
         let forwards_in_flight = Gauge::default();
         let config_generation = Gauge::default();
+        let store_full = Counter::default();
         registry.register(
             "requests",
             "Webhook calls by event and outcome",
@@ -238,6 +240,11 @@ impl Metrics {
             "Generation of the config in use (1 at start, +1 per good reload)",
             config_generation.clone(),
         );
+        registry.register(
+            "store_full",
+            "New conversations refused because state.max_conversations was reached with none finished to evict",
+            store_full.clone(),
+        );
         Self {
             registry,
             requests,
@@ -250,6 +257,7 @@ impl Metrics {
             reloads,
             forwards_in_flight,
             config_generation,
+            store_full,
         }
     }
 
@@ -329,6 +337,11 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// Counts a new conversation refused by a full store (GATEWAY.md 12).
+    pub fn store_full(&self) {
+        self.store_full.inc();
+    }
+
     pub fn forwards_in_flight(&self) -> &Gauge {
         &self.forwards_in_flight
     }
@@ -383,6 +396,7 @@ mod tests {
         );
         m.reload(true);
         m.set_conversations(3);
+        m.store_full();
         let text = m.encode();
         for needle in [
             r#"pollgate_requests_total{event="addSessionLine",outcome="keep_polling"} 1"#,
@@ -391,6 +405,7 @@ mod tests {
             r#"pollgate_upstream_requests_total{upstream="backend",outcome="success"} 1"#,
             "pollgate_conversations_active 3",
             r#"pollgate_reloads_total{result="ok"} 1"#,
+            "pollgate_store_full_total 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
