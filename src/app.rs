@@ -52,7 +52,9 @@ impl App {
     pub async fn build(config: Config, env: Env) -> Result<Self, AppError> {
         let metrics = Arc::new(Metrics::new());
         let store = match &config.state.store {
-            StoreConfig::Memory => Store::Memory(MemoryStore::new(config.state.ttl)),
+            StoreConfig::Memory { max_conversations } => {
+                Store::Memory(MemoryStore::bounded(config.state.ttl, *max_conversations))
+            }
             StoreConfig::Redis {
                 url,
                 prefix,

@@ -276,6 +276,31 @@ mod tests {
     }
 
     #[test]
+    fn floats_read_back_exactly_from_the_json_they_are_written_as() {
+        // Found by tests/properties.rs: read one ulp off before serde_json's float_roundtrip.
+        for text in [
+            "-2.968598686598755e-299",
+            "-2.9458739425981818e265",
+            "2.5",
+            "1e-320",
+        ] {
+            let value = from_json(text.as_bytes()).expect("a float");
+            let written = serde_json::to_string(&value).expect("JSON form");
+            let again = from_json(written.as_bytes()).expect("reads back");
+            assert_eq!(
+                value.as_float().map(f64::to_bits),
+                again.as_float().map(f64::to_bits),
+                "{text} written as {written}"
+            );
+            assert_eq!(
+                value.as_float(),
+                text.parse::<f64>().map_err(|_| ""),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn broken_json_and_non_objects_are_refused() {
         assert!(matches!(
             parse(br#"{"event": "#),

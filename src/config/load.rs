@@ -446,8 +446,13 @@ impl Validator<'_> {
         if raw.ttl.is_zero() {
             self.problem("state.ttl", "must be more than 0");
         }
+        if raw.max_conversations == 0 {
+            self.problem("state.max_conversations", "must be at least 1");
+        }
         let store = match raw.store {
-            StoreKind::Memory => Store::Memory,
+            StoreKind::Memory => Store::Memory {
+                max_conversations: raw.max_conversations,
+            },
             StoreKind::Redis => {
                 let Some(url) = raw.url else {
                     self.problem("state.url", "`store: redis` needs `url: redis://host:6379`");

@@ -167,7 +167,11 @@ pub struct State {
 /// The conversation store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Store {
-    Memory,
+    Memory {
+        /// At this many, a new conversation evicts the oldest finished one, or is refused
+        /// when none has finished (GATEWAY.md 12). Redis bounds itself with `maxmemory`.
+        max_conversations: usize,
+    },
     Redis {
         url: String,
         prefix: String,

@@ -178,6 +178,7 @@ pub(crate) struct RawState {
     pub key: Option<Vec<String>>,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    pub max_conversations: usize,
 }
 
 impl Default for RawState {
@@ -189,6 +190,7 @@ impl Default for RawState {
             ttl: Duration::from_secs(15 * 60),
             key: None,
             timeout: Duration::from_secs(2),
+            max_conversations: crate::conversation::DEFAULT_MAX_CONVERSATIONS,
         }
     }
 }

@@ -406,13 +406,14 @@ fn an_unknown_state_key_part_is_refused_with_the_known_parts() {
 #[test]
 fn zero_values_are_refused() {
     let text = with_subscription(
-        "server:\n  max_body_bytes: 0\nstate:\n  ttl: 0s\nlimits:\n  timeout: 0ms\n",
+        "server:\n  max_body_bytes: 0\nstate:\n  ttl: 0s\n  max_conversations: 0\nlimits:\n  timeout: 0ms\n",
     );
     assert_eq!(
         problems(&text),
         vec![
             format!("{FILE}: server.max_body_bytes: must be at least 1"),
             format!("{FILE}: state.ttl: must be more than 0"),
+            format!("{FILE}: state.max_conversations: must be at least 1"),
             format!("{FILE}: limits.timeout: must be more than 0"),
         ]
     );
@@ -495,7 +496,12 @@ fn defaults_fill_what_the_file_leaves_out() {
     assert_eq!(config.server.base_path, "/webhooks");
     assert_eq!(config.server.max_body_bytes, 1_048_576);
     assert_eq!(config.admin.listen, "127.0.0.1:9090".parse().unwrap());
-    assert_eq!(config.state.store, Store::Memory);
+    assert_eq!(
+        config.state.store,
+        Store::Memory {
+            max_conversations: 1_000_000
+        }
+    );
     assert_eq!(config.state.ttl, Duration::from_secs(15 * 60));
     assert_eq!(config.state.key.len(), KeyPart::ALL.len());
     assert!(config.events.is_empty());
@@ -781,5 +787,16 @@ fn zero_connection_bounds_are_refused() {
             format!("{FILE}: server.idle_timeout: must be more than 0"),
             format!("{FILE}: server.max_connections: must be at least 1"),
         ]
+    );
+}
+
+#[test]
+fn max_conversations_is_read_for_the_memory_store() {
+    let text = with_subscription("state:\n  store: memory\n  max_conversations: 2500\n");
+    assert_eq!(
+        parse(&text).unwrap().state.store,
+        Store::Memory {
+            max_conversations: 2500
+        }
     );
 }

@@ -18,7 +18,7 @@ use std::future::Future;
 
 pub use clock::Clock;
 pub use key::{ConversationKey, KeyPart};
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, DEFAULT_MAX_CONVERSATIONS};
 pub use record::{Commit, FinalAnswer, ForwardState, Reply, Snapshot, Summary, Update};
 pub use redis::RedisStore;
 
@@ -31,6 +31,10 @@ pub enum StoreError {
     Timeout(std::time::Duration),
     #[error("conversation record is corrupt: {0}")]
     Corrupt(String),
+    /// `state.max_conversations` reached with no finished conversation to make room for a
+    /// new one (GATEWAY.md 12); conversations already held go on.
+    #[error("conversation store is full: all {max} conversations (state.max_conversations) are still going on")]
+    Full { max: usize },
 }
 
 /// Where conversations live. Implementations must make each method atomic per conversation.

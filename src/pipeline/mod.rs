@@ -453,6 +453,9 @@ impl Gateway {
         error: &crate::conversation::StoreError,
     ) -> Answer {
         tracing::error!(event = %event.config.name, %key, "conversation store failed: {error}");
+        if matches!(error, crate::conversation::StoreError::Full { .. }) {
+            self.metrics.store_full();
+        }
         let body = if event.config.polling.is_some() {
             finish_answer(false, STORE_DOWN_MESSAGE, "")
         } else {

@@ -256,6 +256,7 @@ pub struct Metrics {
     forwards_in_flight: Gauge,
     config_generation: Gauge<u64, AtomicU64>,
     buffered_bytes: Gauge<u64, AtomicU64>,
+    store_full: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -303,6 +304,7 @@ impl Metrics {
             "The running pollgate's version (always 1)",
             build_info,
         );
+        let store_full = Counter::default();
         registry.register(
             "requests",
             "Webhook calls by event and outcome",
@@ -354,6 +356,11 @@ impl Metrics {
             "Request body bytes reserved now (at most server.max_buffered_bytes)",
             buffered_bytes.clone(),
         );
+        registry.register(
+            "store_full",
+            "New conversations refused because state.max_conversations was reached with none finished to evict",
+            store_full.clone(),
+        );
         Self {
             registry,
             requests,
@@ -367,6 +374,7 @@ impl Metrics {
             forwards_in_flight,
             config_generation,
             buffered_bytes,
+            store_full,
         }
     }
 
@@ -452,6 +460,11 @@ impl Metrics {
         self.buffered_bytes.set(n);
     }
 
+    /// Counts a new conversation refused by a full store (GATEWAY.md 12).
+    pub fn store_full(&self) {
+        self.store_full.inc();
+    }
+
     pub fn forwards_in_flight(&self) -> &Gauge {
         &self.forwards_in_flight
     }
@@ -512,6 +525,7 @@ mod tests {
         );
         m.reload(true);
         m.set_conversations(3);
+        m.store_full();
         let text = m.encode();
         for needle in [
             r#"pollgate_requests_total{event="addSessionLine",outcome="keep_polling"} 1"#,
@@ -525,6 +539,7 @@ mod tests {
                 env!("CARGO_PKG_VERSION"),
                 r#""} 1"#
             ),
+            "pollgate_store_full_total 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

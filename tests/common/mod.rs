@@ -173,6 +173,14 @@ impl Gateway {
     pub async fn metric(&self, series: &str) -> f64 {
         metric_value(&self.metrics().await, series)
     }
+
+    /// The value of one metric line that must be exported: a missing series (a renamed
+    /// metric, a label that changed) fails the test instead of reading as 0.
+    pub async fn required_metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        series_value(&text, series)
+            .unwrap_or_else(|| panic!("no metric series `{series}` in /metrics:\n{text}"))
+    }
 }
 
 impl Drop for Gateway {
@@ -182,12 +190,17 @@ impl Drop for Gateway {
 }
 
 pub fn metric_value(text: &str, series: &str) -> f64 {
+    series_value(text, series).unwrap_or(0.0)
+}
+
+/// The value of the line `series VALUE` in a Prometheus exposition, if there is one.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
                 .and_then(|rest| rest.strip_prefix(' '))
         })
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+        .map(|v| v.trim().parse().unwrap())
 }
 
 pub fn secret() -> Secret {

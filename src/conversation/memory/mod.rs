@@ -4,9 +4,17 @@
 //! `.await` inside; sharding keeps two cores from queueing on one lock. Expired
 //! conversations are dropped by [`MemoryStore::sweep`], which the app runs periodically,
 //! and ignored on access, so memory stays proportional to the live conversations.
+//!
+//! The number held is capped (`state.max_conversations`, GATEWAY.md 12): at the cap a new
+//! conversation takes the place of the oldest finished one ([`finished`] finds it without a
+//! scan); with none finished it is refused with [`StoreError::Full`]. Conversations still
+//! going on are never evicted, so a flood of new ones cannot break a till mid-conversation.
+
+mod finished;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,7 +25,12 @@ use super::{
     StoreError, Summary, Update,
 };
 
+use finished::{Finished, FinishedQueue, Seen};
+
 const SHARDS: usize = 64;
+
+/// `state.max_conversations` when the config does not say (GATEWAY.md 12).
+pub const DEFAULT_MAX_CONVERSATIONS: usize = 1_000_000;
 
 /// The in-process store; clones share the same conversations.
 #[derive(Clone)]
@@ -28,6 +41,12 @@ pub struct MemoryStore {
 struct Inner {
     shards: Vec<Mutex<Shard>>,
     ttl_ms: u64,
+    /// Conversations held in all shards, so the cap is checked without locking every shard.
+    /// A slot is taken before an insert and handed from an evicted conversation straight
+    /// to the new one, so concurrent calls never overshoot the cap.
+    held: AtomicUsize,
+    max: usize,
+    finished: FinishedQueue,
 }
 
 type Shard = HashMap<ConversationKey, Entry, BuildHasherDefault<KeyHasher>>;
@@ -41,9 +60,25 @@ struct Entry {
     state: Option<Bytes>,
     finished: Option<FinalAnswer>,
     forwards: Vec<(Arc<str>, ForwardState)>,
+    /// The number its item in the finished queue carries; 0 while not finished.
+    finished_seq: u64,
 }
 
 impl Entry {
+    fn new(event: &str, now_ms: u64) -> Self {
+        Self {
+            event: event.into(),
+            first_seen_ms: now_ms,
+            last_seen_ms: now_ms,
+            version: 0,
+            attempts: 0,
+            state: None,
+            finished: None,
+            forwards: Vec::new(),
+            finished_seq: 0,
+        }
+    }
+
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             version: self.version,
@@ -77,12 +112,21 @@ impl Hasher for KeyHasher {
 }
 
 impl MemoryStore {
-    /// A store that forgets conversations `ttl` after their last call.
+    /// A store that forgets conversations `ttl` after their last call and holds at most
+    /// [`DEFAULT_MAX_CONVERSATIONS`].
     pub fn new(ttl: Duration) -> Self {
+        Self::bounded(ttl, DEFAULT_MAX_CONVERSATIONS)
+    }
+
+    /// A store that holds at most `max_conversations` (at least one).
+    pub fn bounded(ttl: Duration, max_conversations: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                held: AtomicUsize::new(0),
+                max: max_conversations.max(1),
+                finished: FinishedQueue::default(),
             }),
         }
     }
@@ -107,8 +151,48 @@ impl MemoryStore {
             .is_some_and(|e| e.last_seen_ms.saturating_add(self.inner.ttl_ms) <= now_ms);
         if expired {
             shard.remove(key);
+            self.inner.held.fetch_sub(1, Ordering::AcqRel);
         }
         shard.get_mut(key)
+    }
+
+    /// Takes a slot for a new conversation if the cap allows.
+    fn take_slot(&self) -> bool {
+        let max = self.inner.max;
+        self.inner
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Evicts the oldest finished conversation and keeps its slot for the caller, who must
+    /// hold no shard lock (the victim may live in any shard, the caller's own included).
+    fn evict_oldest_finished(&self) -> Result<(), StoreError> {
+        while let Some(item) = self.inner.finished.pop_front() {
+            let mut shard = self.shard(&item.key);
+            if shard
+                .get(&item.key)
+                .is_some_and(|e| e.finished_seq == item.seq)
+            {
+                shard.remove(&item.key);
+                return Ok(());
+            }
+        }
+        Err(StoreError::Full {
+            max: self.inner.max,
+        })
+    }
+
+    /// Inserts a new conversation into `shard` with a slot already taken, unless a concurrent
+    /// call created it while the shard was let go (then the slot is given back).
+    fn insert_new(&self, shard: &mut Shard, key: ConversationKey, event: &str, now_ms: u64) {
+        if self.live(shard, &key, now_ms).is_some() {
+            self.inner.held.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            shard.insert(key, Entry::new(event, now_ms));
+        }
     }
 
     /// Drops every conversation idle for longer than the TTL; returns how many.
@@ -125,9 +209,28 @@ impl MemoryStore {
             if shard.capacity() > 64 && shard.capacity() > 4 * shard.len() {
                 shard.shrink_to_fit();
             }
-            dropped += before - shard.len();
+            let gone = before - shard.len();
+            self.inner.held.fetch_sub(gone, Ordering::AcqRel);
+            dropped += gone;
         }
+        // Every item that finished before the TTL's horizon is stale now, unless duplicates
+        // kept its conversation alive; the queue takes the lock first, then each shard's.
+        self.inner
+            .finished
+            .prune(now_ms.saturating_sub(ttl), |item| {
+                match self.shard(&item.key).get(&item.key) {
+                    Some(e) if e.finished_seq == item.seq => Seen::Held {
+                        last_seen_ms: e.last_seen_ms,
+                    },
+                    _ => Seen::Stale,
+                }
+            });
         dropped
+    }
+
+    /// The most conversations this store holds.
+    pub fn max_conversations(&self) -> usize {
+        self.inner.max
     }
 
     /// The TTL this store applies.
@@ -145,19 +248,14 @@ impl ConversationStore for MemoryStore {
     ) -> Result<Snapshot, StoreError> {
         let mut shard = self.shard(&key);
         if self.live(&mut shard, &key, now_ms).is_none() {
-            shard.insert(
-                key,
-                Entry {
-                    event: event.into(),
-                    first_seen_ms: now_ms,
-                    last_seen_ms: now_ms,
-                    version: 0,
-                    attempts: 0,
-                    state: None,
-                    finished: None,
-                    forwards: Vec::new(),
-                },
-            );
+            if self.take_slot() {
+                shard.insert(key, Entry::new(event, now_ms));
+            } else {
+                drop(shard);
+                self.evict_oldest_finished()?;
+                shard = self.shard(&key);
+                self.insert_new(&mut shard, key, event, now_ms);
+            }
         }
         let entry = shard
             .get_mut(&key)
@@ -193,8 +291,23 @@ impl ConversationStore for MemoryStore {
         if let Some(state) = update.state {
             entry.state = state;
         }
+        let mut newly_finished = None;
         if update.finished.is_some() {
             entry.finished = update.finished;
+            if entry.finished_seq == 0 {
+                entry.finished_seq = self.inner.finished.next_seq();
+                newly_finished = Some(entry.finished_seq);
+            }
+        }
+        drop(shard);
+        // Queued after the shard lock is let go (the queue's lock comes first, see
+        // `finished`); an evictor that misses it meanwhile finds the next oldest.
+        if let Some(seq) = newly_finished {
+            self.inner.finished.push(Finished {
+                key,
+                seq,
+                at_ms: now_ms,
+            });
         }
         Ok(Commit::Saved)
     }
@@ -319,3 +432,6 @@ impl ConversationStore for MemoryStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
