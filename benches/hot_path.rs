@@ -503,6 +503,21 @@ fn only(id: &str, iters: u64) {
 criterion_group!(benches, bench_stages, bench_pipeline);
 
 fn main() {
+    // As on the gateway's own worker threads (`pollgate serve`): a stack marked as large
+    // enough for a rule's first slice, so quick rules run where the call does.
+    use pollgate::rules::inline;
+    std::thread::Builder::new()
+        .stack_size(inline::WORKER_STACK)
+        .spawn(|| {
+            inline::mark_thread(inline::WORKER_STACK);
+            run();
+        })
+        .expect("the bench thread starts")
+        .join()
+        .expect("the bench ran");
+}
+
+fn run() {
     if let Ok(id) = std::env::var("HOT_PATH_ONLY") {
         let iters = std::env::var("HOT_PATH_ITERS")
             .ok()
