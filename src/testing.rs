@@ -23,7 +23,21 @@
 //!
 //! `expect` matches when every key it names has the given value in the answer (maps are
 //! compared key by key, arrays element by element, numbers by value); `null` expects the
-//! key to be absent (or null).
+//! key to be absent (or null). Extra keys in the answer are fine, except:
+//!
+//! - `exact: true` on a call: the answer has exactly the keys `expect` names, at every
+//!   level, and no others (`null` still expects a key to be absent or null);
+//! - an empty map `{}` expects an empty object, wherever it appears (as a subset it would
+//!   match any object, so `expect: {}` means the answer is exactly `{}`);
+//! - `same_as: N` on a call: its status and body equal call N's (an earlier call of the
+//!   case, counted from 1) byte for byte, e.g. a repeated call replaying its answer.
+//!
+//! ```yaml
+//!     calls:
+//!       - expect: {scanCode: {recognized: false}}
+//!         exact: true                     # and nothing else in the answer
+//!       - same_as: 1                      # the same bytes as call 1
+//! ```
 //!
 //! The config a file's cases run against: the file's `config:`, else `--config` (or
 //! `$POLLGATE_CONFIG`), else `rules/pollgate.yaml` if it exists, else a `pollgate.yaml`
@@ -80,6 +94,11 @@ struct Call {
     #[serde(default = "ok_status")]
     status: u16,
     expect: Option<Value>,
+    /// `expect` names every key of the answer: none may be missing or extra.
+    #[serde(default)]
+    exact: bool,
+    /// The number (from 1) of an earlier call whose status and body this call's must equal.
+    same_as: Option<usize>,
 }
 
 fn ok_status() -> u16 {
@@ -335,8 +354,10 @@ async fn run_case(config_path: &Path, dir: &Path, case: &Case) -> Result<usize, 
     );
     let mut body = load_body(dir, case.body.as_ref(), case.body_file.as_deref())?
         .ok_or("a case needs `body` or `body_file`")?;
+    let mut answers: Vec<(u16, Bytes)> = Vec::with_capacity(case.calls.len());
     for (i, call) in case.calls.iter().enumerate() {
         let n = i + 1;
+        check_call_form(n, call)?;
         if let Some(after) = &call.after {
             tokio::time::sleep(parse_duration(after)?).await;
         }
@@ -361,10 +382,28 @@ async fn run_case(config_path: &Path, dir: &Path, case: &Case) -> Result<usize, 
             ));
         }
         if let Some(expect) = &call.expect {
-            if let Some(mismatch) = mismatch(expect, &got, "") {
+            let how = if call.exact {
+                Match::Exact
+            } else {
+                Match::Subset
+            };
+            if let Some(mismatch) = mismatch(expect, &got, "", how) {
                 return Err(format!("call {n}: {mismatch}\nanswer: {got}"));
             }
         }
+        if let Some(earlier) = call.same_as {
+            let (status, body) = &answers[earlier - 1];
+            if *status != answer.status || *body != answer.body {
+                return Err(format!(
+                    "call {n}: expected the same answer as call {earlier}, byte for byte\n\
+                     call {earlier}: {status} {}\ncall {n}: {} {}",
+                    String::from_utf8_lossy(body),
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body)
+                ));
+            }
+        }
+        answers.push((answer.status, answer.body));
     }
     // Let background forwards finish before counting them.
     gateway.forwarder.drain(Duration::from_secs(3600)).await;
@@ -401,31 +440,69 @@ fn load_body(
     }
 }
 
+/// A call's `exact:` and `same_as:` must make sense before it is sent: an `exact` without
+/// `expect` or a `same_as` naming no earlier call would check nothing.
+fn check_call_form(n: usize, call: &Call) -> Result<(), String> {
+    if call.exact && call.expect.is_none() {
+        return Err(format!(
+            "call {n}: `exact: true` needs an `expect:` to compare"
+        ));
+    }
+    match call.same_as {
+        Some(earlier) if earlier == 0 || earlier >= n => Err(format!(
+            "call {n}: `same_as: {earlier}` names no earlier call (calls count from 1)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// How an expectation's maps are compared with the answer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Match {
+    /// The keys named must match; others may be there too.
+    Subset,
+    /// The keys named must match and no others may be there.
+    Exact,
+}
+
 /// The first difference between what was expected and the answer, as a sentence.
-fn mismatch(expect: &Value, got: &Value, at: &str) -> Option<String> {
+fn mismatch(expect: &Value, got: &Value, at: &str, how: Match) -> Option<String> {
     let here = if at.is_empty() {
         "the answer".to_owned()
     } else {
         at.to_owned()
     };
+    let path = |k: &str| {
+        if at.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
     match (expect, got) {
-        (Value::Object(e), Value::Object(g)) => e.iter().find_map(|(k, ev)| {
-            let path = if at.is_empty() {
-                k.clone()
-            } else {
-                format!("{at}.{k}")
-            };
-            match g.get(k) {
-                Some(gv) => mismatch(ev, gv, &path),
+        (Value::Object(e), Value::Object(g)) => {
+            // `{}` as a subset would match any object: it means an empty one.
+            let how = if e.is_empty() { Match::Exact } else { how };
+            let named = e.iter().find_map(|(k, ev)| match g.get(k) {
+                Some(gv) => mismatch(ev, gv, &path(k), how),
                 None if ev.is_null() => None,
-                None => Some(format!("expected {path} = {ev}, but it is missing")),
-            }
-        }),
+                None => Some(format!("expected {} = {ev}, but it is missing", path(k))),
+            });
+            named.or_else(|| match how {
+                Match::Subset => None,
+                Match::Exact => g.iter().find(|(k, _)| !e.contains_key(*k)).map(|(k, gv)| {
+                    format!(
+                        "expected no {} (the expectation is exact), got {gv}",
+                        path(k)
+                    )
+                }),
+            })
+        }
         (Value::Array(e), Value::Array(g)) if e.len() == g.len() => e
             .iter()
             .zip(g)
             .enumerate()
-            .find_map(|(i, (ev, gv))| mismatch(ev, gv, &format!("{here}[{i}]"))),
+            .find_map(|(i, (ev, gv))| mismatch(ev, gv, &format!("{here}[{i}]"), how)),
         (Value::Number(e), Value::Number(g)) if e.as_f64() == g.as_f64() => None,
         (e, g) if e == g => None,
         (e, g) => Some(format!("expected {here} = {e}, got {g}")),
@@ -515,24 +592,170 @@ impl UpstreamClient for PretendUpstreams {
 
 #[cfg(test)]
 mod tests {
-    use super::mismatch;
+    use super::{mismatch, run, Match, Summary};
     use serde_json::json;
 
     #[test]
     fn expectations_match_subsets_and_name_the_first_difference() {
         let got = json!({"polling": {"finished": false, "message": "wait"}, "x": [1, 2.0]});
+        let subset = |expect| mismatch(&expect, &got, "", Match::Subset);
+        assert_eq!(subset(json!({"polling": {"finished": false}})), None);
+        assert_eq!(subset(json!({"x": [1.0, 2]})), None);
         assert_eq!(
-            mismatch(&json!({"polling": {"finished": false}}), &got, ""),
-            None
-        );
-        assert_eq!(mismatch(&json!({"x": [1.0, 2]}), &got, ""), None);
-        assert_eq!(
-            mismatch(&json!({"polling": {"finished": true}}), &got, "").as_deref(),
+            subset(json!({"polling": {"finished": true}})).as_deref(),
             Some("expected polling.finished = true, got false")
         );
         assert_eq!(
-            mismatch(&json!({"scanCode": {}}), &got, "").as_deref(),
+            subset(json!({"scanCode": {}})).as_deref(),
             Some("expected scanCode = {}, but it is missing")
+        );
+        assert_eq!(subset(json!({"polling": {"customerMessage": null}})), None);
+    }
+
+    #[test]
+    fn an_exact_expectation_names_a_key_the_answer_should_not_have() {
+        let got =
+            json!({"scanCode": {"recognized": true, "relationNumber": 1}, "x": [{"a": 1, "b": 2}]});
+        let exact = |expect| mismatch(&expect, &got, "", Match::Exact);
+        assert_eq!(
+            exact(
+                json!({"scanCode": {"recognized": true, "relationNumber": 1.0}, "x": [{"a": 1, "b": 2}]})
+            ),
+            None
+        );
+        assert_eq!(
+            exact(json!({"scanCode": {"recognized": true}, "x": [{"a": 1, "b": 2}]})).as_deref(),
+            Some("expected no scanCode.relationNumber (the expectation is exact), got 1")
+        );
+        assert_eq!(
+            exact(json!({"scanCode": {"recognized": true, "relationNumber": 1}, "x": [{"a": 1}]}))
+                .as_deref(),
+            Some("expected no x[0].b (the expectation is exact), got 2")
+        );
+        assert_eq!(
+            exact(json!({"scanCode": {"recognized": true, "relationNumber": 1}})).as_deref(),
+            Some("expected no x (the expectation is exact), got [{\"a\":1,\"b\":2}]")
+        );
+        assert_eq!(
+            exact(
+                json!({"scanCode": {"recognized": true, "relationNumber": 1, "message": null}, "x": [{"a": 1, "b": 2}]})
+            ),
+            None,
+            "null still expects a key to be absent"
+        );
+    }
+
+    #[test]
+    fn an_empty_expectation_matches_only_an_empty_answer() {
+        let recognized = json!({"scanCode": {"recognized": true}});
+        assert_eq!(
+            mismatch(&json!({}), &recognized, "", Match::Subset).as_deref(),
+            Some("expected no scanCode (the expectation is exact), got {\"recognized\":true}")
+        );
+        assert_eq!(
+            mismatch(&json!({"scanCode": {}}), &recognized, "", Match::Subset).as_deref(),
+            Some("expected no scanCode.recognized (the expectation is exact), got true")
+        );
+        assert_eq!(mismatch(&json!({}), &json!({}), "", Match::Subset), None);
+        assert_eq!(
+            mismatch(&json!({}), &json!(null), "", Match::Subset).as_deref(),
+            Some("expected the answer = {}, got null")
+        );
+    }
+
+    const CONFIG: &str = "subscriptions:\n  shop:\n    secret: ZGVtby1zZWNyZXQtZm9yLXBvbGxnYXRlLWV4YW1wbGVz\n\
+        events:\n  scanCode:\n    rule: scan.rhai\n  addSessionLine:\n    rule: wait.rhai\n    polling: {}\n";
+
+    /// Runs `cases` (a test file) against [`CONFIG`]; the summary and what was printed.
+    fn run_cases(cases: &str) -> (Summary, String) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("pollgate.yaml", CONFIG),
+            (
+                "scan.rhai",
+                "#{scanCode: #{recognized: true, relationNumber: 1}}",
+            ),
+            ("wait.rhai", "keep_polling(`attempt ${poll.attempt}`)"),
+            ("cases.yaml", cases),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let summary = run(
+            Some(&dir.path().join("pollgate.yaml")),
+            &[dir.path().join("cases.yaml")],
+            &mut out,
+            &mut err,
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(err).unwrap(), "");
+        (summary, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_case_expecting_an_exact_answer_fails_on_an_extra_key_and_says_which() {
+        let (summary, out) = run_cases(
+            "cases:\n\
+             - name: the whole answer\n  event: scanCode\n  body: {scanCode: {scannedCode: \"1\"}}\n  calls:\n\
+             \x20   - expect: {scanCode: {recognized: true, relationNumber: 1}}\n      exact: true\n\
+             - name: part of the answer\n  event: scanCode\n  body: {scanCode: {scannedCode: \"2\"}}\n  calls:\n\
+             \x20   - expect: {scanCode: {recognized: true}}\n      exact: true\n\
+             - name: an empty answer\n  event: scanCode\n  body: {scanCode: {scannedCode: \"3\"}}\n  calls:\n\
+             \x20   - expect: {}\n\
+             - name: exact with nothing to compare\n  event: scanCode\n  body: {scanCode: {scannedCode: \"4\"}}\n  calls:\n\
+             \x20   - exact: true\n",
+        );
+        assert_eq!((summary.passed, summary.failed), (1, 3), "{out}");
+        assert!(out.contains("  ok   the whole answer (1 call)\n"), "{out}");
+        assert!(
+            out.contains(
+                "  FAIL part of the answer\n       call 1: expected no scanCode.relationNumber (the expectation is exact), got 1\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "  FAIL an empty answer\n       call 1: expected no scanCode (the expectation is exact), got {\"recognized\":true,\"relationNumber\":1}\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "  FAIL exact with nothing to compare\n       call 1: `exact: true` needs an `expect:` to compare\n"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_call_same_as_an_earlier_one_fails_when_its_answer_differs_and_shows_both() {
+        let (summary, out) = run_cases(
+            "cases:\n\
+             - name: a replayed answer\n  event: scanCode\n  body: {scanCode: {scannedCode: \"1\"}}\n  calls:\n\
+             \x20   - expect: {scanCode: {recognized: true}}\n    - same_as: 1\n\
+             - name: a polling answer that changes\n  event: addSessionLine\n  body: {addSessionLine: {line: {lineId: \"a\"}}}\n  calls:\n\
+             \x20   - expect: {polling: {finished: false}}\n    - same_as: 1\n\
+             - name: a call compared with itself\n  event: scanCode\n  body: {scanCode: {scannedCode: \"2\"}}\n  calls:\n\
+             \x20   - same_as: 1\n",
+        );
+        assert_eq!((summary.passed, summary.failed), (1, 2), "{out}");
+        assert!(
+            out.contains("  ok   a replayed answer (2 calls)\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "  FAIL a polling answer that changes\n       call 2: expected the same answer as call 1, byte for byte\n\
+                 \x20      call 1: 200 {\"polling\":{\"finished\":false,\"message\":\"attempt 1\"}}\n\
+                 \x20      call 2: 200 {\"polling\":{\"finished\":false,\"message\":\"attempt 2\"}}\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "  FAIL a call compared with itself\n       call 1: `same_as: 1` names no earlier call (calls count from 1)\n"
+            ),
+            "{out}"
         );
     }
 }
