@@ -169,17 +169,19 @@ impl Gateway {
             .unwrap()
     }
 
-    /// The value of one metric line (`name{labels}`), 0 when absent.
-    pub async fn metric(&self, series: &str) -> f64 {
-        metric_value(&self.metrics().await, series)
+    /// The value of one exported series (`name{labels}`); a missing one fails the test
+    /// (see [`metric_value`]), the message naming the test's line that asked.
+    #[track_caller]
+    pub fn metric(&self, series: &str) -> impl std::future::Future<Output = f64> + '_ {
+        let series = series.to_owned();
+        let caller = std::panic::Location::caller();
+        async move { metric_value_at(&self.metrics().await, &series, caller) }
     }
 
-    /// The value of one metric line that must be exported: a missing series (a renamed
-    /// metric, a label that changed) fails the test instead of reading as 0.
-    pub async fn required_metric(&self, series: &str) -> f64 {
-        let text = self.metrics().await;
-        series_value(&text, series)
-            .unwrap_or_else(|| panic!("no metric series `{series}` in /metrics:\n{text}"))
+    /// The value of a series that may legitimately not be exported yet (one created on
+    /// first use), 0 when absent. Only for those: a renamed metric reads as 0 here.
+    pub async fn metric_or_zero(&self, series: &str) -> f64 {
+        metric_or_zero(&self.metrics().await, series)
     }
 }
 
@@ -189,7 +191,45 @@ impl Drop for Gateway {
     }
 }
 
+/// The value of the series `series` (`name{labels}`, exactly as exported) in a Prometheus
+/// exposition. A missing series fails the test, naming it and listing the series of that
+/// metric that are there (or every metric name when there is none): a renamed metric or a
+/// changed label must not read as 0.
+#[track_caller]
 pub fn metric_value(text: &str, series: &str) -> f64 {
+    metric_value_at(text, series, std::panic::Location::caller())
+}
+
+fn metric_value_at(text: &str, series: &str, caller: &std::panic::Location<'_>) -> f64 {
+    if let Some(value) = series_value(text, series) {
+        return value;
+    }
+    let name = series.split(['{', ' ']).next().unwrap_or(series);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let same: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .collect();
+    let there = if same.is_empty() {
+        let mut names: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        names.dedup();
+        format!(
+            "no `{name}` series at all; the metrics there are:\n  {}",
+            names.join("\n  ")
+        )
+    } else {
+        format!("the `{name}` series there are:\n  {}", same.join("\n  "))
+    };
+    panic!("{caller}: no metric series `{series}`; {there}")
+}
+
+/// Like [`metric_value`], but 0 when the series is absent: only for a series that may
+/// legitimately not be exported (yet).
+pub fn metric_or_zero(text: &str, series: &str) -> f64 {
     series_value(text, series).unwrap_or(0.0)
 }
 
