@@ -134,16 +134,28 @@ async fn concurrent_calls_on_both_replicas_lose_no_update() {
             till.call_json("addSessionLine", &body(5, i)).await
         }));
     }
+    // Each call is one attempt (1 to 40, in whatever order the replicas counted them) and
+    // saved one increment on top of all the others: no two calls see the same n, and none
+    // is skipped.
+    let (mut counts, mut attempts) = (Vec::new(), Vec::new());
     for call in calls {
         let answer = call.await.unwrap();
         assert_eq!(answer.status, 200, "{:?}", answer.body);
         assert_eq!(answer.finished(), Some(false));
-        assert!(
-            answer.message().unwrap().starts_with("n="),
-            "every call's update was saved: {:?}",
-            answer.message()
-        );
+        let message = answer.message().unwrap();
+        let (n, attempt) = message
+            .strip_prefix("n=")
+            .and_then(|rest| rest.split_once(" attempt="))
+            .and_then(|(n, a)| Some((n.parse::<u32>().ok()?, a.parse::<u32>().ok()?)))
+            .unwrap_or_else(|| panic!("not `n=N attempt=A`: {message:?}"));
+        counts.push(n);
+        attempts.push(attempt);
     }
+    counts.sort_unstable();
+    attempts.sort_unstable();
+    let each: Vec<u32> = (1..=40).collect();
+    assert_eq!(counts, each, "every call's update was saved, once");
+    assert_eq!(attempts, each, "every call was counted, once");
     let last = a.till().call_json("addSessionLine", &body(5, 41)).await;
     assert_eq!(last.message().as_deref(), Some("n=41 attempt=41"));
 }

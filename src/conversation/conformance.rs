@@ -178,8 +178,31 @@ async fn stale_commit_conflicts_with_newer_snapshot<S: ConversationStore>(store:
 }
 
 async fn commit_on_unknown_conversation_fails<S: ConversationStore>(store: &S) {
-    let result = store.commit(fresh_key(), 0, Update::default(), T0).await;
-    assert!(result.is_err(), "a commit never creates a conversation");
+    let key = fresh_key();
+    let result = store.commit(key, 0, Update::default(), T0).await;
+    assert!(result.is_err(), "a commit on an unknown conversation fails");
+    // Not even a commit carrying state and a final answer may bring one into being.
+    let update = Update {
+        state: state(r#"{"n":1}"#),
+        finished: Some(FinalAnswer {
+            status: 200,
+            body: Bytes::from_static(b"{}"),
+        }),
+    };
+    let result = store.commit(key, 0, update, T0 + 1).await;
+    assert!(result.is_err(), "a commit on an unknown conversation fails");
+    let left = store.load(key).await;
+    assert!(
+        matches!(left, Ok(None)),
+        "a commit never creates a conversation, not even part of one: {left:?}"
+    );
+    let created = store.begin(key, "e", T0 + 2).await.unwrap();
+    assert_eq!(
+        (created.attempt, created.version),
+        (1, 0),
+        "the first begin finds nothing left by the failed commits"
+    );
+    assert!(created.state.is_none() && created.finished.is_none());
 }
 
 async fn final_answer_comes_back_byte_for_byte<S: ConversationStore>(store: &S) {
