@@ -811,6 +811,80 @@ async fn starts_a_new_conversation_when_event_timestamp_or_session_changes() {
 }
 
 #[tokio::test]
+async fn starts_a_new_conversation_when_branch_workplace_instance_subscription_or_event_changes() {
+    let config = format!(
+        "subscriptions:\n  {SUBSCRIPTION}:\n    secret: {SECRET}\n  other-shop:\n    secret: {SECRET}\nevents:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {{}}\n  scanCode:\n    rule: rule.rhai\n    polling: {{}}\n"
+    );
+    let gw = Gateway::start(
+        &config,
+        &[("rule.rhai", "keep_polling(`attempt ${poll.attempt}`)")],
+    )
+    .await;
+    let till = gw.till();
+    let other_shop = Till {
+        subscription: "other-shop".into(),
+        ..gw.till()
+    };
+    let attempt = |a: Answer| {
+        assert!(a.is_signed(), "{:?}", a.body);
+        a.message().unwrap()
+    };
+    let first = body(1, 1);
+    for n in 1..=2 {
+        assert_eq!(
+            attempt(till.call_json("addSessionLine", &first).await),
+            format!("attempt {n}")
+        );
+    }
+
+    let changed = |pointer: &str, value: Value| {
+        let mut b = body(1, 1);
+        *b.pointer_mut(pointer).unwrap() = value;
+        b
+    };
+    for (what, changed) in [
+        ("branchNumber", changed("/sender/branchNumber", json!(4))),
+        (
+            "workplaceNumber",
+            changed("/sender/workplaceNumber", json!(3)),
+        ),
+        (
+            "instanceId",
+            changed(
+                "/sender/instanceId",
+                json!("0a1b2c3d-0000-4000-8000-000000000000"),
+            ),
+        ),
+    ] {
+        assert_eq!(
+            attempt(till.call_json("addSessionLine", &changed).await),
+            "attempt 1",
+            "a new {what}"
+        );
+    }
+    assert_eq!(
+        attempt(other_shop.call_json("addSessionLine", &first).await),
+        "attempt 1",
+        "another subscription"
+    );
+    assert_eq!(
+        attempt(till.call_json("scanCode", &first).await),
+        "attempt 1",
+        "another event name"
+    );
+
+    // The first conversation was counted apart from all of them.
+    assert_eq!(
+        attempt(till.call_json("addSessionLine", &first).await),
+        "attempt 3"
+    );
+    assert_eq!(
+        attempt(other_shop.call_json("addSessionLine", &first).await),
+        "attempt 2"
+    );
+}
+
+#[tokio::test]
 async fn replays_final_answer_for_duplicate_call() {
     // The answer names the attempt: had the rule run again, it would say "attempt 2".
     let gw = polling_gateway(r#"finish(`finished at attempt ${poll.attempt}`, "Thanks")"#).await;
