@@ -473,6 +473,66 @@ async fn answers_413_for_a_chunked_body_over_the_limit_before_it_ends() {
     );
 }
 
+/// A JSON object of exactly `len` bytes.
+fn object_of(len: usize) -> Vec<u8> {
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(len - 10)).into_bytes();
+    assert_eq!(body.len(), len);
+    body
+}
+
+/// A chunked request for `body` in chunks of at most 50 bytes.
+fn chunked_request(body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /webhooks/scanCode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Mplus-Subscription-Id: {SUBSCRIPTION}\r\nX-Mplus-Signature: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        secret().sign(body)
+    )
+    .into_bytes();
+    for chunk in body.chunks(50) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    request
+}
+
+#[tokio::test]
+async fn accepts_a_body_of_exactly_max_body_bytes_and_answers_413_to_one_byte_more() {
+    let gw = Gateway::start(SMALL_LIMIT, &[]).await;
+    let till = gw.till();
+    let (exact, over) = (object_of(64), object_of(65));
+
+    assert_answer(&till.call("scanCode", exact.clone()).await, &json!({}));
+    assert_answer(
+        &raw_exchange(gw.addr, &chunked_request(&exact)).await,
+        &json!({}),
+    );
+    for (how, a) in [
+        (
+            "with Content-Length",
+            till.call("scanCode", over.clone()).await,
+        ),
+        (
+            "chunked",
+            raw_exchange(gw.addr, &chunked_request(&over)).await,
+        ),
+    ] {
+        assert_eq!(a.status, 413, "{how}");
+        assert_refused(
+            &a,
+            413,
+            "PAYLOAD_TOO_LARGE",
+            "the body is larger than max_body_bytes (64)",
+            true,
+        );
+    }
+    assert_eq!(
+        gw.metric(r#"pollgate_requests_total{event="scanCode",outcome="too_large"}"#)
+            .await,
+        2.0
+    );
+}
+
 #[tokio::test]
 async fn accepts_a_chunked_body_within_the_limit() {
     let gw = Gateway::start(SMALL_LIMIT, &[]).await;
