@@ -463,6 +463,95 @@ async fn calls_during_repeated_reloads_never_fail() {
     );
 }
 
+/// Writes generation `generation` of the 100 rules `e0.rhai`..`e99.rhai`.
+fn write_hundred_rules(dir: &std::path::Path, generation: u32) {
+    for i in 0..100 {
+        std::fs::write(
+            dir.join(format!("e{i}.rhai")),
+            format!("finish(\"e{i} v{generation}\")"),
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_100_rule_files_while_calls_run_loses_no_call() {
+    let config: String = std::iter::once("events:\n".to_owned())
+        .chain((0..100).map(|i| format!("  e{i}:\n    rule: e{i}.rhai\n    polling: {{}}\n")))
+        .collect();
+    let rules: Vec<(String, String)> = (0..100)
+        .map(|i| (format!("e{i}.rhai"), format!("finish(\"e{i} v0\")")))
+        .collect();
+    let files: Vec<(&str, &str)> = rules
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    let gw = Gateway::start(&config, &files).await;
+
+    // One till calls the 100 events in turn, a new conversation each call, until told to
+    // stop; `answered` lets the reloads wait for calls between them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls = {
+        let (till, stop, answered) = (gw.till(), stop.clone(), answered.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let event = format!("e{}", n % 100);
+                let a = till.call_json(&event, &body(n, 1)).await;
+                assert_eq!(
+                    (a.status, a.is_signed(), a.finished()),
+                    (200, true, Some(true)),
+                    "call {n}: {:?}",
+                    a.body
+                );
+                let message = a.message().unwrap();
+                let generation = message
+                    .strip_prefix(&format!("{event} v"))
+                    .unwrap_or_else(|| panic!("call {n} to {event}: {message:?}"));
+                seen.push(generation.parse::<u32>().unwrap());
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                n += 1;
+            }
+            seen
+        })
+    };
+    for generation in 1..=5 {
+        write_hundred_rules(gw.dir.path(), generation);
+        assert_eq!(
+            post_reload(&gw).await,
+            (200, json!({"ok": true, "generation": generation + 1}))
+        );
+        // Calls answered after this reload, before the next one starts (or the caller
+        // failed: its panic is reported below).
+        let before = answered.load(std::sync::atomic::Ordering::SeqCst);
+        eventually("calls to go on after the reload", || async {
+            (calls.is_finished()
+                || answered.load(std::sync::atomic::Ordering::SeqCst) >= before + 20)
+                .then_some(())
+        })
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = calls.await.unwrap();
+    assert!(seen.len() >= 100, "{} calls", seen.len());
+    // One till, one call at a time: once a call saw a generation, none later sees an older one.
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "generations went back: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&5));
+    assert_eq!(
+        gw.metric(r#"pollgate_reloads_total{result="ok"}"#).await,
+        5.0
+    );
+    assert_eq!(
+        gw.metric(r#"pollgate_reloads_total{result="error"}"#).await,
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn refuses_requests_from_other_sites_pages_with_403() {
     let gw = Gateway::start(POLLING, &[("rule.rhai", "finish()")]).await;

@@ -1048,6 +1048,41 @@ fn simulate_prints_a_rules_rejection_and_checks_its_signature() {
 }
 
 #[test]
+fn simulate_exits_1_on_the_gateways_signed_invalid_data_answer() {
+    let served = simulated();
+    let dir = folder(&[("array.json", "[1, 2, 3]")]);
+    let r = run(pollgate(&[
+        "simulate",
+        "--url",
+        &served.url(),
+        "--event",
+        "addSessionLine",
+        "--secret",
+        SECRET,
+        "--subscription",
+        "shop",
+        "--body",
+        dir.path().join("array.json").to_str().unwrap(),
+        "--interval",
+        "10ms",
+    ]));
+    // The answer is signed with the right secret, so its signature is fine: the error
+    // answer itself is the failure.
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stdout.contains(
+            "<- 400 {\"error\":{\"code\":\"INVALID_DATA\",\"message\":\"the body is not a JSON object\"}}"
+        ),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.stderr,
+        "pollgate simulate: error answer 400 INVALID_DATA: the body is not a JSON object\n",
+        "{r:?}"
+    );
+}
+
+#[test]
 fn simulate_with_a_secret_that_is_not_base64_names_the_encoding_option() {
     let r = run(pollgate(&[
         "simulate",

@@ -438,8 +438,10 @@ async fn caps_concurrent_upstream_requests_at_max_connections() {
 
 #[tokio::test]
 async fn a_forward_queued_behind_max_connections_is_not_sent_twice() {
-    // One connection, 100ms a reply, 30 conversations: the last forwards wait about 3s
-    // for the connection, longer than the upstream's budget (200ms) plus the lease slack.
+    // One connection and 30 conversations: every forward is started (and its lease taken)
+    // by its first call, then they queue for the connection. Each reply takes at least
+    // 100ms, so the last ones queue about 3s, longer than their lease (the upstream's
+    // budget of 200ms plus the slack); the polls meanwhile must not resend them.
     let up = MockUpstream::start(|n| {
         MockReply::json(
             200,
@@ -458,25 +460,43 @@ async fn a_forward_queued_behind_max_connections_is_not_sent_twice() {
     )
     .await;
     let till = gw.till();
-    let open: Arc<std::sync::Mutex<HashSet<u32>>> =
-        Arc::new((0..30).collect::<HashSet<_>>().into());
-    let mut counter = 0;
-    eventually("every conversation to finish", || {
+    let clock = gw.gateway.clock;
+    let started_ms = clock.now_ms();
+    for n in 0..30 {
+        let a = till.call_json("addSessionLine", &body(n, 1)).await;
+        assert_eq!(a.finished(), Some(false), "conversation {n}");
+    }
+    // Polls every open conversation until all are finished. The deadline is for progress
+    // (a reply arriving or a conversation finishing), not for the whole queue, so a slow
+    // machine takes longer without failing, and a stalled queue still fails.
+    let mut open: HashSet<u32> = (0..30).collect();
+    let (mut counter, mut seen) = (1, (0, open.len()));
+    let mut progress_deadline = Instant::now() + Duration::from_secs(10);
+    while !open.is_empty() {
         counter += 1;
-        let (till, open) = (till.clone(), open.clone());
-        async move {
-            let polled = open.lock().unwrap().clone();
-            for n in polled {
-                let a = till.call_json("addSessionLine", &body(n, counter)).await;
-                if a.finished() == Some(true) {
-                    open.lock().unwrap().remove(&n);
-                }
+        for n in open.clone() {
+            let a = till.call_json("addSessionLine", &body(n, counter)).await;
+            assert_eq!(a.status, 200);
+            if a.finished() == Some(true) {
+                open.remove(&n);
             }
-            open.lock().unwrap().is_empty().then_some(())
         }
-    })
-    .await;
+        if (up.count(), open.len()) != seen {
+            seen = (up.count(), open.len());
+            progress_deadline = Instant::now() + Duration::from_secs(10);
+        }
+        assert!(
+            Instant::now() < progress_deadline,
+            "no progress for 10s: {} requests, {} open",
+            seen.0,
+            seen.1
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(up.count(), 30, "one forward per conversation");
+    // The case this test is about happened: the queue outlived a lease (200ms + 2s slack).
+    let queued_ms = clock.now_ms() - started_ms;
+    assert!(queued_ms > 2_200, "the queue drained in {queued_ms}ms");
 }
 
 #[tokio::test]
@@ -497,28 +517,39 @@ async fn a_forward_whose_sender_died_is_resent_once_its_lease_ran_out() {
     let raw = serde_json::to_vec(&body(1, 1)).unwrap();
     let hex = conversation_key(&gw, "addSessionLine", &raw);
     let key = ConversationKey::from_hex(&hex).unwrap();
-    // Another replica took the conversation's forward and died: its lease runs out in 1s.
+    // Another replica took the conversation's forward and died: its lease is live for an
+    // hour, so no machine is slow enough to see it run out before this test says so.
     let (store, clock) = (&gw.gateway.store, gw.gateway.clock);
-    let lease_until = clock.now_ms() + 1000;
     store
         .begin(key, "addSessionLine", clock.now_ms())
         .await
         .unwrap();
     assert!(store
-        .claim_forward(key, "backend", clock.now_ms(), lease_until)
+        .claim_forward(key, "backend", clock.now_ms(), clock.now_ms() + 3_600_000)
         .await
         .unwrap());
 
     let till = gw.till();
-    let first = till.call("addSessionLine", raw).await;
-    assert_eq!(first.finished(), Some(false));
-    if clock.now_ms() < lease_until {
-        assert_eq!(
-            gw.metric("pollgate_forwards_in_flight").await,
-            0.0,
-            "a live lease is left alone"
-        );
+    for counter in 1..=3 {
+        let a = till.call_json("addSessionLine", &body(1, counter)).await;
+        assert_eq!(a.finished(), Some(false), "poll {counter}: {:?}", a.body);
     }
+    assert_eq!(
+        gw.metric("pollgate_forwards_in_flight").await,
+        0.0,
+        "a live lease is left alone"
+    );
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing sent under another replica's live lease"
+    );
+
+    // The lease runs out (set to now, as time would): the next poll resends the forward.
+    assert!(store
+        .renew_forward(key, "backend", clock.now_ms())
+        .await
+        .unwrap());
     let (done, _) = poll_until_finished(&till, "addSessionLine", 1).await;
     assert_eq!(done.message().as_deref(), Some("Resent"));
     let got = up.requests();
@@ -1319,7 +1350,7 @@ impl Drop for RedisServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_sharing_redis_send_one_forward() {
     let Some(redis) = RedisServer::start().await else {
-        eprintln!("redis-server not found: skipping the shared-store forward test");
+        skip_outside_ci("redis-server not found for the shared-store forward test");
         return;
     };
     let (up, gate) = MockUpstream::start_gated(|_| {

@@ -412,3 +412,175 @@ async fn serve_logging_into_its_config_folder_reloads_only_when_config_or_rules_
     // Not a terminal: no colour codes in the file.
     assert!(!log.contains('\u{1b}'), "{log}");
 }
+
+/// `pollgate serve` on free ports with `config`, JSON logs at info into a file; the child,
+/// a till calling it and the log's path. The folder must outlive the child.
+async fn serve_json_logging(
+    dir: &std::path::Path,
+    config: &str,
+    files: &[(&str, &str)],
+) -> (std::process::Child, Till, std::path::PathBuf) {
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+    let (port, admin) = (closed_port().await.port(), closed_port().await.port());
+    let text = format!(
+        "server:\n  listen: 127.0.0.1:{port}\n  access_log: true\nadmin:\n  listen: 127.0.0.1:{admin}\nwatch: false\nsubscriptions:\n  {SUBSCRIPTION}:\n    secret: {SECRET}\n{config}"
+    );
+    std::fs::write(dir.join("pollgate.yaml"), text).unwrap();
+    let log_path = dir.join("stderr.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pollgate"))
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(dir.join("pollgate.yaml"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{admin}/readyz");
+    eventually("pollgate serve to be ready", || {
+        let url = url.clone();
+        async move {
+            let ready = client().get(url).send().await.ok()?;
+            (ready.status() == 200).then_some(())
+        }
+    })
+    .await;
+    let till = Till {
+        base: format!("http://127.0.0.1:{port}/webhooks"),
+        secret: secret(),
+        subscription: SUBSCRIPTION.into(),
+        client: client(),
+    };
+    (child, till, log_path)
+}
+
+/// The JSON log lines once there are `n` of `target`.
+async fn json_lines(path: &std::path::Path, target: &str, n: usize) -> Vec<serde_json::Value> {
+    eventually(&format!("{n} log lines of {target}"), || async move {
+        let text = std::fs::read_to_string(path).ok()?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (lines.iter().filter(|l| l["target"] == target).count() >= n).then_some(lines)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rule_logs_carry_the_event_and_key_and_rule_errors_their_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let logging =
+        "log(`article ${event.addSessionLine.line.articleNumber}`);\nfinish(\"logged\")\n";
+    // Line 2, column 9: `parse_int` of the session id fails, and Rhai's message quotes it.
+    let failing =
+        "let ok = true;\nlet n = parse_int(event.session.sessionId);\nfinish(\"never\")\n";
+    let config = "events:\n  addSessionLine:\n    rule: logging.rhai\n    polling: {}\n  scanCode:\n    rule: failing.rhai\n";
+    let (mut child, till, log) = serve_json_logging(
+        dir.path(),
+        config,
+        &[("logging.rhai", logging), ("failing.rhai", failing)],
+    )
+    .await;
+    let logged = till.call_json("addSessionLine", &body(5, 1)).await;
+    assert!(logged.is_signed());
+    assert_eq!(
+        logged.json(),
+        serde_json::json!({"polling": {"finished": true, "message": "logged"}})
+    );
+    let failed = till.call_json("scanCode", &body(6, 1)).await;
+    assert_eq!((failed.status, failed.is_signed()), (200, true));
+    assert_eq!(failed.json(), serde_json::json!({}));
+
+    let lines = json_lines(&log, "pollgate::access", 2).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let key_of = |event: &str| {
+        let access = lines
+            .iter()
+            .find(|l| l["target"] == "pollgate::access" && l["event"] == event)
+            .unwrap_or_else(|| panic!("no access line for {event}:\n{text}"));
+        access["key"].as_str().unwrap().to_owned()
+    };
+    let rule_log: Vec<_> = lines
+        .iter()
+        .filter(|l| l["target"] == "pollgate::rule")
+        .collect();
+    assert_eq!(rule_log.len(), 1, "{text}");
+    assert_eq!(rule_log[0]["level"], "INFO");
+    assert_eq!(rule_log[0]["message"], "article 1017");
+    assert_eq!(rule_log[0]["event"], "addSessionLine");
+    assert_eq!(rule_log[0]["key"], key_of("addSessionLine"));
+
+    let errors: Vec<_> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert_eq!(errors[0]["event"], "scanCode");
+    assert_eq!(errors[0]["key"], key_of("scanCode"));
+    let location = format!("{}:2:9", dir.path().join("failing.rhai").display());
+    assert_eq!(errors[0]["location"], location.as_str(), "{text}");
+    assert_eq!(
+        errors[0]["message"],
+        "rule failed: arithmetic error (a number that does not parse, overflow or division by zero)"
+    );
+    let session = body(6, 1)["session"]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !text.contains(&session),
+        "the call's values stay out of the log at info: {text}"
+    );
+}
+
+#[tokio::test]
+async fn after_sigterm_new_connections_are_refused_while_the_held_call_still_gets_its_answer() {
+    let (upstream, gate) = MockUpstream::start_gated(|_| {
+        MockReply::json(
+            200,
+            serde_json::json!({"polling": {"finished": true, "message": "approved"}}),
+        )
+    })
+    .await;
+    let config = format!(
+        "events:\n  startPayment:\n    forward: backend\n    hold: 30s\n    polling: {{}}\nupstreams:\n  backend:\n    url: {}\n",
+        upstream.url()
+    );
+    let p = Process::serve(&config, &[]).await;
+    let till = p.till();
+    let held = tokio::spawn(async move { till.call_json("startPayment", &body(1, 1)).await });
+    eventually("the forward to be held at the upstream", || async {
+        (gate.active() == 1).then_some(())
+    })
+    .await;
+    p.signal("TERM");
+    // The reply is still held at the gate, so the call is draining for as long as this takes.
+    let addr = p.addr.clone();
+    let refused = eventually("a new connection to be refused", || {
+        let addr = addr.clone();
+        async move { tokio::net::TcpStream::connect(&addr).await.err() }
+    })
+    .await;
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+    assert!(
+        !held.is_finished(),
+        "the held call was answered before its reply came"
+    );
+    assert_eq!(gate.active(), 1);
+
+    gate.open();
+    let answer = held.await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(answer.is_signed());
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"polling": {"finished": true, "message": "approved"}})
+    );
+    assert_eq!(upstream.count(), 1);
+    assert_eq!(p.exit_code().await, Some(0));
+}

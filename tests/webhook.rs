@@ -473,6 +473,66 @@ async fn answers_413_for_a_chunked_body_over_the_limit_before_it_ends() {
     );
 }
 
+/// A JSON object of exactly `len` bytes.
+fn object_of(len: usize) -> Vec<u8> {
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(len - 10)).into_bytes();
+    assert_eq!(body.len(), len);
+    body
+}
+
+/// A chunked request for `body` in chunks of at most 50 bytes.
+fn chunked_request(body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /webhooks/scanCode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Mplus-Subscription-Id: {SUBSCRIPTION}\r\nX-Mplus-Signature: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        secret().sign(body)
+    )
+    .into_bytes();
+    for chunk in body.chunks(50) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    request
+}
+
+#[tokio::test]
+async fn accepts_a_body_of_exactly_max_body_bytes_and_answers_413_to_one_byte_more() {
+    let gw = Gateway::start(SMALL_LIMIT, &[]).await;
+    let till = gw.till();
+    let (exact, over) = (object_of(64), object_of(65));
+
+    assert_answer(&till.call("scanCode", exact.clone()).await, &json!({}));
+    assert_answer(
+        &raw_exchange(gw.addr, &chunked_request(&exact)).await,
+        &json!({}),
+    );
+    for (how, a) in [
+        (
+            "with Content-Length",
+            till.call("scanCode", over.clone()).await,
+        ),
+        (
+            "chunked",
+            raw_exchange(gw.addr, &chunked_request(&over)).await,
+        ),
+    ] {
+        assert_eq!(a.status, 413, "{how}");
+        assert_refused(
+            &a,
+            413,
+            "PAYLOAD_TOO_LARGE",
+            "the body is larger than max_body_bytes (64)",
+            true,
+        );
+    }
+    assert_eq!(
+        gw.metric(r#"pollgate_requests_total{event="scanCode",outcome="too_large"}"#)
+            .await,
+        2.0
+    );
+}
+
 #[tokio::test]
 async fn accepts_a_chunked_body_within_the_limit() {
     let gw = Gateway::start(SMALL_LIMIT, &[]).await;
@@ -807,6 +867,80 @@ async fn starts_a_new_conversation_when_event_timestamp_or_session_changes() {
     assert_eq!(
         attempt(till.call_json("addSessionLine", &first).await),
         "attempt 3"
+    );
+}
+
+#[tokio::test]
+async fn starts_a_new_conversation_when_branch_workplace_instance_subscription_or_event_changes() {
+    let config = format!(
+        "subscriptions:\n  {SUBSCRIPTION}:\n    secret: {SECRET}\n  other-shop:\n    secret: {SECRET}\nevents:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {{}}\n  scanCode:\n    rule: rule.rhai\n    polling: {{}}\n"
+    );
+    let gw = Gateway::start(
+        &config,
+        &[("rule.rhai", "keep_polling(`attempt ${poll.attempt}`)")],
+    )
+    .await;
+    let till = gw.till();
+    let other_shop = Till {
+        subscription: "other-shop".into(),
+        ..gw.till()
+    };
+    let attempt = |a: Answer| {
+        assert!(a.is_signed(), "{:?}", a.body);
+        a.message().unwrap()
+    };
+    let first = body(1, 1);
+    for n in 1..=2 {
+        assert_eq!(
+            attempt(till.call_json("addSessionLine", &first).await),
+            format!("attempt {n}")
+        );
+    }
+
+    let changed = |pointer: &str, value: Value| {
+        let mut b = body(1, 1);
+        *b.pointer_mut(pointer).unwrap() = value;
+        b
+    };
+    for (what, changed) in [
+        ("branchNumber", changed("/sender/branchNumber", json!(4))),
+        (
+            "workplaceNumber",
+            changed("/sender/workplaceNumber", json!(3)),
+        ),
+        (
+            "instanceId",
+            changed(
+                "/sender/instanceId",
+                json!("0a1b2c3d-0000-4000-8000-000000000000"),
+            ),
+        ),
+    ] {
+        assert_eq!(
+            attempt(till.call_json("addSessionLine", &changed).await),
+            "attempt 1",
+            "a new {what}"
+        );
+    }
+    assert_eq!(
+        attempt(other_shop.call_json("addSessionLine", &first).await),
+        "attempt 1",
+        "another subscription"
+    );
+    assert_eq!(
+        attempt(till.call_json("scanCode", &first).await),
+        "attempt 1",
+        "another event name"
+    );
+
+    // The first conversation was counted apart from all of them.
+    assert_eq!(
+        attempt(till.call_json("addSessionLine", &first).await),
+        "attempt 3"
+    );
+    assert_eq!(
+        attempt(other_shop.call_json("addSessionLine", &first).await),
+        "attempt 2"
     );
 }
 

@@ -44,6 +44,23 @@ pub fn read_fixture(path: &str) -> Vec<u8> {
     std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
 }
 
+/// The marker `.ci/run` counts in the test log: a test that cannot run here prints
+/// `skipped: WHY` and returns, and the totals line shows how many did.
+pub const SKIP_MARKER: &str = "skipped:";
+
+/// Reports a test that cannot run on this machine (`why`: what is missing), or fails it
+/// when the `CI` variable is set, since CI provides everything the suite needs. The line
+/// goes straight to the process's stderr: the test harness captures `eprintln!` of a
+/// passing test, and a skip nobody sees is a pass nobody earned.
+pub fn skip_outside_ci(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{why}, and CI needs it (.ci/run provides it)"
+    );
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{SKIP_MARKER} {why}");
+}
+
 /// A running gateway. Stops when dropped.
 pub struct Gateway {
     pub addr: SocketAddr,
