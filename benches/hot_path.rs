@@ -1,4 +1,4 @@
-//! The per-call hot path (GATEWAY.md 7: verify, parse, rule, sign under 20 µs per call).
+//! The per-call hot path (GATEWAY.md 7: verify, parse, rule, sign under 10 µs per call).
 //!
 //! - `stages/<body>/…`: each stage alone, and `sequence` (all of them as one call
 //!   sequence), for the documented (lenient) addSessionLine example and for the strict
