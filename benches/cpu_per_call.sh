@@ -2,7 +2,7 @@
 # CPU and context switches per call of one pollgate binary under the shared bench's load.
 #
 # Usage: benches/cpu_per_call.sh BINARY [PORT]
-#   Run ../shared/bench/run_peers.sh once first: it writes the signed bodies to
+#   Run the shared bench's run_peers.sh once first: it writes the signed bodies to
 #   $BENCH_OUT (default /tmp/pollgate-bench) that the wrk script sends.
 # Starts BINARY with the bench config on 127.0.0.1:PORT (admin PORT+100), warms up for
 # 2 s, then measures a 5 s wrk run (32 connections): requests/s, server CPU µs per call
@@ -13,10 +13,11 @@ BIN=${1:?usage: $0 BINARY [PORT]}
 PORT=${2:-19000}
 ADMIN=$((PORT + 100))
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
-BENCH="$HERE/../shared/bench"
+# The team's shared bench, beside the repository (or $POLLGATE_BENCH_DIR).
+BENCH="${POLLGATE_BENCH_DIR:-$(dirname "$HERE")/shared/bench}"
 export BENCH_OUT=${BENCH_OUT:-/tmp/pollgate-bench}
 export MPLUS_SECRET_B64=c2VjcmV0LWtleS1mb3ItYmVuY2g= POLLGATE_LISTEN=127.0.0.1:$PORT POLLGATE_ADMIN=127.0.0.1:$ADMIN
-[ -f "$BENCH_OUT/bodies.txt" ] || { echo "no $BENCH_OUT/bodies.txt: run ../shared/bench/run_peers.sh once" >&2; exit 2; }
+[ -f "$BENCH_OUT/bodies.txt" ] || { echo "no $BENCH_OUT/bodies.txt: run $BENCH/run_peers.sh once" >&2; exit 2; }
 cd "$BENCH_OUT"
 "$BIN" serve --config "$BENCH/pollgate/pollgate.yaml" >/dev/null 2>&1 &
 PID=$!

@@ -2,7 +2,7 @@
 //!
 //! - `stages/<body>/…`: each stage alone, and `sequence` (all of them as one call
 //!   sequence), for the documented (lenient) addSessionLine example and for the strict
-//!   483-byte load-test body (`../shared/bench/gen_body.py`, body 0, byte for byte).
+//!   483-byte load-test body (the shared bench's `gen_body.py`, body 0, byte for byte).
 //! - `pipeline/…`: `pipeline::verify` + `Gateway::answer` + signing the answer, without
 //!   HTTP, on a memory store holding 10 000 open conversations (the load test's steady
 //!   state: every call is a poll of a live conversation that stays open).

@@ -26,7 +26,7 @@ pub use raw::{parse_duration, parse_size};
 use crate::conversation::KeyPart;
 use crate::signature::Secret;
 
-/// The base64 demo secret of the shipped example config and of `../shared/mplus` vectors.
+/// The base64 demo secret of the shipped example config and of the team's shared `mplus` signature vectors (copied to `tests/fixtures/mplus`).
 pub const DEMO_SECRET_KEY: &[u8] = b"demo-secret-for-pollgate-examples";
 
 /// Where the config comes from when neither `--config` nor `$POLLGATE_CONFIG` says.
