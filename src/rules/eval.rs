@@ -162,8 +162,8 @@ fn checked(limits: &Limits, rule: &Rule, mut evaluation: Evaluation) -> Evaluati
 
 /// What a slice keeps to give the input back when it runs out.
 struct Kept {
-    subscription: String,
-    received_at: String,
+    subscription: ImmutableString,
+    received_at: ImmutableString,
     state: Map,
 }
 
@@ -174,9 +174,12 @@ fn run(
     input: Input,
     slice: Option<Slice>,
 ) -> Sliced {
+    // Shared (not copied) between `meta` and what a slice keeps.
+    let subscription = ImmutableString::from(input.subscription);
+    let received_at = ImmutableString::from(input.received_at);
     let kept = slice.map(|_| Kept {
-        subscription: input.subscription.clone(),
-        received_at: input.received_at.clone(),
+        subscription: subscription.clone(),
+        received_at: received_at.clone(),
         state: input.state.clone(),
     });
     let (attempt, elapsed_ms) = (input.attempt, input.elapsed_ms);
@@ -212,8 +215,8 @@ fn run(
 
     let mut meta = Map::new();
     meta.insert("name".into(), name.clone().into());
-    meta.insert("subscription".into(), input.subscription.into());
-    meta.insert("received_at".into(), input.received_at.into());
+    meta.insert("subscription".into(), subscription.into());
+    meta.insert("received_at".into(), received_at.into());
     let mut poll = Map::new();
     poll.insert("attempt".into(), Dynamic::from_int(i64::from(attempt)));
     poll.insert(
@@ -240,8 +243,8 @@ fn run(
         return Sliced::Spent(Input {
             event,
             name: name.to_string(),
-            subscription: kept.subscription,
-            received_at: kept.received_at,
+            subscription: kept.subscription.to_string(),
+            received_at: kept.received_at.to_string(),
             attempt,
             elapsed_ms,
             key: key.to_string(),
