@@ -47,53 +47,6 @@ async fn connect(gw: &Gateway, bytes: &[u8]) -> TcpStream {
     stream
 }
 
-/// Reads one HTTP/1.1 answer (head and Content-Length body) from `stream`.
-async fn read_answer(stream: &mut TcpStream) -> Answer {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed before an answer");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut headers = http::HeaderMap::new();
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (k, v) = line.split_once(':').unwrap();
-        headers.append(
-            http::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
-            v.trim().parse().unwrap(),
-        );
-    }
-    let length: usize = headers["content-length"].to_str().unwrap().parse().unwrap();
-    while buf.len() < head_end + length {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed inside the answer body");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
-    Answer {
-        status,
-        signature: header("x-mplus-signature"),
-        content_type: header("content-type"),
-        body: Bytes::copy_from_slice(&buf[head_end..head_end + length]),
-        headers,
-    }
-}
-
 /// [`read_answer`] within 10 s.
 async fn answer_within_10s(stream: &mut TcpStream) -> Answer {
     tokio::time::timeout(Duration::from_secs(10), read_answer(stream))
@@ -367,15 +320,7 @@ async fn serve_with_64_descriptors(config: &str) -> Limited {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{admin}/readyz");
-    eventually("pollgate serve to be ready", || {
-        let url = url.clone();
-        async move {
-            let ready = client().get(url).send().await.ok()?;
-            (ready.status() == 200).then_some(())
-        }
-    })
-    .await;
+    wait_ready_at(admin).await;
     Limited {
         child,
         port,

@@ -165,15 +165,7 @@ async fn serve_logging(
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{admin}/readyz");
-    eventually("pollgate serve to be ready", || {
-        let url = url.clone();
-        async move {
-            let ready = client().get(url).send().await.ok()?;
-            (ready.status() == 200).then_some(())
-        }
-    })
-    .await;
+    wait_ready_at(admin).await;
     (child, format!("127.0.0.1:{port}"), log_path)
 }
 
@@ -437,15 +429,7 @@ async fn serve_json_logging(
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{admin}/readyz");
-    eventually("pollgate serve to be ready", || {
-        let url = url.clone();
-        async move {
-            let ready = client().get(url).send().await.ok()?;
-            (ready.status() == 200).then_some(())
-        }
-    })
-    .await;
+    wait_ready_at(admin).await;
     let till = Till {
         base: format!("http://127.0.0.1:{port}/webhooks"),
         secret: secret(),

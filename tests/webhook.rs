@@ -13,7 +13,7 @@ use common::*;
 use pollgate::pipeline::RULE_FAILED_MESSAGE;
 use pollgate::signature::{Encoding, Secret};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 // ---- helpers ----
@@ -96,49 +96,7 @@ async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Answer {
     tokio::time::timeout(Duration::from_secs(10), async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(request).await.unwrap();
-        let mut buf = Vec::new();
-        let head_end = loop {
-            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "connection closed before an answer");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let mut headers = http::HeaderMap::new();
-        for line in lines.filter(|l| !l.is_empty()) {
-            let (k, v) = line.split_once(':').unwrap();
-            headers.append(
-                http::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
-                v.trim().parse().unwrap(),
-            );
-        }
-        let length: usize = headers["content-length"].to_str().unwrap().parse().unwrap();
-        while buf.len() < head_end + length {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "connection closed inside the answer body");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
-        Answer {
-            status,
-            signature: header("x-mplus-signature"),
-            content_type: header("content-type"),
-            body: Bytes::copy_from_slice(&buf[head_end..head_end + length]),
-            headers,
-        }
+        read_answer(&mut stream).await
     })
     .await
     .expect("an answer within 10s")

@@ -711,3 +711,67 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// Reads one HTTP/1.1 answer (head and Content-Length body) from `stream`.
+pub async fn read_answer(stream: &mut tokio::net::TcpStream) -> Answer {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(stream, &mut chunk)
+            .await
+            .unwrap();
+        assert!(n > 0, "connection closed before an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut headers = http::HeaderMap::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (k, v) = line.split_once(':').unwrap();
+        headers.append(
+            http::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
+            v.trim().parse().unwrap(),
+        );
+    }
+    let length: usize = headers["content-length"].to_str().unwrap().parse().unwrap();
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(stream, &mut chunk)
+            .await
+            .unwrap();
+        assert!(n > 0, "connection closed inside the answer body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+    Answer {
+        status,
+        signature: header("x-mplus-signature"),
+        content_type: header("content-type"),
+        body: Bytes::copy_from_slice(&buf[head_end..head_end + length]),
+        headers,
+    }
+}
+
+/// Polls `http://127.0.0.1:{admin_port}/readyz` until 200, with a deadline.
+pub async fn wait_ready_at(admin_port: u16) {
+    let url = format!("http://127.0.0.1:{admin_port}/readyz");
+    eventually("pollgate serve to be ready", || {
+        let url = url.clone();
+        async move {
+            let ready = client().get(url).send().await.ok()?;
+            (ready.status() == 200).then_some(())
+        }
+    })
+    .await;
+}
