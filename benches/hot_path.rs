@@ -3,7 +3,7 @@
 //! - `stages/<body>/…`: each stage alone, and `sequence` (all of them as one call
 //!   sequence), for the documented (lenient) addSessionLine example and for the strict
 //!   483-byte load-test body (the shared bench's `gen_body.py`, body 0, byte for byte).
-//! - `pipeline/…`: `pipeline::verify` + `Gateway::answer` + signing the answer, without
+//! - `pipeline/…`: both checks, `pipeline::answer` and signing the answer, without
 //!   HTTP, on a memory store holding 10 000 open conversations (the load test's steady
 //!   state: every call is a poll of a live conversation that stays open).
 //!
@@ -28,7 +28,8 @@ use sha2::{Digest, Sha256};
 
 use pollgate::config::Config;
 use pollgate::conversation::{Clock, ConversationKey, KeyPart, MemoryStore, Store};
-use pollgate::pipeline::{self, Gateway};
+use pollgate::gateway::Gateway;
+use pollgate::pipeline::{self, Verified};
 use pollgate::rules::{Input, Rule, RuleEngine, Verdict};
 use pollgate::runtime::Runtime;
 use pollgate::signature::{Encoding, Secret, SIGNATURE_HEADER};
@@ -139,7 +140,7 @@ fn check_bodies(secret: &Secret) {
     }
 }
 
-/// The rule input as `Gateway::evaluate` builds it for a first poll.
+/// The rule input as the pipeline's `evaluate` builds it for a first poll.
 fn input(event: Dynamic, key: ConversationKey, now_ms: u64) -> Input {
     Input {
         event,
@@ -279,7 +280,7 @@ impl Stages {
                     ten_line
                 };
                 // The body travels in and out of the evaluation as in the pipeline; the
-                // input is built per call as `Gateway::evaluate` builds it.
+                // input is built per call as the pipeline's `evaluate` builds it.
                 let mut event = Some(Dynamic::from_map(body.map.clone()));
                 Box::new(move || {
                     let input = input(event.take().unwrap_or_default(), body.key, now_ms);
@@ -356,6 +357,10 @@ fn calls() -> Vec<(HeaderMap, Bytes)> {
             let mut headers = HeaderMap::new();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             headers.insert(
+                pipeline::SUBSCRIPTION_HEADER,
+                HeaderValue::from_static(SUBSCRIPTION),
+            );
+            headers.insert(
                 SIGNATURE_HEADER,
                 HeaderValue::from_str(&secret.sign(&body)).expect("header value"),
             );
@@ -364,7 +369,14 @@ fn calls() -> Vec<(HeaderMap, Bytes)> {
         .collect()
 }
 
-/// The whole call without HTTP: `pipeline::verify`, `Gateway::answer`, signing the answer.
+/// Both checks of GATEWAY.md 6, as the webhook handler makes them.
+fn verified(rt: &pollgate::runtime::Runtime, headers: &HeaderMap, raw: &Bytes) -> Verified {
+    pipeline::check_head(rt, EVENT, headers)
+        .and_then(|head| pipeline::check_body(head, headers, raw.clone()))
+        .expect("call verifies")
+}
+
+/// The whole call without HTTP: the checks, `pipeline::answer`, signing the answer.
 struct PipelineBench<'a> {
     tokio: tokio::runtime::Runtime,
     gateway: Gateway,
@@ -415,10 +427,8 @@ impl<'a> PipelineBench<'a> {
             for _ in 0..iters {
                 let (headers, raw) = &calls[*next % calls.len()];
                 *next += 1;
-                let verified = pipeline::verify(sub.clone(), EVENT, headers, raw.clone())
-                    .expect("call verifies");
                 let rt = gateway.runtime.load_full();
-                let answer = gateway.answer(&rt, verified).await;
+                let answer = pipeline::answer(gateway, &rt, verified(&rt, headers, raw)).await;
                 debug_assert_eq!(answer.status, 200);
                 black_box(sub.secret.sign(&answer.body));
             }
@@ -429,10 +439,11 @@ impl<'a> PipelineBench<'a> {
     /// The conversations are still open (eventCounter 1 keeps polling).
     fn check_still_polling(&mut self) {
         let (headers, raw) = &self.calls[0];
-        let verified =
-            pipeline::verify(self.sub.clone(), EVENT, headers, raw.clone()).expect("verifies");
         let rt = self.gateway.runtime.load_full();
-        let answer = self.tokio.block_on(self.gateway.answer(&rt, verified));
+        let verified = verified(&rt, headers, raw);
+        let answer = self
+            .tokio
+            .block_on(pipeline::answer(&self.gateway, &rt, verified));
         assert!(
             std::str::from_utf8(&answer.body).is_ok_and(|s| s.contains(r#""finished":false"#)),
             "the conversation finished: {:?}",

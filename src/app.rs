@@ -11,12 +11,12 @@ use tower::ServiceBuilder;
 
 use crate::config::{Config, Problems, Store as StoreConfig};
 use crate::conversation::{Clock, MemoryStore, RedisStore, Store, StoreError};
+use crate::gateway::Gateway;
 use crate::http::admin::{self, AdminState};
 use crate::http::connection::ConnLimits;
 use crate::http::layers::{DeadlineLayer, TelemetryLayer};
 use crate::http::overload::BodyBudget;
 use crate::http::{self as server, webhook};
-use crate::pipeline::Gateway;
 use crate::reload::{Env, Reloader};
 use crate::runtime::Runtime;
 use crate::shutdown::{self, Shutdown};

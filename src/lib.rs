@@ -24,6 +24,8 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod conversation;
+pub mod error_answer;
+pub mod gateway;
 pub mod http;
 pub mod pipeline;
 pub mod reload;

@@ -37,7 +37,7 @@ pub enum SecretError {
 }
 
 /// Why a request's signature was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 pub enum SignatureError {
     #[error("X-Mplus-Signature is not base64")]
     NotBase64,

@@ -58,7 +58,8 @@ use serde_json::Value;
 
 use crate::config::{parse_duration, Config, Problem, DEFAULT_CONFIG_PATH};
 use crate::conversation::{Clock, MemoryStore, Reply, Store};
-use crate::pipeline::{self, Gateway};
+use crate::gateway::Gateway;
+use crate::pipeline;
 use crate::runtime::Runtime;
 use crate::signature::SIGNATURE_HEADER;
 use crate::telemetry::Metrics;
@@ -367,13 +368,18 @@ async fn run_case(config_path: &Path, dir: &Path, case: &Case) -> Result<usize, 
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
+            pipeline::SUBSCRIPTION_HEADER,
+            HeaderValue::from_str(&sub.id).map_err(|e| e.to_string())?,
+        );
+        headers.insert(
             SIGNATURE_HEADER,
             HeaderValue::from_str(&sub.secret.sign(&body)).map_err(|e| e.to_string())?,
         );
-        let verified = pipeline::verify(sub.clone(), &case.event, &headers, body.clone())
-            .map_err(|r| format!("call {n}: the body was refused: {} {}", r.code, r.message))?;
         let rt = gateway.runtime.load_full();
-        let answer = gateway.answer(&rt, verified).await;
+        let verified = pipeline::check_head(&rt, &case.event, &headers)
+            .and_then(|head| pipeline::check_body(head, &headers, body.clone()))
+            .map_err(|refusal| format!("call {n}: the body was refused: {refusal}"))?;
+        let answer = pipeline::answer(&gateway, &rt, verified).await;
         let got: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         if answer.status != call.status {
             return Err(format!(

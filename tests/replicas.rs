@@ -311,7 +311,7 @@ async fn redis_trouble_is_a_signed_answer_and_conversations_continue_when_it_ret
     );
     assert_eq!(
         answer.message().as_deref(),
-        Some(pollgate::pipeline::STORE_DOWN_MESSAGE)
+        Some(pollgate::error_answer::STORE_DOWN_MESSAGE)
     );
     let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
@@ -329,7 +329,8 @@ async fn redis_trouble_is_a_signed_answer_and_conversations_continue_when_it_ret
         let till = till.clone();
         async move {
             let a = till.call_json("addSessionLine", &body(9, n)).await;
-            (a.message().as_deref() != Some(pollgate::pipeline::STORE_DOWN_MESSAGE)).then_some(a)
+            (a.message().as_deref() != Some(pollgate::error_answer::STORE_DOWN_MESSAGE))
+                .then_some(a)
         }
     })
     .await;
@@ -346,7 +347,7 @@ async fn redis_trouble_is_a_signed_answer_and_conversations_continue_when_it_ret
     let down = till.call_json("addSessionLine", &body(10, 1)).await;
     assert_eq!(
         down.message().as_deref(),
-        Some(pollgate::pipeline::STORE_DOWN_MESSAGE)
+        Some(pollgate::error_answer::STORE_DOWN_MESSAGE)
     );
     let _redis = PrivateRedis::start(port)
         .await
@@ -355,7 +356,8 @@ async fn redis_trouble_is_a_signed_answer_and_conversations_continue_when_it_ret
         let till = till.clone();
         async move {
             let a = till.call_json("addSessionLine", &body(10, 2)).await;
-            (a.message().as_deref() != Some(pollgate::pipeline::STORE_DOWN_MESSAGE)).then_some(a)
+            (a.message().as_deref() != Some(pollgate::error_answer::STORE_DOWN_MESSAGE))
+                .then_some(a)
         }
     })
     .await;

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use pollgate::pipeline::STORE_DOWN_MESSAGE;
+use pollgate::error_answer::STORE_DOWN_MESSAGE;
 
 /// Two conversations fill the store; a polling rule that finishes on the second call, and
 /// a non-polling fallback with a fixed answer.

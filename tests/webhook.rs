@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use pollgate::pipeline::RULE_FAILED_MESSAGE;
+use pollgate::error_answer::RULE_FAILED_MESSAGE;
 use pollgate::signature::{Encoding, Secret};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;

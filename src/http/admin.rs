@@ -16,7 +16,8 @@ use super::json_response;
 use super::origin;
 use super::overload::BodyBudget;
 use crate::conversation::ConversationStore;
-use crate::pipeline::Gateway;
+use crate::error_answer::AdminError;
+use crate::gateway::Gateway;
 use crate::reload::Reloader;
 
 /// What the admin endpoints need.
@@ -40,10 +41,7 @@ pub async fn handle<B>(
     req: Request<B>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if let Err(refusal) = origin::check(req.headers()) {
-        return Ok(json(
-            403,
-            &serde_json::json!({"error": {"code": "CROSS_ORIGIN", "message": format!("{refusal}; the admin endpoints refuse requests from other sites' pages")}}),
-        ));
+        return Ok(error(&AdminError::CrossOrigin(refusal.to_string())));
     }
     let path = req.uri().path();
     let response = match (req.method(), path) {
@@ -52,12 +50,11 @@ pub async fn handle<B>(
         (&Method::GET, "/metrics") => metrics(&state).await,
         (&Method::GET, "/conversations") => conversations(&state, req.uri().query()).await,
         (&Method::POST, "/reload") => reload(&state).await,
-        (_, "/healthz" | "/readyz" | "/metrics" | "/conversations") => not_allowed("GET"),
-        (_, "/reload") => not_allowed("POST"),
-        _ => json(
-            404,
-            &serde_json::json!({"error": {"code": "NOT_FOUND", "message": "admin endpoints: /healthz /readyz /metrics /conversations /reload"}}),
-        ),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/conversations") => {
+            error(&AdminError::MethodNotAllowed("GET"))
+        }
+        (_, "/reload") => error(&AdminError::MethodNotAllowed("POST")),
+        _ => error(&AdminError::NotFound),
     };
     Ok(response)
 }
@@ -67,14 +64,13 @@ fn json(status: u16, value: &impl Serialize) -> Response<Full<Bytes>> {
     json_response(status, Bytes::from(body), None)
 }
 
-fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
-    let mut response = json(
-        405,
-        &serde_json::json!({"error": {"code": "METHOD_NOT_ALLOWED", "message": format!("use {allow}")}}),
-    );
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
+fn error(error: &AdminError) -> Response<Full<Bytes>> {
+    let mut response = json_response(error.status(), error.body(), None);
+    if let Some(allow) = error.allow() {
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(allow));
+    }
     response
 }
 
@@ -121,10 +117,7 @@ async fn conversations(state: &AdminState, query: Option<&str>) -> Response<Full
     let gateway = &state.gateway;
     match gateway.store.list(gateway.clock.now_ms(), limit).await {
         Ok(list) => json(200, &list),
-        Err(e) => json(
-            503,
-            &serde_json::json!({"error": {"code": "STORE_UNAVAILABLE", "message": e.to_string()}}),
-        ),
+        Err(e) => error(&AdminError::StoreUnavailable(e.to_string())),
     }
 }
 

@@ -23,11 +23,12 @@ use tower::{Layer, Service};
 use arc_swap::ArcSwap;
 
 use crate::config::Subscription;
-use crate::pipeline::{error_bytes, CallNote};
+use crate::error_answer::Refusal;
+use crate::pipeline::CallNote;
 use crate::runtime::Runtime;
 use crate::telemetry::{EventMetrics, Outcome};
 
-use super::json_response;
+use super::refusal::refused;
 use super::webhook::Addressee;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -164,11 +165,7 @@ where
                 Ok(response) => response,
                 Err(_) => {
                     tracing::error!("a call outlived server.request_timeout ({timeout:?})");
-                    let body = error_bytes("TIMEOUT", "the gateway could not answer in time");
-                    let mut response = json_response(503, body, to.subscription.as_deref());
-                    let record = to.record(Outcome::Deadline, CallNote::default());
-                    response.extensions_mut().insert(record);
-                    Ok(response)
+                    Ok(refused(Refusal::Deadline, &to))
                 }
             }
         })

@@ -1,20 +1,22 @@
-//! The webhook handler: routing, body limits, the checks of GATEWAY.md 6, the pipeline,
-//! and signing the answer.
+//! The webhook handler: routing, reading the body between the pipeline's checks before and
+//! after it, and signing the pipeline's answer.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::Full;
 
 use super::json_response;
 use super::layers::CallRecord;
 use super::overload::{read_body, BodyBudget, BodyError, BodyLimits};
-use super::refusal::{closing, refused, too_large};
+use super::refusal::refused;
 use crate::config::Subscription;
-use crate::pipeline::{self, error_bytes, Answer, CallNote, Gateway, Refusal};
+use crate::error_answer::Refusal;
+use crate::gateway::Gateway;
+use crate::pipeline::{self, Answer, CallNote};
 use crate::runtime::Runtime;
 use crate::telemetry::{EventMetrics, Outcome};
 
@@ -31,12 +33,9 @@ pub struct Addressee {
 
 impl Addressee {
     pub fn of(rt: &Runtime, path: &str, headers: &HeaderMap) -> Self {
+        let subscription = pipeline::subscription(rt, headers).ok();
         let Some(event) = event_name(path, &rt.config.server.base_path) else {
-            return Self {
-                event: None,
-                metrics: rt.no_event.clone(),
-                subscription: None,
-            };
+            return Self::off_route(rt, subscription);
         };
         let metrics = rt
             .event(event)
@@ -44,7 +43,17 @@ impl Addressee {
         Self {
             event: Some(event.to_owned()),
             metrics,
-            subscription: pipeline::subscription(rt, headers).ok(),
+            subscription,
+        }
+    }
+
+    /// A request that is no event's call (`404`, `405`): counted under `event="none"`, and
+    /// still signed when the headers name a known subscription.
+    fn off_route(rt: &Runtime, subscription: Option<Arc<Subscription>>) -> Self {
+        Self {
+            event: None,
+            metrics: rt.no_event.clone(),
+            subscription,
         }
     }
 
@@ -60,7 +69,8 @@ impl Addressee {
     }
 }
 
-/// Answers one request on the webhook listener.
+/// Answers one request on the webhook listener: routes it, reads its body between the
+/// pipeline's two checks, and signs the pipeline's answer.
 pub async fn handle<B>(
     gateway: Gateway,
     budget: BodyBudget,
@@ -71,36 +81,19 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let rt = gateway.runtime.load_full();
-    let server = &rt.config.server;
-    let Some(event_name) = event_name(req.uri().path(), &server.base_path) else {
-        return Ok(not_found(
-            &rt,
-            req.headers(),
-            Outcome::NotFound,
-            "NOT_FOUND",
-            "no webhook here; events are POSTed to {base_path}/{eventName}",
-        ));
-    };
-    if req.method() != Method::POST {
-        let mut response = not_found(
-            &rt,
-            req.headers(),
-            Outcome::MethodNotAllowed,
-            "METHOD_NOT_ALLOWED",
-            "webhooks are POST only",
-        );
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("POST"));
-        return Ok(response);
-    }
-    let event_name = event_name.to_owned();
     let (mut parts, body) = req.into_parts();
     let to = parts
         .extensions
         .remove::<Addressee>()
         .unwrap_or_else(|| Addressee::of(&rt, parts.uri.path(), &parts.headers));
-    let record = |outcome| to.record(outcome, CallNote::default());
+    let Some(event_name) = to.event.as_deref() else {
+        return Ok(refused(Refusal::NotFound, &to));
+    };
+    if parts.method != Method::POST {
+        let off_route = Addressee::off_route(&rt, to.subscription.clone());
+        return Ok(refused(Refusal::MethodNotAllowed, &off_route));
+    }
+    let server = &rt.config.server;
     let max = server.max_body_bytes;
     let declared = parts
         .headers
@@ -108,14 +101,11 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        let sub = to.subscription.as_deref();
-        return Ok(too_large(max, sub, record(Outcome::TooLarge)));
+        return Ok(refused(Refusal::TooLarge { max }, &to));
     }
-    let checks = pipeline::subscription(&rt, &parts.headers)
-        .and_then(|sub| pipeline::signature_present(&parts.headers, &sub).map(|()| sub));
-    let sub = match checks {
-        Ok(sub) => sub,
-        Err(refusal) => return Ok(refused(&refusal, record(Outcome::BadRequest))),
+    let head = match pipeline::check_head(&rt, event_name, &parts.headers) {
+        Ok(head) => head,
+        Err(refusal) => return Ok(refused(refusal, &to)),
     };
     let limits = BodyLimits {
         max_bytes: max as u64,
@@ -124,14 +114,14 @@ where
     };
     let (raw, reservation) = match read_body(body, declared, &budget, limits).await {
         Ok(read) => read,
-        Err(e) => return Ok(unread(&e, max, &sub, record)),
+        Err(e) => return Ok(refused(unread(e, max), &to)),
     };
-    let verified = pipeline::verify(sub, &event_name, &parts.headers, raw);
+    let verified = pipeline::check_body(head, &parts.headers, raw);
     // Checked bytes no longer count as a body being read.
     drop(reservation);
     let verified = match verified {
         Ok(verified) => verified,
-        Err(refusal) => return Ok(refused(&refusal, record(Outcome::BadRequest))),
+        Err(refusal) => return Ok(refused(refusal, &to)),
     };
     let sub = verified.subscription().clone();
     let Answer {
@@ -139,43 +129,21 @@ where
         body,
         outcome,
         note,
-    } = gateway.answer(&rt, verified).await;
+    } = pipeline::answer(&gateway, &rt, verified).await;
     let mut response = json_response(status, body, Some(&sub));
     response.extensions_mut().insert(to.record(outcome, note));
     Ok(response)
 }
 
-/// The answer to a call whose body could not be read in full.
-fn unread(
-    error: &BodyError,
-    max: usize,
-    sub: &Arc<Subscription>,
-    record: impl Fn(Outcome) -> CallRecord,
-) -> Response<Full<Bytes>> {
+/// Why a call's body could not be read in full.
+fn unread(error: BodyError, max: usize) -> Refusal {
     match error {
-        BodyError::TooLarge => too_large(max, Some(sub), record(Outcome::TooLarge)),
-        BodyError::Overloaded => closing(
-            503,
-            "OVERLOADED",
-            "the gateway is reading too many bodies at once; please retry",
-            Some(sub),
-            record(Outcome::Overloaded),
-        ),
-        BodyError::TimedOut => closing(
-            408,
-            "REQUEST_TIMEOUT",
-            "the body did not arrive within server.body_timeout",
-            Some(sub),
-            record(Outcome::BodyTimeout),
-        ),
+        BodyError::TooLarge => Refusal::TooLarge { max },
+        BodyError::Overloaded => Refusal::Overloaded,
+        BodyError::TimedOut => Refusal::BodyTimeout,
         BodyError::Broken(e) => {
             tracing::debug!("request body broken off: {e}");
-            let refusal = Refusal {
-                code: "INVALID_JSON",
-                message: "the body could not be read".into(),
-                subscription: Some(sub.clone()),
-            };
-            refused(&refusal, record(Outcome::BadRequest))
+            Refusal::BodyBroken
         }
     }
 }
@@ -190,33 +158,6 @@ fn event_name<'a>(path: &'a str, base_path: &str) -> Option<&'a str> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     valid.then_some(rest)
-}
-
-/// `404` or `405`: no event's call, counted under `event="none"`. Signed when the headers
-/// name a known subscription, like every answer to a call of one.
-fn not_found(
-    rt: &Runtime,
-    headers: &HeaderMap,
-    outcome: Outcome,
-    code: &str,
-    message: &str,
-) -> Response<Full<Bytes>> {
-    let status = if outcome == Outcome::MethodNotAllowed {
-        405
-    } else {
-        404
-    };
-    let subscription = pipeline::subscription(rt, headers).ok();
-    let body = error_bytes(code, message);
-    let mut response = json_response(status, body, subscription.as_deref());
-    response.extensions_mut().insert(CallRecord {
-        metrics: rt.no_event.clone(),
-        outcome,
-        event: None,
-        subscription,
-        note: CallNote::default(),
-    });
-    response
 }
 
 #[cfg(test)]

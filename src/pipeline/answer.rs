@@ -2,7 +2,6 @@
 //! happened, for the access log and metrics.
 
 use bytes::Bytes;
-use rhai::Map;
 
 use crate::conversation::ConversationKey;
 use crate::telemetry::Outcome;
@@ -44,33 +43,6 @@ impl Answer {
             note,
         }
     }
-}
-
-/// `{"error": {"code", "message"}}` as a map.
-pub(super) fn error_body(code: &str, message: &str) -> Map {
-    let mut error = Map::new();
-    error.insert("code".into(), code.into());
-    error.insert("message".into(), message.into());
-    let mut body = Map::new();
-    body.insert("error".into(), rhai::Dynamic::from_map(error));
-    body
-}
-
-/// `{"error": {"code", "message"}}` as bytes.
-pub fn error_bytes(code: &str, message: &str) -> Bytes {
-    #[derive(serde::Serialize)]
-    struct Error<'a> {
-        code: &'a str,
-        message: &'a str,
-    }
-    #[derive(serde::Serialize)]
-    struct Body<'a> {
-        error: Error<'a>,
-    }
-    let body = Body {
-        error: Error { code, message },
-    };
-    Bytes::from(serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec()))
 }
 
 #[cfg(test)]

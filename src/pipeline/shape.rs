@@ -5,11 +5,10 @@ use bytes::Bytes;
 use rhai::{Dynamic, Map};
 
 use crate::conversation::{ForwardState, Snapshot};
+use crate::error_answer::Fallback;
 use crate::rules::finish_answer;
 use crate::runtime::CompiledEvent;
 use crate::telemetry::Outcome;
-
-use super::RULE_FAILED_MESSAGE;
 
 /// The state of one decision within a call.
 pub(super) struct Decision {
@@ -96,16 +95,13 @@ pub(super) fn reply_answer(event: &CompiledEvent, snapshot: &Snapshot, pending: 
     }
 }
 
+/// The rule failed: the fail-safe answer (GATEWAY.md 4.4).
 pub(super) fn fail_safe(event: &CompiledEvent) -> Decision {
-    let body = if event.config.polling.is_some() {
-        finish_answer(true, RULE_FAILED_MESSAGE, "")
-    } else {
-        Map::new()
-    };
+    let fallback = Fallback::RuleFailed;
     Decision {
         status: 200,
-        body,
-        outcome: Outcome::RuleError,
+        body: fallback.body(event.config.polling.is_some()),
+        outcome: fallback.outcome(),
         finished: false,
         state: None,
     }

@@ -19,7 +19,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::Mutex;
 
 use crate::config::{Config, Problems};
-use crate::pipeline::Gateway;
+use crate::gateway::Gateway;
 use crate::runtime::Runtime;
 use crate::shutdown::Shutdown;
 

@@ -66,7 +66,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
-    pub gateway: pollgate::pipeline::Gateway,
+    pub gateway: pollgate::gateway::Gateway,
     trigger: Trigger,
     task: Option<tokio::task::JoinHandle<()>>,
 }

@@ -1,0 +1,37 @@
+//! The gateway's shared handle: everything that outlives a config generation (the store,
+//! the forwarder, the clock, the metrics) and the current generation itself. The HTTP
+//! handlers, the pipeline, the admin endpoints and the reloader all hold one.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::conversation::{Clock, Store};
+use crate::runtime::Runtime;
+use crate::telemetry::Metrics;
+use crate::upstream::Forwarder;
+
+/// A cheap-clone handle; every part is shared, none is copied.
+#[derive(Clone)]
+pub struct Gateway {
+    /// The generation in use; a reload swaps it whole. A call loads it once, at its start,
+    /// and keeps that generation to its end.
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub store: Store,
+    pub forwarder: Forwarder,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    pub fn new(runtime: Runtime, store: Store, clock: Clock, metrics: Arc<Metrics>) -> Self {
+        let forwarder = Forwarder::new(store.clone(), clock, metrics.clone());
+        Self {
+            runtime: Arc::new(ArcSwap::from_pointee(runtime)),
+            store,
+            forwarder,
+            clock,
+            metrics,
+        }
+    }
+}

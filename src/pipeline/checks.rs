@@ -1,0 +1,106 @@
+//! The checks of GATEWAY.md 6, in order: [`check_head`] before the body is read, then
+//! [`check_body`] over its bytes. [`Verified`] can only be made here, so nothing downstream
+//! can see a call whose signature was not checked. The webhook handler and `pollgate test`
+//! both go through these two calls.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::HeaderMap;
+use rhai::Map;
+
+use crate::body::{self, BodyError};
+use crate::config::Subscription;
+use crate::error_answer::Refusal;
+use crate::runtime::Runtime;
+use crate::signature::SIGNATURE_HEADER;
+
+pub const SUBSCRIPTION_HEADER: &str = "x-mplus-subscription-id";
+
+/// A call whose headers passed the checks that come before its body.
+pub struct Head {
+    subscription: Arc<Subscription>,
+    event_name: String,
+}
+
+/// A call whose subscription, signature, content type and body were all checked.
+pub struct Verified {
+    pub(super) subscription: Arc<Subscription>,
+    pub(super) event_name: String,
+    pub(super) raw: Bytes,
+    pub(super) body: Map,
+}
+
+impl Verified {
+    pub fn subscription(&self) -> &Arc<Subscription> {
+        &self.subscription
+    }
+
+    pub fn event_name(&self) -> &str {
+        &self.event_name
+    }
+}
+
+/// The subscription named by the headers (the first two checks).
+pub fn subscription(runtime: &Runtime, headers: &HeaderMap) -> Result<Arc<Subscription>, Refusal> {
+    let id = headers
+        .get(SUBSCRIPTION_HEADER)
+        .ok_or(Refusal::NoSubscriptionId)?;
+    let id = std::str::from_utf8(id.as_bytes().trim_ascii()).unwrap_or("");
+    runtime
+        .config
+        .subscriptions
+        .get(id)
+        .cloned()
+        .ok_or(Refusal::InvalidSubscriptionId)
+}
+
+/// The checks before the body is read: the subscription, and that a signature is there.
+pub fn check_head(
+    runtime: &Runtime,
+    event_name: &str,
+    headers: &HeaderMap,
+) -> Result<Head, Refusal> {
+    let subscription = subscription(runtime, headers)?;
+    if !headers.contains_key(SIGNATURE_HEADER) {
+        return Err(Refusal::NoSignature);
+    }
+    Ok(Head {
+        subscription,
+        event_name: event_name.to_owned(),
+    })
+}
+
+/// The remaining checks, over the raw body bytes: signature, content type, JSON object.
+pub fn check_body(head: Head, headers: &HeaderMap, raw: Bytes) -> Result<Verified, Refusal> {
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .map_or(&b""[..], |v| v.as_bytes());
+    head.subscription
+        .secret
+        .verify(signature, &raw)
+        .map_err(Refusal::InvalidSignature)?;
+    let content_type = headers.get(CONTENT_TYPE).ok_or(Refusal::NoContentType)?;
+    let essence = content_type
+        .as_bytes()
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default();
+    if !essence
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"application/json")
+    {
+        return Err(Refusal::InvalidContentType);
+    }
+    let body = body::parse(&raw).map_err(|e| match e {
+        BodyError::InvalidJson(_) => Refusal::InvalidJson,
+        BodyError::NotAnObject => Refusal::InvalidData,
+    })?;
+    Ok(Verified {
+        subscription: head.subscription,
+        event_name: head.event_name,
+        raw,
+        body,
+    })
+}

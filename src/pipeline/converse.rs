@@ -1,0 +1,115 @@
+//! The conversation loop: begin the conversation, replay its final answer once there is
+//! one, else decide and record the decision with a compare-and-set, deciding again when
+//! another call of the same conversation changed it first.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rhai::{Dynamic, Map};
+
+use super::shape::{encode_state, fail_safe, to_json, Decision};
+use super::{forwards, Answer, Call, CallNote};
+use crate::conversation::{Commit, ConversationStore, FinalAnswer, Snapshot, StoreError, Update};
+use crate::error_answer::Fallback;
+use crate::telemetry::Outcome;
+
+/// How many times a call decides again after another call changed the conversation. Calls
+/// of one conversation rarely overlap (a till polls one call at a time); this bounds a storm
+/// of duplicates, with a short random pause between rounds so they spread out.
+const MAX_CONFLICTS: usize = 64;
+
+impl Call<'_> {
+    pub(super) async fn converse(&self, body: Map) -> Answer {
+        let store = &self.gateway.store;
+        let clock = &self.gateway.clock;
+        let mut snapshot = match store.begin(self.key, self.name, clock.now_ms()).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => return self.store_failure(&e),
+        };
+        let attempt = snapshot.attempt;
+        let mut note = CallNote {
+            key: Some(self.key),
+            attempt,
+            forward: "",
+        };
+        let mut body = Some(Dynamic::from_map(body));
+        for _ in 0..MAX_CONFLICTS {
+            if let Some(done) = &snapshot.finished {
+                return Answer::json(done.status, done.body.clone(), Outcome::Replayed, note);
+            }
+            let decision = match self.decide(&mut snapshot, &mut body).await {
+                Ok(decision) => decision,
+                Err(e) => return self.store_failure(&e),
+            };
+            note.forward = forwards::note(&snapshot);
+            let (answer, update) = self.settle(decision, note);
+            let Some(update) = update else {
+                return answer;
+            };
+            match store
+                .commit(self.key, snapshot.version, update, clock.now_ms())
+                .await
+            {
+                Ok(Commit::Saved) => return answer,
+                Ok(Commit::Conflict(newer)) => {
+                    snapshot = Snapshot { attempt, ..newer };
+                    tokio::time::sleep(Duration::from_micros(fastrand::u64(0..500))).await;
+                }
+                Err(e) => return self.store_failure(&e),
+            }
+        }
+        tracing::warn!(key = %self.key, "conversation changed under this call {MAX_CONFLICTS} times; answering without saving");
+        self.store_failure(&StoreError::Corrupt("too many concurrent updates".into()))
+    }
+
+    /// The decision as the answer to send and, unless it must not be remembered, the
+    /// update that records it.
+    fn settle(&self, decision: Decision, note: CallNote) -> (Answer, Option<Update>) {
+        let event = self.event;
+        let bytes = to_json(decision.body);
+        let state = decision.state.map(|s| encode_state(&s));
+        let limit = self.rt.config.limits.max_answer_bytes;
+        let state_len = state
+            .as_ref()
+            .and_then(|s| s.as_ref())
+            .map_or(0, Bytes::len);
+        if bytes.len() > limit || state_len > limit {
+            tracing::error!(event = %event.config.name, key = %self.key, answer = bytes.len(), state = state_len, "rule result over limits.max_answer_bytes ({limit})");
+            event.metrics.rule(Duration::ZERO, true);
+            let fail = fail_safe(event);
+            return (
+                Answer::json(fail.status, to_json(fail.body), fail.outcome, note),
+                None,
+            );
+        }
+        let answer = Answer::json(decision.status, bytes.clone(), decision.outcome, note);
+        if decision.outcome == Outcome::RuleError {
+            // Fail-safe answers are not remembered: a retry after a fix runs the rule again.
+            return (answer, None);
+        }
+        let update = Update {
+            state,
+            finished: decision.finished.then(|| FinalAnswer {
+                status: decision.status,
+                body: bytes,
+            }),
+        };
+        (answer, Some(update))
+    }
+
+    fn store_failure(&self, error: &StoreError) -> Answer {
+        let event = &self.event.config;
+        tracing::error!(event = %event.name, key = %self.key, "conversation store failed: {error}");
+        if matches!(error, StoreError::Full { .. }) {
+            self.gateway.metrics.store_full();
+        }
+        let fallback = Fallback::StoreDown;
+        let note = CallNote {
+            key: Some(self.key),
+            attempt: 0,
+            forward: "",
+        };
+        let body = to_json(fallback.body(event.polling.is_some()));
+        Answer::json(200, body, fallback.outcome(), note)
+    }
+}
