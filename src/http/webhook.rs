@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
+use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::Full;
 
@@ -69,8 +70,7 @@ impl Addressee {
     }
 }
 
-/// Answers one request on the webhook listener: routes it, reads its body between the
-/// pipeline's two checks, and signs the pipeline's answer.
+/// Answers one request on the webhook listener.
 pub async fn handle<B>(
     gateway: Gateway,
     budget: BodyBudget,
@@ -86,12 +86,39 @@ where
         .extensions
         .remove::<Addressee>()
         .unwrap_or_else(|| Addressee::of(&rt, parts.uri.path(), &parts.headers));
-    let Some(event_name) = to.event.as_deref() else {
-        return Ok(refused(Refusal::NotFound, &to));
+    let response = match call(&gateway, &rt, &budget, &to, &parts, body).await {
+        Ok((sub, answer)) => {
+            let mut response = json_response(answer.status, answer.body, Some(&sub));
+            let record = to.record(answer.outcome, answer.note);
+            response.extensions_mut().insert(record);
+            response
+        }
+        Err(Refusal::MethodNotAllowed) => {
+            let off_route = Addressee::off_route(&rt, to.subscription.clone());
+            refused(Refusal::MethodNotAllowed, &off_route)
+        }
+        Err(refusal) => refused(refusal, &to),
     };
+    Ok(response)
+}
+
+/// Routes a request, reads its body between the pipeline's checks before and after it,
+/// and has the pipeline answer it; the answer and the subscription that signs it.
+async fn call<B>(
+    gateway: &Gateway,
+    rt: &Runtime,
+    budget: &BodyBudget,
+    to: &Addressee,
+    parts: &Parts,
+    body: B,
+) -> Result<(Arc<Subscription>, Answer), Refusal>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let event_name = to.event.as_deref().ok_or(Refusal::NotFound)?;
     if parts.method != Method::POST {
-        let off_route = Addressee::off_route(&rt, to.subscription.clone());
-        return Ok(refused(Refusal::MethodNotAllowed, &off_route));
+        return Err(Refusal::MethodNotAllowed);
     }
     let server = &rt.config.server;
     let max = server.max_body_bytes;
@@ -101,38 +128,23 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Ok(refused(Refusal::TooLarge { max }, &to));
+        return Err(Refusal::TooLarge { max });
     }
-    let head = match pipeline::check_head(&rt, event_name, &parts.headers) {
-        Ok(head) => head,
-        Err(refusal) => return Ok(refused(refusal, &to)),
-    };
+    let head = pipeline::check_head(rt, event_name, &parts.headers)?;
     let limits = BodyLimits {
         max_bytes: max as u64,
         budget: server.max_buffered_bytes,
         timeout: server.body_timeout,
     };
-    let (raw, reservation) = match read_body(body, declared, &budget, limits).await {
-        Ok(read) => read,
-        Err(e) => return Ok(refused(unread(e, max), &to)),
-    };
+    let (raw, reservation) = read_body(body, declared, budget, limits)
+        .await
+        .map_err(|e| unread(e, max))?;
     let verified = pipeline::check_body(head, &parts.headers, raw);
     // Checked bytes no longer count as a body being read.
     drop(reservation);
-    let verified = match verified {
-        Ok(verified) => verified,
-        Err(refusal) => return Ok(refused(refusal, &to)),
-    };
+    let verified = verified?;
     let sub = verified.subscription().clone();
-    let Answer {
-        status,
-        body,
-        outcome,
-        note,
-    } = pipeline::answer(&gateway, &rt, verified).await;
-    let mut response = json_response(status, body, Some(&sub));
-    response.extensions_mut().insert(to.record(outcome, note));
-    Ok(response)
+    Ok((sub, pipeline::answer(gateway, rt, verified).await))
 }
 
 /// Why a call's body could not be read in full.

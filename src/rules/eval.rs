@@ -160,11 +160,13 @@ fn checked(limits: &Limits, rule: &Rule, mut evaluation: Evaluation) -> Evaluati
     evaluation
 }
 
-/// What a slice keeps to give the input back when it runs out.
-struct Kept {
+/// The call's strings as the rule sees them, each shared (not copied) between the
+/// context (`log`), `meta` and `poll`, and what a spent slice gives back.
+struct Names {
+    name: ImmutableString,
     subscription: ImmutableString,
     received_at: ImmutableString,
-    state: Map,
+    key: ImmutableString,
 }
 
 fn run(
@@ -174,101 +176,54 @@ fn run(
     input: Input,
     slice: Option<Slice>,
 ) -> Sliced {
-    // Shared (not copied) between `meta` and what a slice keeps.
-    let subscription = ImmutableString::from(input.subscription);
-    let received_at = ImmutableString::from(input.received_at);
-    let kept = slice.map(|_| Kept {
-        subscription: subscription.clone(),
-        received_at: received_at.clone(),
-        state: input.state.clone(),
-    });
-    let (attempt, elapsed_ms) = (input.attempt, input.elapsed_ms);
-    // Shared (not copied) between the context, for `log`, and `meta`/`poll`.
-    let name = ImmutableString::from(input.name);
-    let key = ImmutableString::from(input.key);
-    let (max_operations, time) = match slice {
-        Some(slice) => (slice.operations, slice.time.min(limits.timeout)),
-        None => (limits.max_operations, limits.timeout),
+    let Input {
+        event,
+        name,
+        subscription,
+        received_at,
+        attempt,
+        elapsed_ms,
+        key,
+        state,
+        forwards,
+        upstreams,
+    } = input;
+    let names = Names {
+        name: name.into(),
+        subscription: subscription.into(),
+        received_at: received_at.into(),
+        key: key.into(),
     };
-    let guard = ContextGuard::set(Context {
-        deadline: Instant::now() + time,
-        operations: 0,
-        max_operations,
-        stopped: None,
-        max_depth: limits.max_state_depth,
-        slice: slice.is_some(),
-        logs: Vec::new(),
-        logs_dropped: 0,
-        event: name.clone(),
-        key: key.clone(),
-        forwards: input
-            .forwards
-            .into_iter()
-            .map(|(name, reply)| {
-                let view = reply.map_or(ForwardView::Pending, ForwardView::Done);
-                (name, view)
-            })
-            .collect(),
-        upstreams: input.upstreams,
-        requested: Vec::new(),
-    });
-
-    let mut meta = Map::new();
-    meta.insert("name".into(), name.clone().into());
-    meta.insert("subscription".into(), subscription.into());
-    meta.insert("received_at".into(), received_at.into());
-    let mut poll = Map::new();
-    poll.insert("attempt".into(), Dynamic::from_int(i64::from(attempt)));
-    poll.insert(
-        "elapsed_ms".into(),
-        Dynamic::from_int(i64::try_from(elapsed_ms).unwrap_or(i64::MAX)),
-    );
-    poll.insert("key".into(), key.clone().into());
-
-    let mut scope = Scope::new();
-    scope.push_constant_dynamic("event", input.event);
-    // `from_map`, not `push_constant(.., map)`: Rhai's generic conversion of a `Map`
-    // rebuilds it entry by entry.
-    scope.push_constant_dynamic("meta", Dynamic::from_map(meta));
-    scope.push_constant_dynamic("poll", Dynamic::from_map(poll));
-    scope.push_dynamic("state", Dynamic::from_map(input.state));
-
+    // A slice keeps the state as it came, to hand it back if it runs out.
+    let kept = slice.map(|_| state.clone());
+    let guard = ContextGuard::set(context(limits, slice, &names, forwards, upstreams));
+    let mut scope = scope(event, &names, attempt, elapsed_ms, state);
     let result = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &rule.ast);
     let context = guard.take();
     let event = scope.remove::<Dynamic>("event").unwrap_or_default();
-    let spent = context
-        .as_ref()
-        .is_some_and(|c| c.slice && c.stopped == Some(SLICE));
-    if let (true, Some(kept), Some(context)) = (spent, kept, context.as_ref()) {
-        return Sliced::Spent(Input {
-            event,
-            name: name.to_string(),
-            subscription: kept.subscription.to_string(),
-            received_at: kept.received_at.to_string(),
-            attempt,
-            elapsed_ms,
-            key: key.to_string(),
-            state: kept.state,
-            forwards: context
-                .forwards
-                .iter()
-                .map(|(name, view)| {
-                    let reply = match view {
-                        ForwardView::Pending => None,
-                        ForwardView::Done(reply) => Some(reply.clone()),
-                    };
-                    (name.clone(), reply)
-                })
-                .collect(),
-            upstreams: context.upstreams.clone(),
-        });
+    if let (Some(state), Some(context)) = (kept, context.as_ref()) {
+        if context.slice && context.stopped == Some(SLICE) {
+            let poll = (attempt, elapsed_ms);
+            return Sliced::Spent(given_back(event, &names, poll, state, context));
+        }
     }
     if let Some(context) = &context {
         write_logs(context);
     }
     let requested = context.map(|c| c.requested).unwrap_or_default();
     let state = scope.remove::<Dynamic>("state").unwrap_or_default();
+    Sliced::Ended(ended(rule, limits, result, state, requested, event))
+}
 
+/// A finished run's verdict, with its `state` (which must have stayed a map).
+fn ended(
+    rule: &Rule,
+    limits: &Limits,
+    result: Result<Dynamic, Box<EvalAltResult>>,
+    state: Dynamic,
+    requested: Vec<ForwardRequest>,
+    event: Dynamic,
+) -> Evaluation {
     let verdict = match result {
         Ok(value) => answer(rule, value),
         Err(err) => failure(rule, *err, limits.timeout),
@@ -283,12 +238,110 @@ fn run(
             Map::new(),
         ),
     };
-    Sliced::Ended(Evaluation {
+    Evaluation {
         verdict,
         state,
         requested,
         event,
-    })
+    }
+}
+
+/// The evaluation's context: its limits (a slice's, or the whole run's), and what the
+/// rule API reads and collects.
+fn context(
+    limits: &Limits,
+    slice: Option<Slice>,
+    names: &Names,
+    forwards: Vec<(String, Option<Dynamic>)>,
+    upstreams: Option<Arc<[String]>>,
+) -> Context {
+    let (max_operations, time) = match slice {
+        Some(slice) => (slice.operations, slice.time.min(limits.timeout)),
+        None => (limits.max_operations, limits.timeout),
+    };
+    Context {
+        deadline: Instant::now() + time,
+        operations: 0,
+        max_operations,
+        stopped: None,
+        max_depth: limits.max_state_depth,
+        slice: slice.is_some(),
+        logs: Vec::new(),
+        logs_dropped: 0,
+        event: names.name.clone(),
+        key: names.key.clone(),
+        forwards: forwards
+            .into_iter()
+            .map(|(name, reply)| {
+                let view = reply.map_or(ForwardView::Pending, ForwardView::Done);
+                (name, view)
+            })
+            .collect(),
+        upstreams,
+        requested: Vec::new(),
+    }
+}
+
+/// The scope of GATEWAY.md 4.1: `event`, `meta`, `poll` and `state`.
+fn scope(
+    event: Dynamic,
+    names: &Names,
+    attempt: u32,
+    elapsed_ms: u64,
+    state: Map,
+) -> Scope<'static> {
+    let mut meta = Map::new();
+    meta.insert("name".into(), names.name.clone().into());
+    meta.insert("subscription".into(), names.subscription.clone().into());
+    meta.insert("received_at".into(), names.received_at.clone().into());
+    let mut poll = Map::new();
+    poll.insert("attempt".into(), Dynamic::from_int(i64::from(attempt)));
+    poll.insert(
+        "elapsed_ms".into(),
+        Dynamic::from_int(i64::try_from(elapsed_ms).unwrap_or(i64::MAX)),
+    );
+    poll.insert("key".into(), names.key.clone().into());
+    let mut scope = Scope::new();
+    scope.push_constant_dynamic("event", event);
+    // `from_map`, not `push_constant(.., map)`: Rhai's generic conversion of a `Map`
+    // rebuilds it entry by entry.
+    scope.push_constant_dynamic("meta", Dynamic::from_map(meta));
+    scope.push_constant_dynamic("poll", Dynamic::from_map(poll));
+    scope.push_dynamic("state", Dynamic::from_map(state));
+    scope
+}
+
+/// A spent slice's input, as it came, for a run on the pool.
+fn given_back(
+    event: Dynamic,
+    names: &Names,
+    (attempt, elapsed_ms): (u32, u64),
+    state: Map,
+    context: &Context,
+) -> Input {
+    let forwards = context
+        .forwards
+        .iter()
+        .map(|(name, view)| {
+            let reply = match view {
+                ForwardView::Pending => None,
+                ForwardView::Done(reply) => Some(reply.clone()),
+            };
+            (name.clone(), reply)
+        })
+        .collect();
+    Input {
+        event,
+        name: names.name.to_string(),
+        subscription: names.subscription.to_string(),
+        received_at: names.received_at.to_string(),
+        attempt,
+        elapsed_ms,
+        key: names.key.to_string(),
+        state,
+        forwards,
+        upstreams: context.upstreams.clone(),
+    }
 }
 
 fn answer(rule: &Rule, value: Dynamic) -> Result<Verdict, RuleError> {
