@@ -9,13 +9,14 @@
 
 mod inputs;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use inputs::{Fingerprint, Inputs};
 
-use notify::{RecursiveMode, Watcher};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Mutex;
 
 use crate::config::{Config, Problems};
@@ -96,6 +97,17 @@ impl Reloader {
         .unwrap_or_else(|e| {
             Err(crate::config::Problem::in_file(&self.path, format!("reload panicked: {e}")).into())
         });
+        self.apply(trigger, &current, built, &mut running)
+    }
+
+    /// Swaps in a built generation, or reports why there is none.
+    fn apply(
+        &self,
+        trigger: &str,
+        current: &Runtime,
+        built: Result<Option<(Runtime, Option<Fingerprint>)>, Problems>,
+        running: &mut Option<Fingerprint>,
+    ) -> Result<Reloaded, Problems> {
         match built {
             Ok(None) => {
                 tracing::debug!(
@@ -106,6 +118,7 @@ impl Reloader {
                 Ok(Reloaded::Unchanged(current.generation))
             }
             Ok(Some((runtime, fingerprint))) => {
+                let generation = runtime.generation;
                 warn_about_restart_only_changes(&current.config, &runtime.config);
                 *running = fingerprint;
                 self.gateway.runtime.store(Arc::new(runtime));
@@ -162,31 +175,9 @@ impl Reloader {
             .map(PathBuf::from)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                if !matches!(event.kind, notify::EventKind::Access(_)) {
-                    let _ = tx.send(event.paths);
-                }
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(
-                    "cannot watch {}: {e}; reload with POST /reload or SIGHUP",
-                    folder.display()
-                );
-                return;
-            }
-        };
-        if let Err(e) = watcher.watch(&folder, RecursiveMode::Recursive) {
-            tracing::warn!(
-                "cannot watch {}: {e}; reload with POST /reload or SIGHUP",
-                folder.display()
-            );
+        let Some((_watcher, mut rx)) = watch(&folder) else {
             return;
-        }
+        };
         tracing::info!(
             "watching {} for changes of the config and rule files",
             folder.display()
@@ -197,24 +188,59 @@ impl Reloader {
                 paths = rx.recv() => {
                     let Some(paths) = paths else { return };
                     if !inputs.get(&self).touched(&paths) { continue; }
-                    // Debounce: wait until the inputs are quiet for `debounce`; other files'
-                    // changes (a busy log) do not put it off.
-                    let mut quiet_at = tokio::time::Instant::now() + debounce;
-                    loop {
-                        match tokio::time::timeout_at(quiet_at, rx.recv()).await {
-                            Ok(Some(paths)) => {
-                                if inputs.get(&self).touched(&paths) {
-                                    quiet_at = tokio::time::Instant::now() + debounce;
-                                }
-                            }
-                            Ok(None) => return,
-                            Err(_) => break,
-                        }
-                    }
+                    if !self.settle(&mut rx, debounce, &mut inputs).await { return; }
                     let _ = self.reload_if_changed("config or rule file changed").await;
                 }
                 () = shutdown.wait() => return,
             }
+        }
+    }
+}
+
+impl Reloader {
+    /// Debounce: waits until the inputs are quiet for `debounce`; other files' changes (a
+    /// busy log) do not put it off. False when the watcher is gone.
+    async fn settle(
+        &self,
+        rx: &mut UnboundedReceiver<Vec<PathBuf>>,
+        debounce: Duration,
+        inputs: &mut InputsOf,
+    ) -> bool {
+        let mut quiet_at = tokio::time::Instant::now() + debounce;
+        loop {
+            match tokio::time::timeout_at(quiet_at, rx.recv()).await {
+                Ok(Some(paths)) => {
+                    if inputs.get(self).touched(&paths) {
+                        quiet_at = tokio::time::Instant::now() + debounce;
+                    }
+                }
+                Ok(None) => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// A watcher of `folder` (recursive) sending the paths of each change but reads; `None`,
+/// with a warning, when the folder cannot be watched.
+fn watch(folder: &Path) -> Option<(RecommendedWatcher, UnboundedReceiver<Vec<PathBuf>>)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if !matches!(event.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(event.paths);
+            }
+        }
+    });
+    let watched = watcher.and_then(|mut w| w.watch(folder, RecursiveMode::Recursive).map(|()| w));
+    match watched {
+        Ok(watcher) => Some((watcher, rx)),
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch {}: {e}; reload with POST /reload or SIGHUP",
+                folder.display()
+            );
+            None
         }
     }
 }
