@@ -2,11 +2,12 @@
 //!
 //! A call's path through the modules:
 //!
-//! - [`http`]: the webhook listener (routing, body limits, signing answers) behind its
+//! - [`http`]: the webhook listener (routing, reading bodies, signing answers) behind its
 //!   tower stack, the admin listener, and graceful serving with connection bounds and the
 //!   overload guard for request bodies.
-//! - [`pipeline`]: the checks of GATEWAY.md 6 ([`pipeline::Verified`] is made only there)
-//!   and a verified call's way to its answer: conversation, forwards, `hold`, the rule.
+//! - [`pipeline`]: the checks of GATEWAY.md 6, before and after the body is read
+//!   ([`pipeline::Verified`] is made only there), and a verified call's way to its answer,
+//!   one stage a file: the conversation loop, forwards and `hold`, the rule, shaping.
 //! - [`signature`]: `X-Mplus-Signature`, HMAC-SHA256 over raw bytes.
 //! - [`body`]: strict then lenient JSON parsing of request bodies.
 //! - [`conversation`]: conversation keys, the store trait, the memory and Redis stores.
@@ -15,9 +16,12 @@
 //! - [`runtime`]: one compiled configuration generation (swapped whole on reload).
 //! - [`config`]: the YAML config file, validated before any port is bound.
 //!
-//! Around them: [`app`] wires the parts and serves, [`reload`] swaps generations,
-//! [`shutdown`] is shutdown as a value, [`telemetry`] has logs and metrics, [`cli`] the
-//! command line and [`testing`] the rule test runner behind `pollgate test`.
+//! Around them: [`app`] wires the parts and serves; [`gateway`] is the shared handle the
+//! listeners, the pipeline and the reloader hold (store, forwarder, clock, metrics, the
+//! generation in use); [`error_answer`] has every error answer pollgate gives; [`reload`]
+//! swaps generations; [`shutdown`] is shutdown as a value; [`telemetry`] has logs and
+//! metrics; [`cli`] the command line; and [`testing`] the rule test runner behind
+//! `pollgate test`.
 
 pub mod app;
 pub mod body;
