@@ -14,7 +14,7 @@ use crate::conversation::{Clock, MemoryStore, RedisStore, Store, StoreError};
 use crate::gateway::Gateway;
 use crate::http::admin::{self, AdminState};
 use crate::http::connection::ConnLimits;
-use crate::http::layers::{DeadlineLayer, TelemetryLayer};
+use crate::http::layers::CallLayer;
 use crate::http::overload::BodyBudget;
 use crate::http::{self as server, webhook};
 use crate::reload::{Env, Reloader};
@@ -146,12 +146,9 @@ impl App {
         }
 
         let gateway = self.gateway.clone();
-        // The stack, outermost first; see `http::layers` for why each layer is where it is.
+        // Telemetry and the last-resort deadline around the handler; see `http::layers`.
         let service = ServiceBuilder::new()
-            .layer(TelemetryLayer {
-                runtime: self.gateway.runtime.clone(),
-            })
-            .layer(DeadlineLayer {
+            .layer(CallLayer {
                 timeout: request_timeout,
                 runtime: self.gateway.runtime.clone(),
             })

@@ -1,12 +1,15 @@
-//! The tower layers around the webhook handler. The stack, outermost first:
+//! The tower layer around the webhook handler: [`CallLayer`], one layer doing, outermost
+//! first:
 //!
-//! 1. [`Telemetry`]: outermost, so every answer is counted and logged once, 404s and
-//!    deadline answers included. It reads the [`CallRecord`] the handler leaves in the
-//!    response's extensions and removes it.
-//! 2. [`Deadline`]: a last-resort bound on one call (`server.request_timeout`); inside
+//! 1. telemetry: every answer is counted and logged once, 404s and deadline answers
+//!    included. It reads the [`CallRecord`] the handler (or the deadline) leaves in the
+//!    response's extensions and removes it;
+//! 2. the deadline: a last-resort bound on one call (`server.request_timeout`), inside
 //!    telemetry so its answers are counted too (under the call's event, and signed when
 //!    the subscription is known, like every other answer). The pipeline's own bounds (rule
 //!    limits, hold, upstream budgets, store timeouts) normally answer long before.
+//!
+//! One layer, not two: each boxed its future, and both read the call's head.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -43,30 +46,32 @@ pub struct CallRecord {
     pub note: CallNote,
 }
 
-/// Counts every call; logs one line per call when the config in use says
-/// `server.access_log: true` (read per call, so a reload switches it).
+/// Counts every call, logs one line per call when the config in use says
+/// `server.access_log: true` (read per call, so a reload switches it), and answers a call
+/// that outlives `timeout`.
 #[derive(Clone)]
-pub struct TelemetryLayer {
+pub struct CallLayer {
+    pub timeout: Duration,
     pub runtime: Arc<ArcSwap<Runtime>>,
 }
 
-impl<S> Layer<S> for TelemetryLayer {
-    type Service = Telemetry<S>;
+impl<S> Layer<S> for CallLayer {
+    type Service = Calls<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Telemetry {
+        Calls {
             inner,
-            runtime: self.runtime.clone(),
+            layer: self.clone(),
         }
     }
 }
 
 #[derive(Clone)]
-pub struct Telemetry<S> {
+pub struct Calls<S> {
     inner: S,
-    runtime: Arc<ArcSwap<Runtime>>,
+    layer: CallLayer,
 }
 
-impl<S, B> Service<Request<B>> for Telemetry<S>
+impl<S, B> Service<Request<B>> for Calls<S>
 where
     S: Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible>,
     S::Future: Send + 'static,
@@ -79,12 +84,22 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let started = Instant::now();
+        // Read from the head now: the request itself moves into the handler, which reuses
+        // this instead of looking it up again.
+        let to = Addressee::of(&self.layer.runtime.load(), req.uri().path(), req.headers());
+        req.extensions_mut().insert(to.clone());
         let future = self.inner.call(req);
-        let runtime = self.runtime.clone();
+        let CallLayer { timeout, runtime } = self.layer.clone();
         Box::pin(async move {
-            let mut response = future.await?;
+            let mut response = match tokio::time::timeout(timeout, future).await {
+                Ok(response) => response?,
+                Err(_) => {
+                    tracing::error!("a call outlived server.request_timeout ({timeout:?})");
+                    refused(Refusal::Deadline, &to)
+                }
+            };
             let elapsed = started.elapsed();
             if let Some(record) = response.extensions_mut().remove::<CallRecord>() {
                 record.metrics.call(record.outcome, elapsed);
@@ -116,58 +131,4 @@ fn log_call(record: &CallRecord, status: u16, elapsed: Duration) {
         forward = record.note.forward,
         "call"
     );
-}
-
-#[derive(Clone)]
-pub struct DeadlineLayer {
-    pub timeout: Duration,
-    pub runtime: Arc<ArcSwap<Runtime>>,
-}
-
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Deadline {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Deadline<S> {
-    inner: S,
-    layer: DeadlineLayer,
-}
-
-impl<S, B> Service<Request<B>> for Deadline<S>
-where
-    S: Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // Read from the head now: the request itself moves into the handler, which reuses
-        // this instead of looking it up again.
-        let to = Addressee::of(&self.layer.runtime.load(), req.uri().path(), req.headers());
-        req.extensions_mut().insert(to.clone());
-        let future = self.inner.call(req);
-        let timeout = self.layer.timeout;
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, future).await {
-                Ok(response) => response,
-                Err(_) => {
-                    tracing::error!("a call outlived server.request_timeout ({timeout:?})");
-                    Ok(refused(Refusal::Deadline, &to))
-                }
-            }
-        })
-    }
 }

@@ -1,4 +1,4 @@
-//! HTTP: the webhook listener ([`webhook`]) behind its tower stack ([`layers`]), the admin
+//! HTTP: the webhook listener ([`webhook`]) behind its tower layer ([`layers`]), the admin
 //! listener ([`admin`]), and the accept loop both share, with connection bounds
 //! ([`connection`]), the body budget ([`overload`]) and graceful shutdown.
 
