@@ -74,24 +74,15 @@ async fn answer(
     secret: Option<Secret>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let event = req
-        .uri()
-        .path()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let signature = req
-        .headers()
+    let event = req.uri().path().rsplit('/').next().unwrap_or_default();
+    let event = event.to_owned();
+    let headers = req.headers();
+    let signature = headers
         .get(SIGNATURE_HEADER)
         .map(|v| v.as_bytes().to_vec())
         .unwrap_or_default();
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    let key = key.unwrap_or("-").to_owned();
     let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(reply(413, &json!({"error": "body too large"}))),
@@ -109,18 +100,7 @@ async fn answer(
         eprintln!("{event} [{key}]: noted");
         return Ok(reply(200, &json!({})));
     }
-    let total: f64 = parsed
-        .pointer("/session/lines")
-        .and_then(Value::as_array)
-        .map(|lines| {
-            lines
-                .iter()
-                .map(|l| {
-                    l["priceIncl"].as_f64().unwrap_or(0.0) * l["quantity"].as_f64().unwrap_or(1.0)
-                })
-                .sum()
-        })
-        .unwrap_or(0.0);
+    let total = payment_total(&parsed);
     eprintln!(
         "{event} [{key}]: payment of {total:.2}; the manager decides in {:?}",
         args.delay
@@ -133,6 +113,17 @@ async fn answer(
     };
     eprintln!("{event} [{key}]: {decision}");
     Ok(reply(200, &decision))
+}
+
+/// A startPayment's total: its session lines' `priceIncl` times `quantity` (default 1).
+fn payment_total(body: &Value) -> f64 {
+    let Some(lines) = body.pointer("/session/lines").and_then(Value::as_array) else {
+        return 0.0;
+    };
+    lines
+        .iter()
+        .map(|l| l["priceIncl"].as_f64().unwrap_or(0.0) * l["quantity"].as_f64().unwrap_or(1.0))
+        .sum()
 }
 
 fn reply(status: u16, body: &Value) -> Response<Full<Bytes>> {
