@@ -8,22 +8,16 @@ use std::sync::Arc;
 use serde_yaml::Value;
 
 use super::env::substitute;
-use super::raw::{
-    parse_size, RawConfig, RawEvent, RawLimits, RawServer, RawSize, RawState, RawUpstream,
-    StoreKind,
-};
+use super::raw::{RawConfig, RawEvent, RawServer, RawSize, RawState, RawUpstream, StoreKind};
 use super::report::{yaml_problem, Report};
 use super::tree::{self, show};
+use super::units::parse_size;
 use super::{
     Admin, Answer, Config, Event, Limits, Polling, Problem, Problems, RuleCheck, Server, State,
     Store, Subscription, Upstream, DEMO_SECRET_KEY,
 };
 use crate::conversation::KeyPart;
 use crate::signature::Secret;
-
-/// The deepest `limits.max_state_depth`: saved state is read back by a JSON reader that
-/// refuses more than 128 levels, so deeper state would be lost.
-const MAX_STATE_DEPTH: usize = 100;
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -199,7 +193,7 @@ impl Validator<'_> {
         let upstreams = self.upstreams(raw.upstreams);
         let events = self.events(raw.events, &upstreams);
         let state = self.state(raw.state);
-        let limits = self.limits(&raw.limits);
+        let limits = self.limits(raw.limits);
         if !self.problems.is_empty() {
             return None;
         }
@@ -480,32 +474,10 @@ impl Validator<'_> {
         })
     }
 
-    fn limits(&mut self, raw: &RawLimits) -> Limits {
-        if raw.timeout.is_zero() {
-            self.problem("limits.timeout", "must be more than 0");
+    fn limits(&mut self, limits: Limits) -> Limits {
+        for (key, message) in limits.problems() {
+            self.problem(key, message);
         }
-        if !(1..=MAX_STATE_DEPTH).contains(&raw.max_state_depth) {
-            self.problem(
-                "limits.max_state_depth",
-                format!(
-                    "must be between 1 and {MAX_STATE_DEPTH} (deeper state could not be read back)"
-                ),
-            );
-        }
-        limits(raw)
-    }
-}
-
-pub(super) fn limits(raw: &RawLimits) -> Limits {
-    Limits {
-        max_operations: raw.max_operations,
-        max_call_levels: raw.max_call_levels,
-        max_expr_depth: raw.max_expr_depth,
-        max_string_size: raw.max_string_size,
-        max_array_size: raw.max_array_size,
-        max_map_size: raw.max_map_size,
-        max_answer_bytes: raw.max_answer_bytes,
-        max_state_depth: raw.max_state_depth,
-        timeout: raw.timeout,
+        limits
     }
 }

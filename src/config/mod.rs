@@ -4,6 +4,7 @@
 //! read here.
 
 mod env;
+mod limits;
 mod load;
 mod locate;
 mod problem;
@@ -12,6 +13,7 @@ mod report;
 #[cfg(test)]
 mod tests;
 mod tree;
+mod units;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -20,8 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use env::{expand, process_env, EnvError};
+pub use limits::Limits;
 pub use problem::{Problem, Problems};
-pub use raw::{parse_duration, parse_size};
+pub use units::{millis, parse_duration, parse_size};
 
 use crate::conversation::KeyPart;
 use crate::signature::Secret;
@@ -178,29 +181,6 @@ pub enum Store {
         /// Bound on each Redis command, so Redis trouble is an answer, not a hang.
         timeout: Duration,
     },
-}
-
-/// Bounds on one rule evaluation (GATEWAY.md 4.4).
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_operations: u64,
-    pub max_call_levels: usize,
-    pub max_expr_depth: usize,
-    pub max_string_size: usize,
-    pub max_array_size: usize,
-    pub max_map_size: usize,
-    /// Bound on the JSON of a rule's answer and of its `state` (Rhai does not bound maps
-    /// grown key by key, so the result is measured).
-    pub max_answer_bytes: usize,
-    /// Nesting of `state` and of answers (GATEWAY.md 12); deeper is a rule error.
-    pub max_state_depth: usize,
-    pub timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        load::limits(&raw::RawLimits::default())
-    }
 }
 
 /// Checks one rule file while a config with problems is loaded, so that its problems are
