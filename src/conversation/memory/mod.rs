@@ -24,6 +24,7 @@ use super::{
     Commit, ConversationKey, ConversationStore, FinalAnswer, ForwardState, Reply, Snapshot,
     StoreError, Summary, Update,
 };
+use crate::config::millis;
 
 use finished::{Finished, FinishedQueue, Seen};
 
@@ -123,7 +124,7 @@ impl MemoryStore {
         Self {
             inner: Arc::new(Inner {
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                ttl_ms: millis(ttl),
                 held: AtomicUsize::new(0),
                 max: max_conversations.max(1),
                 finished: FinishedQueue::default(),
