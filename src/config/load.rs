@@ -13,10 +13,9 @@ use super::report::{yaml_problem, Report};
 use super::tree::{self, show};
 use super::units::parse_size;
 use super::{
-    Admin, Answer, Config, Event, Limits, Polling, Problem, Problems, RuleCheck, Server, State,
-    Store, Subscription, Upstream, DEMO_SECRET_KEY,
+    Admin, Answer, Config, Event, KeyPart, Limits, Polling, Problem, Problems, RuleCheck, Server,
+    State, Store, Subscription, Upstream, DEMO_SECRET_KEY,
 };
-use crate::conversation::KeyPart;
 use crate::signature::Secret;
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;

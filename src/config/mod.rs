@@ -4,6 +4,7 @@
 //! read here.
 
 mod env;
+mod key_part;
 mod limits;
 mod load;
 mod locate;
@@ -22,15 +23,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use env::{expand, process_env, EnvError};
+pub use key_part::KeyPart;
 pub use limits::Limits;
 pub use problem::{Problem, Problems};
 pub use units::{millis, parse_duration, parse_size};
 
-use crate::conversation::KeyPart;
 use crate::signature::Secret;
 
 /// The base64 demo secret of the shipped example config and of the team's shared `mplus` signature vectors (copied to `tests/fixtures/mplus`).
 pub const DEMO_SECRET_KEY: &[u8] = b"demo-secret-for-pollgate-examples";
+
+/// `state.max_conversations` when the config does not say (GATEWAY.md 12).
+pub const DEFAULT_MAX_CONVERSATIONS: usize = 1_000_000;
 
 /// Where the config comes from when neither `--config` nor `$POLLGATE_CONFIG` says.
 pub const DEFAULT_CONFIG_PATH: &str = "rules/pollgate.yaml";
@@ -149,14 +153,6 @@ pub struct Upstream {
     pub secret: Option<Secret>,
     pub max_connections: usize,
     pub max_reply_bytes: usize,
-}
-
-impl Upstream {
-    /// The longest a forward to this upstream can take, retries and backoff included.
-    pub fn budget(&self) -> Duration {
-        let attempts = self.retries + 1;
-        self.timeout * attempts + crate::upstream::backoff_ceiling(self.retries)
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -192,7 +192,7 @@ impl Default for RawState {
             ttl: Duration::from_secs(15 * 60),
             key: None,
             timeout: Duration::from_secs(2),
-            max_conversations: crate::conversation::DEFAULT_MAX_CONVERSATIONS,
+            max_conversations: super::DEFAULT_MAX_CONVERSATIONS,
         }
     }
 }

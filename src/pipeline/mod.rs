@@ -26,7 +26,7 @@ use crate::rules::{finish_answer, Input, Verdict};
 use crate::runtime::{CompiledEvent, How, Runtime};
 use crate::telemetry::escape::{self, loggable};
 use crate::telemetry::{Metrics, Outcome};
-use crate::upstream::{Forwarder, Outgoing};
+use crate::upstream::{budget, Forwarder, Outgoing};
 
 /// The cashier's message when a polling event's rule failed.
 pub const RULE_FAILED_MESSAGE: &str = "This step could not be checked; please continue";
@@ -286,7 +286,7 @@ impl Gateway {
             None => snapshot
                 .pending()
                 .filter_map(|name| rt.config.upstreams.get(name))
-                .map(|up| up.budget() + NON_POLLING_HOLD_SLACK)
+                .map(|up| budget(up) + NON_POLLING_HOLD_SLACK)
                 .max()
                 .unwrap_or_default(),
         };
@@ -336,7 +336,7 @@ impl Gateway {
             idempotency_key: key.to_string(),
         };
         self.forwarder
-            .start(rt.upstreams.clone(), key, config.budget(), outgoing)
+            .start(rt.upstreams.clone(), key, budget(config), outgoing)
             .await?;
         // Whoever sends it, the forward is now pending (or done) for this conversation.
         let pending = ForwardState::Pending {

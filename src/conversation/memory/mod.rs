@@ -24,14 +24,11 @@ use super::{
     Commit, ConversationKey, ConversationStore, FinalAnswer, ForwardState, Reply, Snapshot,
     StoreError, Summary, Update,
 };
-use crate::config::millis;
+use crate::config::{millis, DEFAULT_MAX_CONVERSATIONS};
 
 use finished::{Finished, FinishedQueue, Seen};
 
 const SHARDS: usize = 64;
-
-/// `state.max_conversations` when the config does not say (GATEWAY.md 12).
-pub const DEFAULT_MAX_CONVERSATIONS: usize = 1_000_000;
 
 /// The in-process store; clones share the same conversations.
 #[derive(Clone)]
