@@ -142,10 +142,11 @@ impl std::fmt::Display for Summary {
 /// Runs the test files at `paths` (files or folders; none: the `tests` folder beside the
 /// config) against `config` (`None`: not given, looked up; see the module's docs). Prints
 /// a line per case to `out` and a problem with a file to `err`, once, counting the file as
-/// failed; `Err` when there is nothing to run.
+/// failed; `Err` when there is nothing to run. `env` expands the config's `${VAR}`.
 pub fn run(
     config: Option<&Path>,
     paths: &[PathBuf],
+    env: &dyn Fn(&str) -> Option<String>,
     out: &mut dyn std::io::Write,
     err: &mut dyn std::io::Write,
 ) -> Result<Summary, Vec<Problem>> {
@@ -163,7 +164,7 @@ pub fn run(
     let mut summary = Summary::default();
     for file in files {
         let _ = writeln!(out, "{}", file.display());
-        match runtime.block_on(run_file(config, &file, out)) {
+        match runtime.block_on(run_file(config, &file, env, out)) {
             Ok(s) => {
                 summary.passed += s.passed;
                 summary.failed += s.failed;
@@ -249,6 +250,7 @@ fn test_files(config: Option<&Path>, paths: &[PathBuf]) -> Result<Vec<PathBuf>, 
 async fn run_file(
     given_config: Option<&Path>,
     file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
     out: &mut dyn std::io::Write,
 ) -> Result<Summary, Problem> {
     let text = std::fs::read_to_string(file)
@@ -262,12 +264,12 @@ async fn run_file(
         .config
         .as_ref()
         .map_or_else(|| config_for(dir, given_config), |c| dir.join(c));
-    if let Ok(config) = Config::load(&config_path, &crate::config::process_env) {
+    if let Ok(config) = Config::load(&config_path, env) {
         unknown_upstreams(file, &tests, &config)?;
     }
     let mut summary = Summary::default();
     for case in &tests.cases {
-        match run_case(&config_path, dir, case).await {
+        match run_case(&config_path, dir, case, env).await {
             Ok(calls) => {
                 summary.passed += 1;
                 let _ = writeln!(
@@ -323,9 +325,13 @@ fn unknown_upstreams(file: &Path, tests: &TestFile, config: &Config) -> Result<(
     Ok(())
 }
 
-async fn run_case(config_path: &Path, dir: &Path, case: &Case) -> Result<usize, String> {
-    let config =
-        Config::load(config_path, &crate::config::process_env).map_err(|e| e.to_string())?;
+async fn run_case(
+    config_path: &Path,
+    dir: &Path,
+    case: &Case,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<usize, String> {
+    let config = Config::load(config_path, env).map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::new());
     let pretend = Arc::new(PretendUpstreams::new(&case.upstreams)?);
     let ttl = config.state.ttl;
@@ -684,6 +690,7 @@ mod tests {
         let summary = run(
             Some(&dir.path().join("pollgate.yaml")),
             &[dir.path().join("cases.yaml")],
+            &|_| None,
             &mut out,
             &mut err,
         )
