@@ -1,4 +1,5 @@
-//! The real `pollgate serve` process: SIGHUP reloads, SIGTERM drains held calls and exits 0.
+//! The real `pollgate serve` process: SIGHUP reloads, SIGTERM drains held calls and exits 0;
+//! and shutdown's one grace, shared by held calls and background forwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -567,4 +568,46 @@ async fn after_sigterm_new_connections_are_refused_while_the_held_call_still_get
     );
     assert_eq!(upstream.count(), 1);
     assert_eq!(p.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn shutdown_gives_held_calls_and_background_forwards_one_grace_together() {
+    const GRACE: Duration = Duration::from_secs(2);
+    // The reply never comes, so both the held call and its forward last the whole grace.
+    let (upstream, gate) = MockUpstream::start_gated(|_| {
+        MockReply::json(
+            200,
+            serde_json::json!({"polling": {"finished": true, "message": "approved"}}),
+        )
+    })
+    .await;
+    let config = format!(
+        "server:\n  shutdown_grace: 2s\nevents:\n  startPayment:\n    forward: backend\n    hold: 30s\n    polling: {{}}\nupstreams:\n  backend:\n    url: {}\n    timeout: 30s\n",
+        upstream.url()
+    );
+    let gw = Gateway::start(&config, &[]).await;
+    let till = gw.till();
+    let held = tokio::spawn(async move { till.call_json("startPayment", &body(1, 1)).await });
+    eventually("the forward to be held at the upstream", || async {
+        (gate.active() == 1).then_some(())
+    })
+    .await;
+    let stopping = std::time::Instant::now();
+    gw.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took >= GRACE,
+        "the held call got its grace: stopped after {took:?}"
+    );
+    // Waiting for the calls and then again for the forwards would take two graces.
+    assert!(
+        took < GRACE + GRACE / 2,
+        "one grace for calls and forwards together, not one each: stopped after {took:?}"
+    );
+    assert_eq!(
+        gate.active(),
+        1,
+        "the forward was still running at the deadline"
+    );
+    held.abort();
 }
