@@ -15,6 +15,7 @@ mod report;
 mod tests;
 mod tree;
 mod units;
+mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
