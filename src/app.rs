@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tower::ServiceBuilder;
 
 use crate::config::{Config, Problems, Store as StoreConfig};
@@ -94,7 +95,8 @@ impl App {
     }
 
     /// Serves webhooks on `webhook` and the admin endpoints on `admin` until `shutdown`;
-    /// then drains calls in flight and background forwards within `server.shutdown_grace`.
+    /// then drains calls in flight and background forwards, together within one
+    /// `server.shutdown_grace`.
     pub async fn serve(self, webhook: TcpListener, admin: TcpListener, shutdown: Shutdown) {
         let (config_grace, request_timeout, limits) = {
             let server = &self.gateway.runtime.load().config.server;
@@ -160,14 +162,18 @@ impl App {
         let unready = tokio::spawn(async move {
             stopping.wait().await;
             ready.store(false, Ordering::Release);
+            // `server.shutdown_grace` is one grace from here for everything: the calls
+            // still open and the background forwards share this deadline.
+            Instant::now() + config_grace
         });
         server::serve(webhook, service, shutdown, config_grace, limits).await;
-        let _ = unready.await;
+        let deadline = unready.await.unwrap_or_else(|_| Instant::now());
         let running = self.gateway.forwarder.running();
         if running > 0 {
             tracing::info!(running, "waiting for background forwards");
         }
-        if !self.gateway.forwarder.drain(config_grace).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !self.gateway.forwarder.drain(left).await {
             tracing::warn!("background forwards still running after {config_grace:?}; their leases will let another replica resend");
         }
         admin_stop.fire();

@@ -1,5 +1,6 @@
-//! The `pollgate` binary: parses the command line, sets up logging, loads the config,
-//! binds the listeners and hands over to the library.
+//! The `pollgate` binary: parses the command line, sets up logging, loads the config and
+//! builds the gateway (every rule compiled), then binds the listeners and hands over to
+//! the library.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -68,13 +69,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let path = args.config.config;
     let config = load_config(&path, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
     let (listen, admin) = (config.server.listen, config.admin.listen);
+    // Everything is checked before a port is bound: a config whose rules do not compile
+    // never takes the ports from the gateway it was meant to replace.
+    let app = App::build(config, Arc::new(process_env)).await?;
     let webhook = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
     let admin_listener = TcpListener::bind(admin)
         .await
         .with_context(|| format!("cannot listen on {admin} (admin.listen)"))?;
-    let app = App::build(config, Arc::new(process_env)).await?;
     tracing::info!(
         webhooks = %webhook.local_addr()?,
         admin = %admin_listener.local_addr()?,

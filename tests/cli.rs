@@ -417,6 +417,34 @@ fn check_never_binds_a_port() {
     assert!(r.stderr.contains("cannot listen on"), "{r:?}");
 }
 
+#[test]
+fn serve_compiles_every_rule_before_it_binds_a_port() {
+    // Both ports are held by this test: a serve that bound before compiling would report
+    // them taken instead of the broken rule.
+    let webhook = TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = folder(&[
+        (
+            "pollgate.yaml",
+            &config_text(
+                &webhook.local_addr().unwrap().to_string(),
+                &admin.local_addr().unwrap().to_string(),
+                "events:\n  scanCode:\n    rule: broken.rhai\n",
+            ),
+        ),
+        ("broken.rhai", "let a = 1;\nlet b = a +;\n"),
+    ]);
+    let config = dir.path().join("pollgate.yaml");
+    let r = run(pollgate(&["serve", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    let prefix = format!(
+        "pollgate: {}:2:12: ",
+        dir.path().join("broken.rhai").display()
+    );
+    assert!(r.stderr.lines().any(|l| l.starts_with(&prefix)), "{r:?}");
+    assert!(!r.stderr.contains("cannot listen on"), "{r:?}");
+}
+
 // ---- sign ----
 
 struct Vector {

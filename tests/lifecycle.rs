@@ -1,4 +1,5 @@
-//! The real `pollgate serve` process: SIGHUP reloads, SIGTERM drains held calls and exits 0.
+//! The real `pollgate serve` process: SIGHUP reloads, SIGTERM drains held calls and exits 0;
+//! and shutdown's one grace, shared by held calls and background forwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -520,24 +521,9 @@ async fn rule_logs_carry_the_event_and_key_and_rule_errors_their_file_line_and_c
 
 #[tokio::test]
 async fn after_sigterm_new_connections_are_refused_while_the_held_call_still_gets_its_answer() {
-    let (upstream, gate) = MockUpstream::start_gated(|_| {
-        MockReply::json(
-            200,
-            serde_json::json!({"polling": {"finished": true, "message": "approved"}}),
-        )
-    })
-    .await;
-    let config = format!(
-        "events:\n  startPayment:\n    forward: backend\n    hold: 30s\n    polling: {{}}\nupstreams:\n  backend:\n    url: {}\n",
-        upstream.url()
-    );
+    let (upstream, gate, config) = gated_payment().await;
     let p = Process::serve(&config, &[]).await;
-    let till = p.till();
-    let held = tokio::spawn(async move { till.call_json("startPayment", &body(1, 1)).await });
-    eventually("the forward to be held at the upstream", || async {
-        (gate.active() == 1).then_some(())
-    })
-    .await;
+    let held = hold_payment(p.till(), &gate).await;
     p.signal("TERM");
     // The reply is still held at the gate, so the call is draining for as long as this takes.
     let addr = p.addr.clone();
@@ -567,4 +553,62 @@ async fn after_sigterm_new_connections_are_refused_while_the_held_call_still_get
     );
     assert_eq!(upstream.count(), 1);
     assert_eq!(p.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn shutdown_gives_held_calls_and_background_forwards_one_grace_together() {
+    const GRACE: Duration = Duration::from_secs(2);
+    // The gate never opens, so both the held call and its forward last the whole grace.
+    let (_upstream, gate, config) = gated_payment().await;
+    let gw = Gateway::start(
+        &format!("server:\n  shutdown_grace: {}s\n{config}", GRACE.as_secs()),
+        &[],
+    )
+    .await;
+    let held = hold_payment(gw.till(), &gate).await;
+    let stopping = std::time::Instant::now();
+    gw.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took >= GRACE,
+        "the held call got its grace: stopped after {took:?}"
+    );
+    // Waiting for the calls and then again for the forwards would take two graces.
+    assert!(
+        took < GRACE + GRACE / 2,
+        "one grace for calls and forwards together, not one each: stopped after {took:?}"
+    );
+    assert_eq!(
+        gate.active(),
+        1,
+        "the forward was still running at the deadline"
+    );
+    held.abort();
+}
+
+/// An upstream that holds every forward until its gate opens, and the config of a polling
+/// `startPayment` forwarded to it and held up to 30 s.
+async fn gated_payment() -> (MockUpstream, Gate, String) {
+    let (upstream, gate) = MockUpstream::start_gated(|_| {
+        MockReply::json(
+            200,
+            serde_json::json!({"polling": {"finished": true, "message": "approved"}}),
+        )
+    })
+    .await;
+    let config = format!(
+        "events:\n  startPayment:\n    forward: backend\n    hold: 30s\n    polling: {{}}\nupstreams:\n  backend:\n    url: {}\n",
+        upstream.url()
+    );
+    (upstream, gate, config)
+}
+
+/// Starts a `startPayment` call and waits until its forward is held at the gate.
+async fn hold_payment(till: Till, gate: &Gate) -> tokio::task::JoinHandle<Answer> {
+    let held = tokio::spawn(async move { till.call_json("startPayment", &body(1, 1)).await });
+    eventually("the forward to be held at the upstream", || async {
+        (gate.active() == 1).then_some(())
+    })
+    .await;
+    held
 }

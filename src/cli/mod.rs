@@ -285,7 +285,14 @@ pub fn sign(args: &SignArgs) -> ExitCode {
 pub fn test(args: &TestArgs) -> ExitCode {
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
-    match crate::testing::run(args.config.as_deref(), &args.paths, &mut out, &mut err) {
+    // The environment is read here, at the command line, and handed down.
+    match crate::testing::run(
+        args.config.as_deref(),
+        &args.paths,
+        &process_env,
+        &mut out,
+        &mut err,
+    ) {
         Ok(summary) => {
             let _ = writeln!(out, "{summary}");
             if summary.failed == 0 {

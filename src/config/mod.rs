@@ -4,6 +4,8 @@
 //! read here.
 
 mod env;
+mod key_part;
+mod limits;
 mod load;
 mod locate;
 mod problem;
@@ -12,6 +14,8 @@ mod report;
 #[cfg(test)]
 mod tests;
 mod tree;
+mod units;
+mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -20,14 +24,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use env::{expand, process_env, EnvError};
+pub use key_part::KeyPart;
+pub use limits::Limits;
 pub use problem::{Problem, Problems};
-pub use raw::{parse_duration, parse_size};
+pub use units::{millis, parse_duration, parse_size};
 
-use crate::conversation::KeyPart;
 use crate::signature::Secret;
 
 /// The base64 demo secret of the shipped example config and of the team's shared `mplus` signature vectors (copied to `tests/fixtures/mplus`).
 pub const DEMO_SECRET_KEY: &[u8] = b"demo-secret-for-pollgate-examples";
+
+/// `state.max_conversations` when the config does not say (GATEWAY.md 12).
+pub const DEFAULT_MAX_CONVERSATIONS: usize = 1_000_000;
 
 /// Where the config comes from when neither `--config` nor `$POLLGATE_CONFIG` says.
 pub const DEFAULT_CONFIG_PATH: &str = "rules/pollgate.yaml";
@@ -148,14 +156,6 @@ pub struct Upstream {
     pub max_reply_bytes: usize,
 }
 
-impl Upstream {
-    /// The longest a forward to this upstream can take, retries and backoff included.
-    pub fn budget(&self) -> Duration {
-        let attempts = self.retries + 1;
-        self.timeout * attempts + crate::upstream::backoff_ceiling(self.retries)
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct State {
     pub store: Store,
@@ -178,29 +178,6 @@ pub enum Store {
         /// Bound on each Redis command, so Redis trouble is an answer, not a hang.
         timeout: Duration,
     },
-}
-
-/// Bounds on one rule evaluation (GATEWAY.md 4.4).
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_operations: u64,
-    pub max_call_levels: usize,
-    pub max_expr_depth: usize,
-    pub max_string_size: usize,
-    pub max_array_size: usize,
-    pub max_map_size: usize,
-    /// Bound on the JSON of a rule's answer and of its `state` (Rhai does not bound maps
-    /// grown key by key, so the result is measured).
-    pub max_answer_bytes: usize,
-    /// Nesting of `state` and of answers (GATEWAY.md 12); deeper is a rule error.
-    pub max_state_depth: usize,
-    pub timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        load::limits(&raw::RawLimits::default())
-    }
 }
 
 /// Checks one rule file while a config with problems is loaded, so that its problems are

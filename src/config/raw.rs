@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
+use super::units::{duration, optional_duration};
+use super::Limits;
 use crate::signature::Encoding;
 
 #[derive(Debug, Deserialize)]
@@ -24,7 +26,7 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub state: RawState,
     #[serde(default)]
-    pub limits: RawLimits,
+    pub limits: Limits,
     #[serde(default)]
     pub watch: Option<bool>,
 }
@@ -190,7 +192,7 @@ impl Default for RawState {
             ttl: Duration::from_secs(15 * 60),
             key: None,
             timeout: Duration::from_secs(2),
-            max_conversations: crate::conversation::DEFAULT_MAX_CONVERSATIONS,
+            max_conversations: super::DEFAULT_MAX_CONVERSATIONS,
         }
     }
 }
@@ -201,121 +203,4 @@ pub(crate) enum StoreKind {
     #[default]
     Memory,
     Redis,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct RawLimits {
-    pub max_operations: u64,
-    pub max_call_levels: usize,
-    pub max_expr_depth: usize,
-    pub max_string_size: usize,
-    pub max_array_size: usize,
-    pub max_map_size: usize,
-    pub max_answer_bytes: usize,
-    pub max_state_depth: usize,
-    #[serde(deserialize_with = "duration")]
-    pub timeout: Duration,
-}
-
-impl Default for RawLimits {
-    fn default() -> Self {
-        Self {
-            max_operations: 200_000,
-            max_call_levels: 32,
-            max_expr_depth: 64,
-            max_string_size: 64 * 1024,
-            max_array_size: 10_000,
-            max_map_size: 10_000,
-            max_answer_bytes: 256 * 1024,
-            max_state_depth: 32,
-            timeout: Duration::from_millis(50),
-        }
-    }
-}
-
-/// Parses `1048576`, `512KiB`, `64MiB`, `1GiB` (binary units; `B` alone is bytes).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let shift = match unit.trim() {
-        "" | "B" => 0,
-        "KiB" => 10,
-        "MiB" => 20,
-        "GiB" => 30,
-        _ => {
-            return Err(format!(
-                "`{text}` is not a size like 1048576, 512KiB, 64MiB or 1GiB"
-            ))
-        }
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1 << shift))
-        .ok_or_else(|| format!("`{text}` is not a size like 1048576, 512KiB, 64MiB or 1GiB"))
-}
-
-/// Parses `250ms`, `2s`, `10m`, `1h 30m`, `1d`: whole numbers with the units ms, s, m, h
-/// and d, several summed. A bare number is refused (seconds or milliseconds?), and so are
-/// months and years (`1M` would be a month) and spelled-out units (`10 seconds`): one short
-/// spelling each, the way the examples write them.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    if !trimmed.is_empty() && trimmed.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!(
-            "`{text}` is not a duration: give a unit, like {trimmed}s or {trimmed}ms"
-        ));
-    }
-    let refuse =
-        |why: &str| format!("`{text}` is not a duration like 250ms, 2s, 10m or 1h 30m ({why})");
-    let mut total = Duration::ZERO;
-    let mut rest = trimmed;
-    if rest.is_empty() {
-        return Err(refuse("units: ms, s, m, h, d"));
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| refuse("units: ms, s, m, h, d"))?;
-        rest = rest[digits..].trim_start();
-        let letters = rest
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..letters] {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            "d" => Duration::from_secs(86_400),
-            "M" | "y" | "mon" | "month" | "months" | "year" | "years" | "yr" | "yrs" => {
-                return Err(refuse(
-                    "months and years are not accepted; write days, like 30d",
-                ));
-            }
-            _ => return Err(refuse("units: ms, s, m, h, d")),
-        };
-        let part = u32::try_from(number)
-            .ok()
-            .and_then(|n| unit.checked_mul(n))
-            .ok_or_else(|| refuse("too long"))?;
-        total = total.checked_add(part).ok_or_else(|| refuse("too long"))?;
-        rest = rest[letters..].trim_start();
-    }
-    Ok(total)
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
-}
-
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
 }

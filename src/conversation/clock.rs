@@ -5,6 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
+use crate::config::millis;
+
 /// Milliseconds since the Unix epoch: the system time at start plus tokio's elapsed time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
@@ -17,7 +19,7 @@ impl Clock {
     pub fn system() -> Self {
         let base_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            .map_or(0, millis);
         Self::starting_at(base_ms)
     }
 
@@ -31,7 +33,7 @@ impl Clock {
 
     /// Milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
-        let elapsed = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed = millis(self.base.elapsed());
         self.base_ms.saturating_add(elapsed)
     }
 

@@ -9,59 +9,7 @@ use std::fmt;
 use rhai::{Dynamic, Map};
 use sha2::{Digest, Sha256};
 
-/// One part of a call that identifies its conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyPart {
-    Subscription,
-    Event,
-    Branch,
-    Workplace,
-    Instance,
-    Session,
-    Timestamp,
-    /// The event-specific object, e.g. `addSessionLine: {...}`.
-    Object,
-    /// The till's `dialog` answer, so a re-sent event with a chosen option is a new call.
-    Dialog,
-}
-
-impl KeyPart {
-    pub const ALL: [Self; 9] = [
-        Self::Subscription,
-        Self::Event,
-        Self::Branch,
-        Self::Workplace,
-        Self::Instance,
-        Self::Session,
-        Self::Timestamp,
-        Self::Object,
-        Self::Dialog,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Subscription => "subscription",
-            Self::Event => "event",
-            Self::Branch => "branch",
-            Self::Workplace => "workplace",
-            Self::Instance => "instance",
-            Self::Session => "session",
-            Self::Timestamp => "timestamp",
-            Self::Object => "object",
-            Self::Dialog => "dialog",
-        }
-    }
-
-    /// The part named as in `state.key`.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    /// All names, for error messages.
-    pub fn names() -> String {
-        Self::ALL.map(Self::name).join(", ")
-    }
-}
+use crate::config::KeyPart;
 
 /// A conversation's identity.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -17,8 +17,10 @@ mod redis;
 use std::future::Future;
 
 pub use clock::Clock;
-pub use key::{ConversationKey, KeyPart};
-pub use memory::{MemoryStore, DEFAULT_MAX_CONVERSATIONS};
+pub use key::ConversationKey;
+pub use memory::MemoryStore;
+// The parts are config (`state.key`); re-exported beside the key they make.
+pub use crate::config::KeyPart;
 pub use record::{Commit, FinalAnswer, ForwardState, Reply, Snapshot, Summary, Update};
 pub use redis::RedisStore;
 

@@ -58,7 +58,7 @@ impl Phase {
     }
 
     fn set(&self, state: u8) {
-        let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let since = crate::config::millis(self.opened.elapsed());
         self.since_ms.store(since, Ordering::Release);
         self.state.store(state, Ordering::Release);
     }

@@ -9,7 +9,7 @@ use rhai::Dynamic;
 
 use super::Call;
 use crate::conversation::{ForwardState, Snapshot, StoreError};
-use crate::upstream::Outgoing;
+use crate::upstream::{budget, Outgoing};
 
 /// How long before `server.request_timeout` a held call stops waiting and answers.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
@@ -47,7 +47,7 @@ impl Call<'_> {
         };
         self.gateway
             .forwarder
-            .start(rt.upstreams.clone(), self.key, config.budget(), outgoing)
+            .start(rt.upstreams.clone(), self.key, budget(config), outgoing)
             .await?;
         // Whoever sends it, the forward is now pending (or done) for this conversation.
         let pending = ForwardState::Pending {
@@ -92,7 +92,7 @@ impl Call<'_> {
             None => snapshot
                 .pending()
                 .filter_map(|name| config.upstreams.get(name))
-                .map(|up| up.budget() + NON_POLLING_HOLD_SLACK)
+                .map(|up| budget(up) + NON_POLLING_HOLD_SLACK)
                 .max()
                 .unwrap_or_default(),
         };

@@ -27,6 +27,7 @@ use crate::telemetry::Metrics;
 pub(super) async fn run_file(
     given_config: Option<&Path>,
     file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
     out: &mut dyn std::io::Write,
 ) -> Result<Summary, Problem> {
     let text = std::fs::read_to_string(file)
@@ -40,12 +41,12 @@ pub(super) async fn run_file(
         .config
         .as_ref()
         .map_or_else(|| config_for(dir, given_config), |c| dir.join(c));
-    if let Ok(config) = Config::load(&config_path, &crate::config::process_env) {
+    if let Ok(config) = Config::load(&config_path, env) {
         unknown_upstreams(file, &tests, &config)?;
     }
     let mut summary = Summary::default();
     for case in &tests.cases {
-        match run_case(&config_path, dir, case).await {
+        match run_case(&config_path, dir, case, env).await {
             Ok(calls) => {
                 summary.passed += 1;
                 let _ = writeln!(
@@ -102,9 +103,15 @@ fn unknown_upstreams(file: &Path, tests: &TestFile, config: &Config) -> Result<(
 }
 
 /// Runs one case; the number of calls it made.
-async fn run_case(config_path: &Path, dir: &Path, case: &Case) -> Result<usize, String> {
+async fn run_case(
+    config_path: &Path,
+    dir: &Path,
+    case: &Case,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<usize, String> {
+    let config = Config::load(config_path, env).map_err(|e| e.to_string())?;
     let pretend = Arc::new(PretendUpstreams::new(&case.upstreams)?);
-    let (gateway, sub) = case_gateway(config_path, case, pretend.clone())?;
+    let (gateway, sub) = case_gateway(config, case, pretend.clone())?;
     let mut body = load_body(dir, case.body.as_ref(), case.body_file.as_deref())?
         .ok_or("a case needs `body` or `body_file`")?;
     let mut answers: Vec<(u16, Bytes)> = Vec::with_capacity(case.calls.len());
@@ -138,12 +145,10 @@ async fn run_case(config_path: &Path, dir: &Path, case: &Case) -> Result<usize, 
 
 /// A fresh gateway for a case, and the subscription its calls are signed for.
 fn case_gateway(
-    config_path: &Path,
+    config: Config,
     case: &Case,
     pretend: Arc<PretendUpstreams>,
 ) -> Result<(Gateway, Arc<Subscription>), String> {
-    let config =
-        Config::load(config_path, &crate::config::process_env).map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::new());
     let ttl = config.state.ttl;
     let mut runtime =

@@ -80,10 +80,11 @@ impl std::fmt::Display for Summary {
 /// Runs the test files at `paths` (files or folders; none: the `tests` folder beside the
 /// config) against `config` (`None`: not given, looked up; see the module's docs). Prints
 /// a line per case to `out` and a problem with a file to `err`, once, counting the file as
-/// failed; `Err` when there is nothing to run.
+/// failed; `Err` when there is nothing to run. `env` expands the config's `${VAR}`.
 pub fn run(
     config: Option<&Path>,
     paths: &[PathBuf],
+    env: &dyn Fn(&str) -> Option<String>,
     out: &mut dyn std::io::Write,
     err: &mut dyn std::io::Write,
 ) -> Result<Summary, Vec<Problem>> {
@@ -101,7 +102,7 @@ pub fn run(
     let mut summary = Summary::default();
     for file in files {
         let _ = writeln!(out, "{}", file.display());
-        match runtime.block_on(run_file(config, &file, out)) {
+        match runtime.block_on(run_file(config, &file, env, out)) {
             Ok(s) => {
                 summary.passed += s.passed;
                 summary.failed += s.failed;
@@ -142,6 +143,7 @@ mod tests {
         let summary = run(
             Some(&dir.path().join("pollgate.yaml")),
             &[dir.path().join("cases.yaml")],
+            &|_| None,
             &mut out,
             &mut err,
         )

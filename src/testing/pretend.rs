@@ -71,7 +71,7 @@ impl UpstreamClient for PretendUpstreams {
                 };
             };
             tokio::time::sleep(delay).await;
-            let elapsed_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            let elapsed_ms = crate::config::millis(delay);
             match pretend.error {
                 Some(error) => Reply {
                     ok: false,

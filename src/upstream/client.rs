@@ -9,6 +9,7 @@ use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use tokio::sync::Semaphore;
 
 use super::{backoff, Outgoing, SendFuture, UpstreamClient};
+use crate::config::millis;
 use crate::config::Upstream;
 use crate::conversation::Reply;
 use crate::signature::SIGNATURE_HEADER;
@@ -250,8 +251,4 @@ fn failed(started: Instant, error: String, status: u16) -> Reply {
         error: Some(error),
         elapsed_ms: millis(started.elapsed()),
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::{Outgoing, UpstreamClient};
+use crate::config::millis;
 use crate::conversation::{Clock, ConversationKey, ConversationStore, Snapshot, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -163,8 +164,4 @@ impl Forwarder {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 pub use client::{install_crypto_provider, HttpUpstreams};
 pub use forward::Forwarder;
 
+use crate::config::Upstream;
 use crate::conversation::Reply;
 
 /// One forward as it goes out.
@@ -52,6 +53,12 @@ pub fn backoff_ceiling(retries: u32) -> Duration {
     (0..retries)
         .map(|n| BACKOFF_BASE.saturating_mul(1 << n.min(16)).min(BACKOFF_MAX))
         .sum()
+}
+
+/// The longest a forward to `upstream` can take, retries and backoff included.
+pub fn budget(upstream: &Upstream) -> Duration {
+    let attempts = upstream.retries + 1;
+    upstream.timeout * attempts + backoff_ceiling(upstream.retries)
 }
 
 #[cfg(test)]

@@ -105,10 +105,11 @@ impl Gateway {
         let lookup = move |name: &str| env.get(name).cloned();
         let config =
             Config::load(&path, &lookup).unwrap_or_else(|e| panic!("config:\n{text}\n{e}"));
+        // Built before binding, as `main` does.
+        let app = App::build(config, Arc::new(lookup)).await.unwrap();
         let webhook = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (webhook.local_addr().unwrap(), admin.local_addr().unwrap());
-        let app = App::build(config, Arc::new(lookup)).await.unwrap();
         let gateway = app.gateway().clone();
         let (trigger, shutdown) = shutdown::channel();
         let task = tokio::spawn(app.serve(webhook, admin, shutdown));

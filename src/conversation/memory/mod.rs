@@ -24,13 +24,11 @@ use super::{
     Commit, ConversationKey, ConversationStore, FinalAnswer, ForwardState, Reply, Snapshot,
     StoreError, Summary, Update,
 };
+use crate::config::{millis, DEFAULT_MAX_CONVERSATIONS};
 
 use finished::{Finished, FinishedQueue, Seen};
 
 const SHARDS: usize = 64;
-
-/// `state.max_conversations` when the config does not say (GATEWAY.md 12).
-pub const DEFAULT_MAX_CONVERSATIONS: usize = 1_000_000;
 
 /// The in-process store; clones share the same conversations.
 #[derive(Clone)]
@@ -123,7 +121,7 @@ impl MemoryStore {
         Self {
             inner: Arc::new(Inner {
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                ttl_ms: millis(ttl),
                 held: AtomicUsize::new(0),
                 max: max_conversations.max(1),
                 finished: FinishedQueue::default(),

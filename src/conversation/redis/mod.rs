@@ -55,6 +55,7 @@ use super::{
     Commit, ConversationKey, ConversationStore, FinalAnswer, ForwardState, Reply, Snapshot,
     StoreError, Summary, Update,
 };
+use crate::config::millis;
 
 /// `SCAN ... COUNT` hint: slots Redis examines per call.
 const SCAN_COUNT: usize = 1000;
@@ -136,7 +137,7 @@ impl RedisStore {
                 conn,
                 key_prefix: format!("{prefix}:conv:"),
                 // PEXPIRE 0 would delete the key at once.
-                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+                ttl_ms: millis(ttl).max(1),
                 timeout,
                 scripts: Scripts {
                     begin: Script::new(BEGIN),

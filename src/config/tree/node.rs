@@ -1,186 +1,32 @@
-//! The config document as a YAML tree, typed into the [`super::raw`] structs with every
-//! problem collected rather than the first.
-//!
-//! `${VAR}` is substituted in the tree's scalars before they are typed (GATEWAY.md 2), so a
-//! scalar may be a string where a number, a boolean or an enum is wanted: the deserializer
-//! here reads such strings as YAML would have read them unquoted (`retries: ${N:-2}`).
-//!
-//! serde stops at the first error of a struct, so typing runs in passes: a pass that fails
-//! at a key records the problem and hides that key from the next pass (its field takes its
-//! default, or its entry drops out). Unknown keys are skipped and recorded as they are met,
-//! using the field list serde hands to `deserialize_struct`.
+//! One node of the tree as a serde deserializer that reads a substituted `${VAR}` string as
+//! YAML would have read it unquoted, and a null section as a section of defaults.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::fmt;
 
-use serde::de::{self, DeserializeOwned, Unexpected, Visitor};
+use serde::de::{self, Unexpected, Visitor};
 use serde::forward_to_deserialize_any;
 use serde_yaml::Value;
 
-/// One step of a key path.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) enum Seg {
-    Key(String),
-    Index(usize),
-}
+use super::access::{Entries, Items};
+use super::error::Error;
+use super::{Found, KeyPath, Seg};
 
-/// Where a value is: `upstreams.approvals.timeout`, `state.key[1]`.
-pub(super) type KeyPath = Vec<Seg>;
-
-/// `upstreams.approvals.timeout`, as problems name keys.
-pub(super) fn show(path: &[Seg]) -> String {
-    let mut out = String::new();
-    for seg in path {
-        match seg {
-            Seg::Key(key) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Seg::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
-}
-
-/// A mapping key as text (keys are strings in a config, but YAML allows `1:`).
-pub(super) fn key_text(key: &Value) -> String {
-    match key {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Null => "null".into(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// A problem met while typing the tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Found {
-    /// A key that is not one of its section's fields; `path` is the key itself.
-    UnknownKey { path: KeyPath, message: String },
-    /// A value of the wrong type or form (or a section missing a required key).
-    Value { path: KeyPath, message: String },
-}
-
-/// The outcome of typing: the value (`None` when the root itself is wrong), what was
-/// found, and the keys that were hidden because of it.
-pub(super) struct Typed<T> {
-    pub value: Option<T>,
-    pub found: Vec<Found>,
-    pub hidden: HashSet<KeyPath>,
-}
-
-/// Types `doc` as `T`, hiding `hidden` (keys already known to be wrong) from the start.
-pub(super) fn typed<T: DeserializeOwned>(doc: &Value, mut hidden: HashSet<KeyPath>) -> Typed<T> {
-    let mut found: Vec<Found> = Vec::new();
-    loop {
-        let ctx = Ctx {
-            hidden: &hidden,
-            unknown: RefCell::new(Vec::new()),
-        };
-        let result = T::deserialize(Node {
-            value: doc,
-            path: Vec::new(),
-            ctx: &ctx,
-        });
-        for unknown in ctx.unknown.into_inner() {
-            if !found.contains(&unknown) {
-                found.push(unknown);
-            }
-        }
-        let error = match result {
-            Ok(value) => {
-                return Typed {
-                    value: Some(value),
-                    found,
-                    hidden,
-                }
-            }
-            Err(error) => error,
-        };
-        let path = error.path.unwrap_or_default();
-        let consequence = error.missing.is_some_and(|field| {
-            let mut child = path.clone();
-            child.push(Seg::Key(field.to_owned()));
-            hidden.contains(&child)
-        });
-        if !consequence {
-            found.push(Found::Value {
-                path: path.clone(),
-                message: error.message,
-            });
-        }
-        if path.is_empty() || !hidden.insert(path) {
-            return Typed {
-                value: None,
-                found,
-                hidden,
-            };
-        }
-    }
-}
-
-struct Ctx<'h> {
-    hidden: &'h HashSet<KeyPath>,
-    unknown: RefCell<Vec<Found>>,
-}
-
-/// A typing error and the key it is about.
-#[derive(Debug)]
-pub(super) struct Error {
-    path: Option<KeyPath>,
-    message: String,
-    /// Set for serde's "missing field" errors: which field.
-    missing: Option<&'static str>,
-}
-
-impl Error {
-    fn at(mut self, path: &[Seg]) -> Self {
-        if self.path.is_none() {
-            self.path = Some(path.to_vec());
-        }
-        self
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl de::Error for Error {
-    fn custom<T: fmt::Display>(msg: T) -> Self {
-        Self {
-            path: None,
-            message: msg.to_string(),
-            missing: None,
-        }
-    }
-
-    fn missing_field(field: &'static str) -> Self {
-        Self {
-            path: None,
-            message: format!("missing field `{field}`"),
-            missing: Some(field),
-        }
-    }
+/// What every node of one pass shares: the keys hidden from it, and the unknown keys met.
+pub(super) struct Ctx<'h> {
+    pub(super) hidden: &'h HashSet<KeyPath>,
+    pub(super) unknown: RefCell<Vec<Found>>,
 }
 
 /// One node of the tree, deserialized leniently (see the module comment).
-struct Node<'a, 'c> {
-    value: &'a Value,
-    path: KeyPath,
-    ctx: &'c Ctx<'c>,
+pub(super) struct Node<'a, 'c> {
+    pub(super) value: &'a Value,
+    pub(super) path: KeyPath,
+    pub(super) ctx: &'c Ctx<'c>,
 }
 
 impl<'a, 'c> Node<'a, 'c> {
-    fn child(&self, value: &'a Value, seg: Seg) -> Node<'a, 'c> {
+    pub(super) fn child(&self, value: &'a Value, seg: Seg) -> Node<'a, 'c> {
         let mut path = self.path.clone();
         path.push(seg);
         Node {
@@ -411,81 +257,5 @@ fn unexpected(value: &Value) -> String {
         Value::Sequence(_) => "sequence".into(),
         Value::Mapping(_) => "map".into(),
         Value::Tagged(tagged) => unexpected(&tagged.value),
-    }
-}
-
-/// A mapping's entries; for a struct, unknown keys are recorded and skipped.
-struct Entries<'a, 'n, 'c> {
-    iter: serde_yaml::mapping::Iter<'a>,
-    node: &'n Node<'a, 'c>,
-    fields: Option<&'static [&'static str]>,
-    pending: Option<Node<'a, 'c>>,
-}
-
-impl<'a> de::MapAccess<'a> for Entries<'a, '_, '_> {
-    type Error = Error;
-
-    fn next_key_seed<K: de::DeserializeSeed<'a>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, Error> {
-        for (key, value) in self.iter.by_ref() {
-            let name = key_text(key);
-            let child = self.node.child(value, Seg::Key(name.clone()));
-            if self.node.ctx.hidden.contains(&child.path) {
-                continue;
-            }
-            if let Some(fields) = self.fields {
-                if !fields.contains(&name.as_str()) {
-                    let error: Error = de::Error::unknown_field(&name, fields);
-                    self.node.ctx.unknown.borrow_mut().push(Found::UnknownKey {
-                        path: child.path,
-                        message: error.message,
-                    });
-                    continue;
-                }
-            }
-            let key_node = Node {
-                value: key,
-                path: child.path.clone(),
-                ctx: self.node.ctx,
-            };
-            self.pending = Some(child);
-            return seed.deserialize(key_node).map(Some);
-        }
-        Ok(None)
-    }
-
-    fn next_value_seed<S: de::DeserializeSeed<'a>>(&mut self, seed: S) -> Result<S::Value, Error> {
-        let Some(node) = self.pending.take() else {
-            return Err(de::Error::custom("a value without its key"));
-        };
-        let path = node.path.clone();
-        seed.deserialize(node).map_err(|e| e.at(&path))
-    }
-}
-
-/// A sequence's items.
-struct Items<'a, 'n, 'c> {
-    iter: std::iter::Enumerate<std::slice::Iter<'a, Value>>,
-    node: &'n Node<'a, 'c>,
-}
-
-impl<'a> de::SeqAccess<'a> for Items<'a, '_, '_> {
-    type Error = Error;
-
-    fn next_element_seed<S: de::DeserializeSeed<'a>>(
-        &mut self,
-        seed: S,
-    ) -> Result<Option<S::Value>, Error> {
-        for (i, value) in self.iter.by_ref() {
-            let child = self.node.child(value, Seg::Index(i));
-            if self.node.ctx.hidden.contains(&child.path) {
-                continue;
-            }
-            let path = child.path.clone();
-            return seed.deserialize(child).map(Some).map_err(|e| e.at(&path));
-        }
-        Ok(None)
     }
 }

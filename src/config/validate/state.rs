@@ -1,0 +1,66 @@
+//! `state:`: the conversation store, its TTL and the parts of the conversation key.
+
+use super::Validator;
+use crate::config::raw::{RawState, StoreKind};
+use crate::config::{KeyPart, State, Store};
+
+impl Validator<'_> {
+    pub(super) fn state(&mut self, raw: RawState) -> Option<State> {
+        let key = self.key_parts(raw.key);
+        if raw.ttl.is_zero() {
+            self.problem("state.ttl", "must be more than 0");
+        }
+        if raw.max_conversations == 0 {
+            self.problem("state.max_conversations", "must be at least 1");
+        }
+        let store = match raw.store {
+            StoreKind::Memory => Store::Memory {
+                max_conversations: raw.max_conversations,
+            },
+            StoreKind::Redis => {
+                let Some(url) = raw.url else {
+                    self.problem("state.url", "`store: redis` needs `url: redis://host:6379`");
+                    return None;
+                };
+                if url.starts_with("rediss://") {
+                    self.problem("state.url", "rediss:// (TLS) is not supported; reach Redis over a private network or a TLS tunnel with redis://");
+                    return None;
+                }
+                if !url.starts_with("redis://") {
+                    self.problem("state.url", format!("`{url}` is not a redis:// URL"));
+                    return None;
+                }
+                Store::Redis {
+                    url,
+                    prefix: raw.prefix,
+                    timeout: raw.timeout,
+                }
+            }
+        };
+        Some(State {
+            store,
+            ttl: raw.ttl,
+            key,
+        })
+    }
+
+    /// `state.key`: which parts of a call identify its conversation (all by default).
+    fn key_parts(&mut self, names: Option<Vec<String>>) -> Vec<KeyPart> {
+        match names {
+            None => KeyPart::ALL.to_vec(),
+            Some(names) => {
+                let mut parts = Vec::new();
+                for name in names {
+                    match KeyPart::parse(&name) {
+                        Some(part) => parts.push(part),
+                        None => self.problem(
+                            "state.key",
+                            format!("unknown key part `{name}` (known: {})", KeyPart::names()),
+                        ),
+                    }
+                }
+                parts
+            }
+        }
+    }
+}
