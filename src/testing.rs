@@ -556,35 +556,17 @@ impl UpstreamClient for PretendUpstreams {
         let reply = self.replies.get(&outgoing.upstream).cloned();
         Box::pin(async move {
             let Some((pretend, delay)) = reply else {
-                return Reply {
-                    ok: false,
-                    status: 0,
-                    body: Value::Null,
-                    error: Some(format!(
-                        "the test case pretends no reply for upstream `{}`",
-                        outgoing.upstream
-                    )),
-                    elapsed_ms: 0,
-                };
+                let error = format!(
+                    "the test case pretends no reply for upstream `{}`",
+                    outgoing.upstream
+                );
+                return Reply::failed(error, 0);
             };
             tokio::time::sleep(delay).await;
             let elapsed_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
             match pretend.error {
-                Some(error) => Reply {
-                    ok: false,
-                    status: 0,
-                    body: Value::Null,
-                    error: Some(error),
-                    elapsed_ms,
-                },
-                None => Reply {
-                    ok: (200..300).contains(&pretend.status),
-                    status: pretend.status,
-                    body: pretend.body,
-                    error: (!(200..300).contains(&pretend.status))
-                        .then(|| format!("upstream answered HTTP {}", pretend.status)),
-                    elapsed_ms,
-                },
+                Some(error) => Reply::failed(error, elapsed_ms),
+                None => Reply::answered(pretend.status, pretend.body, elapsed_ms),
             }
         })
     }

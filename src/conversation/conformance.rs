@@ -49,13 +49,8 @@ fn state(json: &str) -> Option<Option<Bytes>> {
 }
 
 fn reply() -> Reply {
-    Reply {
-        ok: true,
-        status: 201,
-        body: serde_json::json!({"orderId": "A-1", "lines": [1, 2.5, null], "nested": {"é": "ü"}}),
-        error: None,
-        elapsed_ms: 42,
-    }
+    let body = serde_json::json!({"orderId": "A-1", "lines": [1, 2.5, null], "nested": {"é": "ü"}});
+    Reply::answered(201, body, 42)
 }
 
 fn lease_of(snapshot: &Snapshot, upstream: &str) -> Option<u64> {
@@ -288,13 +283,7 @@ async fn renewed_lease_keeps_others_from_claiming<S: ConversationStore>(store: &
     );
     let s = store.load(key).await.unwrap().unwrap();
     assert_eq!(lease_of(&s, "backend"), Some(T0 + 5_000));
-    let reply = Reply {
-        ok: true,
-        status: 200,
-        body: serde_json::json!({}),
-        error: None,
-        elapsed_ms: 1,
-    };
+    let reply = Reply::answered(200, serde_json::json!({}), 1);
     store
         .complete_forward(key, "backend", &reply)
         .await
@@ -343,13 +332,7 @@ async fn completed_forward_is_done_with_identical_reply<S: ConversationStore>(st
             .unwrap(),
         "a forward with a reply is never sent again"
     );
-    let failed = Reply {
-        ok: false,
-        status: 0,
-        body: serde_json::Value::Null,
-        error: Some("connect timeout".into()),
-        elapsed_ms: 10_000,
-    };
+    let failed = Reply::failed("connect timeout".into(), 10_000);
     store.complete_forward(key, "audit", &failed).await.unwrap();
     let s = store.load(key).await.unwrap().unwrap();
     assert!(matches!(s.forward("audit"), Some(ForwardState::Done(r)) if **r == failed));

@@ -13,14 +13,16 @@ mod key;
 mod memory;
 mod record;
 mod redis;
+mod reply;
 
 use std::future::Future;
 
 pub use clock::Clock;
 pub use key::{ConversationKey, KeyPart};
 pub use memory::{MemoryStore, DEFAULT_MAX_CONVERSATIONS};
-pub use record::{Commit, FinalAnswer, ForwardState, Reply, Snapshot, Summary, Update};
+pub use record::{Commit, FinalAnswer, ForwardState, Snapshot, Summary, Update};
 pub use redis::RedisStore;
+pub use reply::Reply;
 
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::ConversationKey;
+use super::{ConversationKey, Reply};
 
 /// A conversation as one call sees it.
 #[derive(Debug, Clone)]
@@ -56,20 +56,6 @@ pub enum ForwardState {
         lease_until_ms: u64,
     },
     Done(Arc<Reply>),
-}
-
-/// An upstream's reply as rules see it (GATEWAY.md 4.2): `#{ ok, status, body, error, elapsed_ms }`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reply {
-    /// True for a 2xx answer.
-    pub ok: bool,
-    /// The HTTP status; 0 when no HTTP answer came.
-    pub status: u16,
-    /// The parsed JSON body, or the body as a string when it is not JSON.
-    pub body: serde_json::Value,
-    /// Why there was no usable answer.
-    pub error: Option<String>,
-    pub elapsed_ms: u64,
 }
 
 /// What a call writes back.
