@@ -25,7 +25,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use pollgate::config::Config;
 use pollgate::conversation::ConversationStore;
-use pollgate::signature::{Encoding, Secret};
+use pollgate::signature::{Encoding, Secret, SUBSCRIPTION_HEADER};
 use pollgate::App;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -157,7 +157,7 @@ async fn converse(client: reqwest::Client, url: String, secret: Secret, n: usize
         let answer = client
             .post(&url)
             .header("content-type", "application/json")
-            .header("x-mplus-subscription-id", SUBSCRIPTION)
+            .header(SUBSCRIPTION_HEADER, SUBSCRIPTION)
             .header("x-mplus-signature", secret.sign(&body))
             .body(body)
             .send()

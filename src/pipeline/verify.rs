@@ -11,9 +11,8 @@ use rhai::Map;
 use crate::body::{self, BodyError};
 use crate::config::Subscription;
 use crate::runtime::Runtime;
+pub use crate::signature::SUBSCRIPTION_HEADER;
 use crate::signature::{SignatureError, SIGNATURE_HEADER};
-
-pub const SUBSCRIPTION_HEADER: &str = "x-mplus-subscription-id";
 
 /// A call whose subscription, signature, content type and body were all checked.
 pub struct Verified {

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use super::{backoff, Outgoing, SendFuture, UpstreamClient};
 use crate::config::Upstream;
 use crate::conversation::Reply;
-use crate::signature::SIGNATURE_HEADER;
+use crate::signature::{SIGNATURE_HEADER, SUBSCRIPTION_HEADER};
 use crate::telemetry::{Metrics, UpstreamOutcome};
 
 /// HTTP clients for every configured upstream.
@@ -175,7 +175,7 @@ impl Pool {
             .client
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("x-mplus-subscription-id", &out.subscription)
+            .header(SUBSCRIPTION_HEADER, &out.subscription)
             .header(SIGNATURE_HEADER, &out.signature)
             .header("idempotency-key", &out.idempotency_key)
             .body(out.body.clone());

@@ -22,6 +22,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use pollgate::config::Config;
 use pollgate::shutdown::{self, Trigger};
+pub use pollgate::signature::SUBSCRIPTION_HEADER;
 use pollgate::signature::{Encoding, Secret};
 use pollgate::App;
 use serde_json::Value;
@@ -334,7 +335,7 @@ impl Till {
             body,
             &[
                 ("content-type", "application/json"),
-                ("x-mplus-subscription-id", &self.subscription.clone()),
+                (SUBSCRIPTION_HEADER, &self.subscription.clone()),
                 ("x-mplus-signature", &sig),
             ],
         )
