@@ -39,6 +39,13 @@ pub enum StoreError {
     Full { max: usize },
 }
 
+impl StoreError {
+    /// The conversation expired between `begin` and `commit` (a TTL shorter than a call).
+    pub(crate) fn expired_during_call() -> Self {
+        Self::Corrupt("conversation expired during the call".into())
+    }
+}
+
 /// Where conversations live. Implementations must make each method atomic per conversation.
 pub trait ConversationStore: Send + Sync + 'static {
     /// Counts a new call: creates the conversation if needed, adds one to its attempts,

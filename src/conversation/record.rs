@@ -34,11 +34,16 @@ impl Snapshot {
 
     /// Names of forwards still waiting for a reply.
     pub fn pending(&self) -> impl Iterator<Item = &str> {
-        self.forwards
-            .iter()
-            .filter(|(_, s)| matches!(s, ForwardState::Pending { .. }))
-            .map(|(name, _)| &**name)
+        pending(&self.forwards)
     }
+}
+
+/// Names of the forwards among `forwards` still waiting for a reply.
+pub(crate) fn pending(forwards: &[(Arc<str>, ForwardState)]) -> impl Iterator<Item = &str> {
+    forwards
+        .iter()
+        .filter(|(_, s)| matches!(s, ForwardState::Pending { .. }))
+        .map(|(name, _)| &**name)
 }
 
 /// An answer given once and replayed byte for byte to later calls.
@@ -103,5 +108,12 @@ impl Summary {
             finished: false,
             pending_forwards: Vec::new(),
         }
+    }
+
+    /// The `limit` youngest of `summaries`, youngest first: what `list` answers.
+    pub(crate) fn newest_first(mut summaries: Vec<Summary>, limit: usize) -> Vec<Summary> {
+        summaries.sort_by_key(|s| s.age_ms);
+        summaries.truncate(limit);
+        summaries
     }
 }

@@ -93,9 +93,7 @@ impl RedisStore {
         // SCAN may return a key twice while Redis resizes its table.
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out.dedup_by(|a, b| a.key == b.key);
-        out.sort_by_key(|s| s.age_ms);
-        out.truncate(limit);
-        Ok(out)
+        Ok(Summary::newest_first(out, limit))
     }
 
     /// `count`: the keys of at most `COUNT_MAX_CALLS` SCAN calls.

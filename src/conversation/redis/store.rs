@@ -58,9 +58,7 @@ impl ConversationStore for RedisStore {
         );
         match self.invoke(&self.inner.scripts.commit, key, args).await? {
             Value::Int(1) => Ok(Commit::Saved),
-            Value::Nil => Err(StoreError::Corrupt(
-                "conversation expired during the call".into(),
-            )),
+            Value::Nil => Err(StoreError::expired_during_call()),
             record @ Value::Array(_) => match snapshot(record)? {
                 Some(newer) => Ok(Commit::Conflict(newer)),
                 None => Err(corrupt("conflict without a record")),
