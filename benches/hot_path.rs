@@ -357,7 +357,7 @@ fn calls() -> Vec<(HeaderMap, Bytes)> {
             let mut headers = HeaderMap::new();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             headers.insert(
-                pipeline::SUBSCRIPTION_HEADER,
+                pollgate::signature::SUBSCRIPTION_HEADER,
                 HeaderValue::from_static(SUBSCRIPTION),
             );
             headers.insert(

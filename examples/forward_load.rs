@@ -10,25 +10,22 @@
 //!
 //! `cargo run --release --example forward_load`
 
+#[path = "../tests/common/upstream.rs"]
+mod upstream;
+
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::header::HeaderValue;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use pollgate::config::Config;
 use pollgate::conversation::ConversationStore;
-use pollgate::signature::{Encoding, Secret};
+use pollgate::signature::{Encoding, Secret, SUBSCRIPTION_HEADER};
 use pollgate::App;
 use serde_json::json;
 use tokio::net::TcpListener;
+use upstream::{MockReply, MockUpstream};
 
 const CONVERSATIONS: usize = 1000;
 const MAX_CONNECTIONS: usize = 32;
@@ -41,67 +38,6 @@ const SUBSCRIPTION: &str = "shop";
 /// base64 of "demo-secret-for-pollgate-examples".
 const SECRET: &str = "ZGVtby1zZWNyZXQtZm9yLXBvbGxnYXRlLWV4YW1wbGVz";
 const FINAL_MESSAGE: &str = "Back office says yes";
-
-/// What the upstream saw.
-#[derive(Default)]
-struct Upstream {
-    open_connections: AtomicUsize,
-    max_open_connections: AtomicUsize,
-    connections_total: AtomicUsize,
-    active_requests: AtomicUsize,
-    max_active_requests: AtomicUsize,
-    requests_total: AtomicUsize,
-    idempotency_keys: Mutex<HashSet<String>>,
-}
-
-/// Counts one up on `now` and raises `max` to it; counts down when dropped.
-struct Held<'a>(&'a AtomicUsize);
-
-impl<'a> Held<'a> {
-    fn enter(now: &'a AtomicUsize, max: &AtomicUsize) -> Self {
-        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-        max.fetch_max(n, Ordering::SeqCst);
-        Self(now)
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-async fn serve_upstream(listener: TcpListener, seen: Arc<Upstream>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            let _open = Held::enter(&seen.open_connections, &seen.max_open_connections);
-            seen.connections_total.fetch_add(1, Ordering::SeqCst);
-            let svc = hyper::service::service_fn(|req: Request<Incoming>| {
-                let seen = seen.clone();
-                async move {
-                    let _active = Held::enter(&seen.active_requests, &seen.max_active_requests);
-                    seen.requests_total.fetch_add(1, Ordering::SeqCst);
-                    if let Some(key) = req.headers().get("idempotency-key") {
-                        let key = String::from_utf8_lossy(key.as_bytes()).into_owned();
-                        lock(&seen.idempotency_keys).insert(key);
-                    }
-                    let _ = req.into_body().collect().await;
-                    tokio::time::sleep(UPSTREAM_DELAY).await;
-                    let body = json!({"polling": {"finished": true, "message": FINAL_MESSAGE}});
-                    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-                    response
-                        .headers_mut()
-                        .insert("content-type", HeaderValue::from_static("application/json"));
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
 
 fn config(upstream: &str) -> Result<Config, Error> {
     let text = format!(
@@ -157,7 +93,7 @@ async fn converse(client: reqwest::Client, url: String, secret: Secret, n: usize
         let answer = client
             .post(&url)
             .header("content-type", "application/json")
-            .header("x-mplus-subscription-id", SUBSCRIPTION)
+            .header(SUBSCRIPTION_HEADER, SUBSCRIPTION)
             .header("x-mplus-signature", secret.sign(&body))
             .body(body)
             .send()
@@ -226,13 +162,15 @@ async fn main() -> ExitCode {
 /// Ok(true) when every bound held.
 async fn run() -> Result<bool, Error> {
     pollgate::upstream::install_crypto_provider();
-    let seen = Arc::new(Upstream::default());
-    let upstream = TcpListener::bind("127.0.0.1:0").await?;
-    let upstream_addr = upstream.local_addr()?;
-    tokio::spawn(serve_upstream(upstream, seen.clone()));
+    let (upstream, gate) = MockUpstream::start_gated(|_| {
+        let answer = json!({"polling": {"finished": true, "message": FINAL_MESSAGE}});
+        MockReply::json(200, answer).after(UPSTREAM_DELAY)
+    })
+    .await;
+    gate.open();
 
     let app = App::build(
-        config(&upstream_addr.to_string())?,
+        config(&upstream.addr.to_string())?,
         Arc::new(|_: &str| None),
     )
     .await?;
@@ -268,10 +206,10 @@ async fn run() -> Result<bool, Error> {
     drop(client);
     let rss_closed = rss_bytes();
 
-    let requests = seen.requests_total.load(Ordering::SeqCst);
-    let keys = lock(&seen.idempotency_keys).len();
-    let max_conns = seen.max_open_connections.load(Ordering::SeqCst);
-    let max_active = seen.max_active_requests.load(Ordering::SeqCst);
+    let requests = upstream.count();
+    let keys = idempotency_keys(&upstream);
+    let max_conns = upstream.max_open_connections();
+    let max_active = gate.max_active();
     let wrong = outcomes
         .iter()
         .filter(|o| o.message.as_deref() != Some(FINAL_MESSAGE))
@@ -298,7 +236,7 @@ async fn run() -> Result<bool, Error> {
     println!("  upstream requests total            {requests} (distinct Idempotency-Keys {keys})");
     println!(
         "  upstream connections opened        {}",
-        seen.connections_total.load(Ordering::SeqCst)
+        upstream.connections()
     );
     println!("  max concurrent upstream conns      {max_conns}");
     println!("  max concurrent upstream requests   {max_active}");
@@ -356,9 +294,13 @@ async fn run() -> Result<bool, Error> {
     Ok(ok)
 }
 
-/// The lock, also after a panic elsewhere (the set stays usable).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// How many distinct `Idempotency-Key`s the upstream received.
+fn idempotency_keys(upstream: &MockUpstream) -> usize {
+    let requests = upstream.requests();
+    let keys: HashSet<&[u8]> = requests
+        .iter()
+        .filter_map(|r| r.headers.get("idempotency-key"))
+        .map(|key| key.as_bytes())
+        .collect();
+    keys.len()
 }

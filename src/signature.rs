@@ -16,6 +16,9 @@ type HmacSha256 = Hmac<Sha256>;
 /// The header that carries signatures, on requests and on answers.
 pub const SIGNATURE_HEADER: &str = "x-mplus-signature";
 
+/// The header that names the subscription whose secret signs a call (and its forwards).
+pub const SUBSCRIPTION_HEADER: &str = "x-mplus-subscription-id";
+
 /// How the text shown in the back office becomes the HMAC key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

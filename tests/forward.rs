@@ -5,19 +5,11 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use hyper::body::{Frame, Incoming};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use pollgate::conversation::ConversationKey;
 use pollgate::signature::{Encoding, Secret};
 use serde_json::{json, Value};
@@ -141,54 +133,13 @@ async fn concurrent_calls(till: &Till, event: &str, n: u32, calls: u32) -> Vec<A
     answers
 }
 
-/// A body of chunks whose size nobody knows in advance: hyper sends it chunked, without
-/// `Content-Length`, so the gateway's reply cap has to count while it reads.
-struct Chunks(VecDeque<Bytes>);
-
-impl hyper::body::Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
-
-/// An upstream answering `200` with a chunked JSON object of about `size` bytes; returns
-/// its URL and how many requests it got.
-async fn chunked_upstream(size: usize) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let counted = count.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let counted = counted.clone();
-                    async move {
-                        use http_body_util::BodyExt;
-                        let _ = req.into_body().collect().await;
-                        counted.fetch_add(1, Ordering::SeqCst);
-                        let json = format!("{{\"pad\":\"{}\"}}", "x".repeat(size));
-                        let chunks = Bytes::from(json)
-                            .chunks(512)
-                            .map(Bytes::copy_from_slice)
-                            .collect();
-                        Ok::<_, Infallible>(Response::new(Chunks(chunks)))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (format!("http://{addr}/mplus"), count)
+/// An upstream answering `200` with a chunked JSON object of about `size` bytes, sent in
+/// pieces of 512 without `Content-Length`.
+async fn chunked_upstream(size: usize) -> MockUpstream {
+    MockUpstream::start(move |_| {
+        MockReply::json(200, json!({"pad": "x".repeat(size)})).chunked(512)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -782,7 +733,7 @@ async fn unusable_replies_without_a_rule_are_answered_unavailable() {
         )
     })
     .await;
-    let (chunked, chunked_count) = chunked_upstream(600).await;
+    let chunked = chunked_upstream(600).await;
     let array = MockUpstream::start(|_| MockReply::json(200, json!([1, 2, 3]))).await;
     let client_error = MockUpstream::start(|_| {
         MockReply::json(404, json!({"polling": {"finished": true, "message": "no"}}))
@@ -791,7 +742,7 @@ async fn unusable_replies_without_a_rule_are_answered_unavailable() {
     let cases = [
         ("garbage", garbage.url()),
         ("big", big.url()),
-        ("chunked", chunked),
+        ("chunked", chunked.url()),
         ("array", array.url()),
         ("clientError", client_error.url()),
     ];
@@ -828,7 +779,7 @@ async fn unusable_replies_without_a_rule_are_answered_unavailable() {
     ] {
         assert_eq!(up.count(), 1, "{name}");
     }
-    assert_eq!(chunked_count.load(Ordering::SeqCst), 1, "chunked");
+    assert_eq!(chunked.count(), 1, "chunked");
 }
 
 #[tokio::test]
@@ -837,14 +788,14 @@ async fn rules_see_replies_as_documented() {
     let garbage =
         MockUpstream::start(|_| MockReply::raw(200, "<html>502 Bad Gateway</html>")).await;
     let big = MockUpstream::start(|_| MockReply::json(200, json!({"pad": "x".repeat(600)}))).await;
-    let (chunked, _) = chunked_upstream(600).await;
+    let chunked = chunked_upstream(600).await;
     let failing = MockUpstream::start(|_| MockReply::json(503, json!({"error": "busy"}))).await;
     let refused = format!("http://{}/mplus", closed_port().await);
     let cases = [
         ("ok", ok.url()),
         ("garbage", garbage.url()),
         ("big", big.url()),
-        ("chunked", chunked),
+        ("chunked", chunked.url()),
         ("failing", failing.url()),
         ("refused", refused),
     ];

@@ -224,7 +224,7 @@ async fn unsigned_requests_put_at_most_128_characters_of_any_value_in_the_log() 
     for (event, subscription) in [(long.as_str(), SUBSCRIPTION), ("scanCode", long.as_str())] {
         let r = client()
             .post(format!("http://{addr}/webhooks/{event}"))
-            .header("x-mplus-subscription-id", subscription)
+            .header(SUBSCRIPTION_HEADER, subscription)
             .header("x-mplus-signature", "c2ln")
             .header("content-type", "application/json")
             .body("{}")

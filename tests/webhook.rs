@@ -64,7 +64,7 @@ fn assert_answer(a: &Answer, expected: &Value) {
 fn signed_headers(body: &[u8]) -> Vec<(String, String)> {
     vec![
         ("content-type".into(), "application/json".into()),
-        ("x-mplus-subscription-id".into(), SUBSCRIPTION.into()),
+        (SUBSCRIPTION_HEADER.into(), SUBSCRIPTION.into()),
         ("x-mplus-signature".into(), secret().sign(body)),
     ]
 }
@@ -124,7 +124,7 @@ async fn polling_gateway(rule: &str) -> Gateway {
 async fn refuses_a_call_without_subscription_id_unsigned() {
     let gw = plain_gateway().await;
     let body = scan_body();
-    let headers = with_header(&body, "x-mplus-subscription-id", None);
+    let headers = with_header(&body, SUBSCRIPTION_HEADER, None);
     let a = send_with(&gw.till(), "scanCode", body, &headers).await;
     assert_refused(
         &a,
@@ -139,7 +139,7 @@ async fn refuses_a_call_without_subscription_id_unsigned() {
 async fn refuses_an_unknown_subscription_id_unsigned() {
     let gw = plain_gateway().await;
     let body = scan_body();
-    let headers = with_header(&body, "x-mplus-subscription-id", Some("other-shop"));
+    let headers = with_header(&body, SUBSCRIPTION_HEADER, Some("other-shop"));
     let a = send_with(&gw.till(), "scanCode", body, &headers).await;
     assert_refused(
         &a,
@@ -308,7 +308,7 @@ async fn checks_run_in_the_documented_order() {
     // Unknown subscription beats a missing signature.
     let headers = vec![
         ("content-type".to_owned(), "text/plain".to_owned()),
-        ("x-mplus-subscription-id".to_owned(), "other".to_owned()),
+        (SUBSCRIPTION_HEADER.to_owned(), "other".to_owned()),
     ];
     let a = send_with(&till, "scanCode", not_json.clone(), &headers).await;
     assert_eq!(a.error_code().as_deref(), Some("INVALID_SUBSCRIPTION_ID"));
@@ -619,10 +619,7 @@ async fn accepts_the_documented_polling_example_byte_for_byte() {
     let gw = polling_gateway(rule).await;
     let headers = vec![
         ("content-type".to_owned(), "application/json".to_owned()),
-        (
-            "x-mplus-subscription-id".to_owned(),
-            SUBSCRIPTION.to_owned(),
-        ),
+        (SUBSCRIPTION_HEADER.to_owned(), SUBSCRIPTION.to_owned()),
         ("x-mplus-signature".to_owned(), vector.to_owned()),
     ];
     let a = send_with(&gw.till(), "addSessionLine", Bytes::from(doc), &headers).await;

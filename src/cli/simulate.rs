@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::config::parse_duration;
-use crate::signature::{Secret, SIGNATURE_HEADER};
+use crate::signature::{Secret, SIGNATURE_HEADER, SUBSCRIPTION_HEADER};
 
 use super::EncodingArg;
 
@@ -94,7 +94,7 @@ async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
             .post(&url)
             .header("content-type", "application/json")
             .header("accept", "application/json")
-            .header("x-mplus-subscription-id", &args.subscription)
+            .header(SUBSCRIPTION_HEADER, &args.subscription)
             .header(SIGNATURE_HEADER, &signature)
             .body(body.clone())
             .send()

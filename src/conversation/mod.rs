@@ -13,6 +13,7 @@ mod key;
 mod memory;
 mod record;
 mod redis;
+mod reply;
 
 use std::future::Future;
 
@@ -21,8 +22,9 @@ pub use key::ConversationKey;
 pub use memory::MemoryStore;
 // The parts are config (`state.key`); re-exported beside the key they make.
 pub use crate::config::KeyPart;
-pub use record::{Commit, FinalAnswer, ForwardState, Reply, Snapshot, Summary, Update};
+pub use record::{Commit, FinalAnswer, ForwardState, Snapshot, Summary, Update};
 pub use redis::RedisStore;
+pub use reply::Reply;
 
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,13 @@ pub enum StoreError {
     /// new one (GATEWAY.md 12); conversations already held go on.
     #[error("conversation store is full: all {max} conversations (state.max_conversations) are still going on")]
     Full { max: usize },
+}
+
+impl StoreError {
+    /// The conversation expired between `begin` and `commit` (a TTL shorter than a call).
+    pub(crate) fn expired_during_call() -> Self {
+        Self::Corrupt("conversation expired during the call".into())
+    }
 }
 
 /// Where conversations live. Implementations must make each method atomic per conversation.

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::ConversationKey;
+use super::{ConversationKey, Reply};
 
 /// A conversation as one call sees it.
 #[derive(Debug, Clone)]
@@ -34,11 +34,16 @@ impl Snapshot {
 
     /// Names of forwards still waiting for a reply.
     pub fn pending(&self) -> impl Iterator<Item = &str> {
-        self.forwards
-            .iter()
-            .filter(|(_, s)| matches!(s, ForwardState::Pending { .. }))
-            .map(|(name, _)| &**name)
+        pending(&self.forwards)
     }
+}
+
+/// Names of the forwards among `forwards` still waiting for a reply.
+pub(crate) fn pending(forwards: &[(Arc<str>, ForwardState)]) -> impl Iterator<Item = &str> {
+    forwards
+        .iter()
+        .filter(|(_, s)| matches!(s, ForwardState::Pending { .. }))
+        .map(|(name, _)| &**name)
 }
 
 /// An answer given once and replayed byte for byte to later calls.
@@ -56,20 +61,6 @@ pub enum ForwardState {
         lease_until_ms: u64,
     },
     Done(Arc<Reply>),
-}
-
-/// An upstream's reply as rules see it (GATEWAY.md 4.2): `#{ ok, status, body, error, elapsed_ms }`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reply {
-    /// True for a 2xx answer.
-    pub ok: bool,
-    /// The HTTP status; 0 when no HTTP answer came.
-    pub status: u16,
-    /// The parsed JSON body, or the body as a string when it is not JSON.
-    pub body: serde_json::Value,
-    /// Why there was no usable answer.
-    pub error: Option<String>,
-    pub elapsed_ms: u64,
 }
 
 /// What a call writes back.
@@ -117,5 +108,12 @@ impl Summary {
             finished: false,
             pending_forwards: Vec::new(),
         }
+    }
+
+    /// The `limit` youngest of `summaries`, youngest first: what `list` answers.
+    pub(crate) fn newest_first(mut summaries: Vec<Summary>, limit: usize) -> Vec<Summary> {
+        summaries.sort_by_key(|s| s.age_ms);
+        summaries.truncate(limit);
+        summaries
     }
 }

@@ -14,9 +14,7 @@ use crate::body::{self, BodyError};
 use crate::config::Subscription;
 use crate::error_answer::Refusal;
 use crate::runtime::Runtime;
-use crate::signature::SIGNATURE_HEADER;
-
-pub const SUBSCRIPTION_HEADER: &str = "x-mplus-subscription-id";
+use crate::signature::{SIGNATURE_HEADER, SUBSCRIPTION_HEADER};
 
 /// A call whose headers passed the checks that come before its body.
 pub struct Head {

@@ -19,9 +19,9 @@ use super::Summary;
 use crate::config::{parse_duration, Config, Problem, Subscription};
 use crate::conversation::{Clock, MemoryStore, Store};
 use crate::gateway::Gateway;
-use crate::pipeline::{self, Answer, SUBSCRIPTION_HEADER};
+use crate::pipeline::{self, Answer};
 use crate::runtime::Runtime;
-use crate::signature::SIGNATURE_HEADER;
+use crate::signature::{SIGNATURE_HEADER, SUBSCRIPTION_HEADER};
 use crate::telemetry::Metrics;
 
 pub(super) async fn run_file(

@@ -5,8 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use super::file::Pretend;
 use crate::config::parse_duration;
 use crate::conversation::Reply;
@@ -59,35 +57,17 @@ impl UpstreamClient for PretendUpstreams {
         let reply = self.replies.get(&outgoing.upstream).cloned();
         Box::pin(async move {
             let Some((pretend, delay)) = reply else {
-                return Reply {
-                    ok: false,
-                    status: 0,
-                    body: Value::Null,
-                    error: Some(format!(
-                        "the test case pretends no reply for upstream `{}`",
-                        outgoing.upstream
-                    )),
-                    elapsed_ms: 0,
-                };
+                let error = format!(
+                    "the test case pretends no reply for upstream `{}`",
+                    outgoing.upstream
+                );
+                return Reply::failed(error, 0);
             };
             tokio::time::sleep(delay).await;
             let elapsed_ms = crate::config::millis(delay);
             match pretend.error {
-                Some(error) => Reply {
-                    ok: false,
-                    status: 0,
-                    body: Value::Null,
-                    error: Some(error),
-                    elapsed_ms,
-                },
-                None => Reply {
-                    ok: (200..300).contains(&pretend.status),
-                    status: pretend.status,
-                    body: pretend.body,
-                    error: (!(200..300).contains(&pretend.status))
-                        .then(|| format!("upstream answered HTTP {}", pretend.status)),
-                    elapsed_ms,
-                },
+                Some(error) => Reply::failed(error, elapsed_ms),
+                None => Reply::answered(pretend.status, pretend.body, elapsed_ms),
             }
         })
     }

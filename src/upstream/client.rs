@@ -12,7 +12,7 @@ use super::{backoff, Outgoing, SendFuture, UpstreamClient};
 use crate::config::millis;
 use crate::config::Upstream;
 use crate::conversation::Reply;
-use crate::signature::SIGNATURE_HEADER;
+use crate::signature::{SIGNATURE_HEADER, SUBSCRIPTION_HEADER};
 use crate::telemetry::{Metrics, UpstreamOutcome};
 
 /// HTTP clients for every configured upstream.
@@ -87,7 +87,8 @@ impl HttpUpstreams {
     async fn send_with_retries(&self, out: Outgoing) -> Reply {
         let started = Instant::now();
         let Some(pool) = self.upstreams.get(&out.upstream) else {
-            return failed(started, format!("unknown upstream `{}`", out.upstream), 0);
+            let error = format!("unknown upstream `{}`", out.upstream);
+            return Reply::failed(error, millis(started.elapsed()));
         };
         let mut retry = 0;
         loop {
@@ -122,25 +123,19 @@ impl HttpUpstreams {
     ) -> Reply {
         match attempt {
             Attempt::Answer { status, body } => {
-                let ok = (200..300).contains(&status);
-                let outcome = if ok {
+                let reply = Reply::answered(status, body, millis(started.elapsed()));
+                let outcome = if reply.ok {
                     UpstreamOutcome::Success
                 } else {
                     UpstreamOutcome::Status
                 };
                 self.metrics.upstream(upstream, outcome, Some(elapsed));
-                Reply {
-                    ok,
-                    status,
-                    body,
-                    error: (!ok).then(|| format!("upstream answered HTTP {status}")),
-                    elapsed_ms: millis(started.elapsed()),
-                }
+                reply
             }
             Attempt::Failed { error, .. } => {
                 self.metrics
                     .upstream(upstream, UpstreamOutcome::Failure, Some(elapsed));
-                failed(started, error, 0)
+                Reply::failed(error, millis(started.elapsed()))
             }
         }
     }
@@ -181,7 +176,7 @@ impl Pool {
             .client
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("x-mplus-subscription-id", &out.subscription)
+            .header(SUBSCRIPTION_HEADER, &out.subscription)
             .header(SIGNATURE_HEADER, &out.signature)
             .header("idempotency-key", &out.idempotency_key)
             .body(out.body.clone());
@@ -241,14 +236,4 @@ fn root_cause(e: &dyn std::error::Error) -> String {
         cause = next;
     }
     cause.to_string()
-}
-
-fn failed(started: Instant, error: String, status: u16) -> Reply {
-    Reply {
-        ok: false,
-        status,
-        body: serde_json::Value::Null,
-        error: Some(error),
-        elapsed_ms: millis(started.elapsed()),
-    }
 }

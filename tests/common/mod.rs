@@ -9,23 +9,24 @@
 )]
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use pollgate::config::Config;
 use pollgate::shutdown::{self, Trigger};
+pub use pollgate::signature::SUBSCRIPTION_HEADER;
 use pollgate::signature::{Encoding, Secret};
 use pollgate::App;
 use serde_json::Value;
 use tokio::net::TcpListener;
+
+mod upstream;
+// Not every test binary uses the mock upstream.
+#[allow(unused_imports)]
+pub use upstream::*;
 
 /// The shipped demo secret (base64 of "demo-secret-for-pollgate-examples").
 pub const SECRET: &str = "ZGVtby1zZWNyZXQtZm9yLXBvbGxnYXRlLWV4YW1wbGVz";
@@ -335,7 +336,7 @@ impl Till {
             body,
             &[
                 ("content-type", "application/json"),
-                ("x-mplus-subscription-id", &self.subscription.clone()),
+                (SUBSCRIPTION_HEADER, &self.subscription.clone()),
                 ("x-mplus-signature", &sig),
             ],
         )
@@ -407,207 +408,10 @@ where
     }
 }
 
-/// What a mock upstream received.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub path: String,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
-}
-
-/// How a mock upstream answers its n-th request (0-based).
-pub type Behaviour = Arc<dyn Fn(usize) -> MockReply + Send + Sync>;
-
-/// One mock answer.
-#[derive(Clone)]
-pub struct MockReply {
-    pub status: u16,
-    pub body: Bytes,
-    /// Wait this long before answering.
-    pub delay: Duration,
-}
-
-impl MockReply {
-    pub fn json(status: u16, body: Value) -> Self {
-        Self {
-            status,
-            body: Bytes::from(serde_json::to_vec(&body).unwrap()),
-            delay: Duration::ZERO,
-        }
-    }
-
-    pub fn raw(status: u16, body: impl Into<Bytes>) -> Self {
-        Self {
-            status,
-            body: body.into(),
-            delay: Duration::ZERO,
-        }
-    }
-
-    pub fn after(mut self, delay: Duration) -> Self {
-        self.delay = delay;
-        self
-    }
-}
-
-/// A local HTTP upstream on 127.0.0.1:0 that records every request.
-pub struct MockUpstream {
-    pub addr: SocketAddr,
-    pub received: Arc<Mutex<Vec<Received>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl MockUpstream {
-    pub async fn start(behaviour: impl Fn(usize) -> MockReply + Send + Sync + 'static) -> Self {
-        // The gated server with its gate open from the start: one server to maintain.
-        let (upstream, gate) = Self::start_gated(behaviour).await;
-        gate.open();
-        upstream
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}/mplus", self.addr)
-    }
-
-    pub fn count(&self) -> usize {
-        self.received.lock().unwrap().len()
-    }
-
-    pub fn requests(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-}
-
-impl Drop for MockUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// A loopback port with nothing listening (for connection-refused tests).
 pub async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
-}
-
-/// Holds the replies of a [`MockUpstream::start_gated`] upstream until [`Gate::open`], and
-/// counts the requests it holds at once (for "one forward" and connection-cap tests that
-/// must not depend on how fast a reply comes).
-#[derive(Clone)]
-pub struct Gate {
-    open: Arc<tokio::sync::watch::Sender<bool>>,
-    active: Arc<std::sync::atomic::AtomicUsize>,
-    max_active: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Gate {
-    fn new() -> Self {
-        Self {
-            open: Arc::new(tokio::sync::watch::channel(false).0),
-            active: Arc::default(),
-            max_active: Arc::default(),
-        }
-    }
-
-    /// Lets every held and later reply go.
-    pub fn open(&self) {
-        self.open.send_replace(true);
-    }
-
-    /// Requests received and not yet answered.
-    pub fn active(&self) -> usize {
-        self.active.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// The most requests ever received and not yet answered at one time.
-    pub fn max_active(&self) -> usize {
-        self.max_active.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Counts a request in, waits for the gate; the request counts until the guard drops.
-    async fn pass(&self) -> Held {
-        use std::sync::atomic::Ordering::SeqCst;
-        let now = self.active.fetch_add(1, SeqCst) + 1;
-        self.max_active.fetch_max(now, SeqCst);
-        let held = Held(self.active.clone());
-        let mut open = self.open.subscribe();
-        let _ = open.wait_for(|o| *o).await;
-        held
-    }
-}
-
-/// One request in a gated upstream; counted out when dropped, even when the client gave
-/// up and the reply future was dropped.
-struct Held(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl MockUpstream {
-    /// Like [`MockUpstream::start`], but each reply waits until the returned gate opens
-    /// (then for its own `delay`).
-    pub async fn start_gated(
-        behaviour: impl Fn(usize) -> MockReply + Send + Sync + 'static,
-    ) -> (Self, Gate) {
-        let gate = Gate::new();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let behaviour: Behaviour = Arc::new(behaviour);
-        let (rec, held) = (received.clone(), gate.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (rec, behaviour, held) = (rec.clone(), behaviour.clone(), held.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (rec, behaviour, held) = (rec.clone(), behaviour.clone(), held.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
-                            let n = {
-                                let mut rec = rec.lock().unwrap();
-                                rec.push(Received {
-                                    path: parts.uri.path().to_owned(),
-                                    headers: parts.headers,
-                                    body,
-                                });
-                                rec.len() - 1
-                            };
-                            let reply = behaviour(n);
-                            let _held = held.pass().await;
-                            tokio::time::sleep(reply.delay).await;
-                            let mut resp = Response::new(Full::new(reply.body));
-                            *resp.status_mut() = hyper::StatusCode::from_u16(reply.status).unwrap();
-                            resp.headers_mut()
-                                .insert("content-type", "application/json".parse().unwrap());
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        (
-            Self {
-                addr,
-                received,
-                task,
-            },
-            gate,
-        )
-    }
 }
 
 /// A `pollgate serve` child process on free loopback ports; killed when dropped.

@@ -11,22 +11,18 @@
 //! going on are never evicted, so a flood of new ones cannot break a till mid-conversation.
 
 mod finished;
+mod shard;
+mod store;
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
-
-use super::{
-    Commit, ConversationKey, ConversationStore, FinalAnswer, ForwardState, Reply, Snapshot,
-    StoreError, Summary, Update,
-};
+use super::{ConversationKey, StoreError};
 use crate::config::{millis, DEFAULT_MAX_CONVERSATIONS};
 
-use finished::{Finished, FinishedQueue, Seen};
+use finished::{FinishedQueue, Seen};
+use shard::{Entry, Shard};
 
 const SHARDS: usize = 64;
 
@@ -45,68 +41,6 @@ struct Inner {
     held: AtomicUsize,
     max: usize,
     finished: FinishedQueue,
-}
-
-type Shard = HashMap<ConversationKey, Entry, BuildHasherDefault<KeyHasher>>;
-
-struct Entry {
-    event: Arc<str>,
-    first_seen_ms: u64,
-    last_seen_ms: u64,
-    version: u64,
-    attempts: u32,
-    state: Option<Bytes>,
-    finished: Option<FinalAnswer>,
-    forwards: Vec<(Arc<str>, ForwardState)>,
-    /// The number its item in the finished queue carries; 0 while not finished.
-    finished_seq: u64,
-}
-
-impl Entry {
-    fn new(event: &str, now_ms: u64) -> Self {
-        Self {
-            event: event.into(),
-            first_seen_ms: now_ms,
-            last_seen_ms: now_ms,
-            version: 0,
-            attempts: 0,
-            state: None,
-            finished: None,
-            forwards: Vec::new(),
-            finished_seq: 0,
-        }
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            version: self.version,
-            attempt: self.attempts,
-            first_seen_ms: self.first_seen_ms,
-            state: self.state.clone(),
-            finished: self.finished.clone(),
-            forwards: self.forwards.clone(),
-        }
-    }
-}
-
-/// Keys are SHA-256 prefixes already; their `Hash` writes one u64, taken as it is.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 impl MemoryStore {
@@ -234,200 +168,6 @@ impl MemoryStore {
     /// The TTL this store applies.
     pub fn ttl(&self) -> Duration {
         Duration::from_millis(self.inner.ttl_ms)
-    }
-}
-
-impl ConversationStore for MemoryStore {
-    async fn begin(
-        &self,
-        key: ConversationKey,
-        event: &str,
-        now_ms: u64,
-    ) -> Result<Snapshot, StoreError> {
-        let mut shard = self.shard(&key);
-        if self.live(&mut shard, &key, now_ms).is_none() {
-            if self.take_slot() {
-                shard.insert(key, Entry::new(event, now_ms));
-            } else {
-                drop(shard);
-                self.evict_oldest_finished()?;
-                shard = self.shard(&key);
-                self.insert_new(&mut shard, key, event, now_ms);
-            }
-        }
-        let entry = shard
-            .get_mut(&key)
-            .ok_or_else(|| StoreError::Corrupt("entry vanished".into()))?;
-        entry.attempts = entry.attempts.saturating_add(1);
-        entry.last_seen_ms = now_ms;
-        Ok(entry.snapshot())
-    }
-
-    async fn load(&self, key: ConversationKey) -> Result<Option<Snapshot>, StoreError> {
-        Ok(self.shard(&key).get(&key).map(Entry::snapshot))
-    }
-
-    async fn commit(
-        &self,
-        key: ConversationKey,
-        version: u64,
-        update: Update,
-        now_ms: u64,
-    ) -> Result<Commit, StoreError> {
-        let mut shard = self.shard(&key);
-        let Some(entry) = self.live(&mut shard, &key, now_ms) else {
-            // Expired between begin and commit (a TTL shorter than a call): start afresh.
-            return Err(StoreError::Corrupt(
-                "conversation expired during the call".into(),
-            ));
-        };
-        if entry.version != version {
-            return Ok(Commit::Conflict(entry.snapshot()));
-        }
-        entry.version += 1;
-        entry.last_seen_ms = now_ms;
-        if let Some(state) = update.state {
-            entry.state = state;
-        }
-        let mut newly_finished = None;
-        if update.finished.is_some() {
-            entry.finished = update.finished;
-            if entry.finished_seq == 0 {
-                entry.finished_seq = self.inner.finished.next_seq();
-                newly_finished = Some(entry.finished_seq);
-            }
-        }
-        drop(shard);
-        // Queued after the shard lock is let go (the queue's lock comes first, see
-        // `finished`); an evictor that misses it meanwhile finds the next oldest.
-        if let Some(seq) = newly_finished {
-            self.inner.finished.push(Finished {
-                key,
-                seq,
-                at_ms: now_ms,
-            });
-        }
-        Ok(Commit::Saved)
-    }
-
-    async fn claim_forward(
-        &self,
-        key: ConversationKey,
-        upstream: &str,
-        now_ms: u64,
-        lease_until_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let mut shard = self.shard(&key);
-        let Some(entry) = self.live(&mut shard, &key, now_ms) else {
-            return Ok(false);
-        };
-        let slot = entry
-            .forwards
-            .iter_mut()
-            .find(|(name, _)| &**name == upstream);
-        match slot {
-            None => {
-                entry
-                    .forwards
-                    .push((upstream.into(), ForwardState::Pending { lease_until_ms }));
-                Ok(true)
-            }
-            Some((_, state)) => match state {
-                ForwardState::Pending {
-                    lease_until_ms: until,
-                } if *until <= now_ms => {
-                    *state = ForwardState::Pending { lease_until_ms };
-                    Ok(true)
-                }
-                _ => Ok(false),
-            },
-        }
-    }
-
-    async fn renew_forward(
-        &self,
-        key: ConversationKey,
-        upstream: &str,
-        lease_until_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let mut shard = self.shard(&key);
-        let slot = shard
-            .get_mut(&key)
-            .and_then(|e| e.forwards.iter_mut().find(|(name, _)| &**name == upstream));
-        match slot {
-            Some((_, state @ ForwardState::Pending { .. })) => {
-                *state = ForwardState::Pending { lease_until_ms };
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    async fn complete_forward(
-        &self,
-        key: ConversationKey,
-        upstream: &str,
-        reply: &Reply,
-    ) -> Result<(), StoreError> {
-        let mut shard = self.shard(&key);
-        if let Some(entry) = shard.get_mut(&key) {
-            let done = ForwardState::Done(Arc::new(reply.clone()));
-            match entry
-                .forwards
-                .iter_mut()
-                .find(|(name, _)| &**name == upstream)
-            {
-                Some((_, state)) => *state = done,
-                None => entry.forwards.push((upstream.into(), done)),
-            }
-        }
-        Ok(())
-    }
-
-    async fn list(&self, now_ms: u64, limit: usize) -> Result<Vec<Summary>, StoreError> {
-        let ttl = self.inner.ttl_ms;
-        let mut out = Vec::new();
-        for shard in &self.inner.shards {
-            let shard = shard
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (key, e) in shard.iter() {
-                if e.last_seen_ms.saturating_add(ttl) <= now_ms {
-                    continue;
-                }
-                let mut s = Summary::new(*key, &e.event, now_ms, e.first_seen_ms, e.last_seen_ms);
-                s.attempts = e.attempts;
-                s.finished = e.finished.is_some();
-                s.pending_forwards = e
-                    .forwards
-                    .iter()
-                    .filter(|(_, f)| matches!(f, ForwardState::Pending { .. }))
-                    .map(|(n, _)| n.to_string())
-                    .collect();
-                out.push(s);
-            }
-        }
-        out.sort_by_key(|s| s.age_ms);
-        out.truncate(limit);
-        Ok(out)
-    }
-
-    async fn count(&self) -> Result<u64, StoreError> {
-        let total: usize = self
-            .inner
-            .shards
-            .iter()
-            .map(|s| {
-                s.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .len()
-            })
-            .sum();
-        Ok(total as u64)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
     }
 }
 

@@ -1,0 +1,183 @@
+//! Checks only the Redis store has: its TTLs, its key layout, reconnecting, and failing fast.
+
+use std::time::Duration;
+
+use super::{fresh_key, reply, run, T0};
+use crate::conversation::{ConversationKey, ConversationStore, RedisStore, StoreError, Update};
+
+/// The Redis under test, or `None` (test skipped) when none answers outside CI.
+async fn test_redis(ttl: Duration) -> Option<RedisStore> {
+    let url = std::env::var("POLLGATE_TEST_REDIS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let prefix = format!("pollgate-test-{:016x}", fastrand::u64(..));
+    match RedisStore::connect(&url, &prefix, ttl, Duration::from_secs(2)).await {
+        Ok(store) => Some(store),
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but there is no Redis at {url} (set POLLGATE_TEST_REDIS): {e}")
+        }
+        Err(e) => {
+            // Straight to the process's stderr: the test harness captures `eprintln!` of a
+            // passing test, and a skip nobody sees is a pass nobody earned.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipped: no Redis at {url} ({e})");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_passes_conformance() {
+    // Keys carry a 10-minute TTL, so even a failed run cleans up after itself.
+    let Some(store) = test_redis(Duration::from_secs(600)).await else {
+        return;
+    };
+    run(&store).await;
+    assert!(store.remove_all().await.unwrap() > 0);
+    assert_eq!(store.count().await.unwrap(), 0);
+}
+
+async fn pttl(store: &RedisStore, key: ConversationKey) -> i64 {
+    store
+        .query(::redis::cmd("PTTL").arg(store.key_name(key)))
+        .await
+        .unwrap()
+}
+
+/// Shortens the key's TTL, so the next write can be seen to refresh it.
+async fn shorten_ttl(store: &RedisStore, key: ConversationKey) {
+    let set: i64 = store
+        .query(::redis::cmd("PEXPIRE").arg(store.key_name(key)).arg(5_000))
+        .await
+        .unwrap();
+    assert_eq!(set, 1);
+}
+
+#[tokio::test]
+async fn redis_every_write_refreshes_the_ttl() {
+    const TTL_MS: i64 = 600_000;
+    let Some(store) = test_redis(Duration::from_secs(600)).await else {
+        return;
+    };
+    let key = fresh_key();
+    let fresh = |ms: i64| ms > 5_000 && ms <= TTL_MS;
+
+    store.begin(key, "e", T0).await.unwrap();
+    assert!(fresh(pttl(&store, key).await), "after begin");
+    shorten_ttl(&store, key).await;
+    store.begin(key, "e", T0 + 1).await.unwrap();
+    assert!(fresh(pttl(&store, key).await), "after a second begin");
+
+    shorten_ttl(&store, key).await;
+    store
+        .commit(key, 0, Update::default(), T0 + 2)
+        .await
+        .unwrap();
+    assert!(fresh(pttl(&store, key).await), "after commit");
+
+    shorten_ttl(&store, key).await;
+    assert!(store.claim_forward(key, "b", T0, T0 + 1).await.unwrap());
+    assert!(fresh(pttl(&store, key).await), "after claim_forward");
+
+    shorten_ttl(&store, key).await;
+    store.complete_forward(key, "b", &reply()).await.unwrap();
+    assert!(fresh(pttl(&store, key).await), "after complete_forward");
+
+    // A refused claim, a stale commit and a load write nothing, and the key keeps a TTL.
+    store.claim_forward(key, "b", T0, T0 + 1).await.unwrap();
+    store.commit(key, 0, Update::default(), T0).await.unwrap();
+    store.load(key).await.unwrap();
+    assert!(pttl(&store, key).await > 0);
+
+    // Writes to a missing conversation create no key (which would have no TTL).
+    let gone = fresh_key();
+    store.claim_forward(gone, "b", T0, T0 + 1).await.unwrap();
+    store.complete_forward(gone, "b", &reply()).await.unwrap();
+    assert_eq!(pttl(&store, gone).await, -2, "no key");
+    store.remove_all().await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_keys_follow_the_documented_layout() {
+    let Some(store) = test_redis(Duration::from_secs(600)).await else {
+        return;
+    };
+    let key = fresh_key();
+    store.begin(key, "addSessionLine", T0).await.unwrap();
+    let name = store.key_name(key);
+    assert!(name.starts_with("pollgate-test-") && name.ends_with(&format!(":conv:{key}")));
+    let kind: String = store.query(::redis::cmd("TYPE").arg(&name)).await.unwrap();
+    assert_eq!(kind, "hash");
+    let event: String = store
+        .query(::redis::cmd("HGET").arg(&name).arg("ev"))
+        .await
+        .unwrap();
+    assert_eq!(event, "addSessionLine");
+
+    // A field that does not decode is reported as corrupt, not as a panic or a default.
+    let _: i64 = store
+        .query(::redis::cmd("HSET").arg(&name).arg("v").arg("not a number"))
+        .await
+        .unwrap();
+    assert!(matches!(store.load(key).await, Err(StoreError::Corrupt(_))));
+    store.remove_all().await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_store_reconnects_after_losing_its_connection() {
+    let Some(store) = test_redis(Duration::from_secs(600)).await else {
+        return;
+    };
+    let id: i64 = store.query(::redis::cmd("CLIENT").arg("ID")).await.unwrap();
+    // Redis answers OK and then closes this very connection.
+    let _: ::redis::Value = store
+        .query(
+            ::redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .arg("SKIPME")
+                .arg("no"),
+        )
+        .await
+        .unwrap();
+    // The command that finds the connection dead may fail; a later one must not.
+    let mut answered = false;
+    for _ in 0..5 {
+        if store.ping().await.is_ok() {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "the store reconnected");
+    let key = fresh_key();
+    assert_eq!(store.begin(key, "e", T0).await.unwrap().attempt, 1);
+    let new_id: i64 = store.query(::redis::cmd("CLIENT").arg("ID")).await.unwrap();
+    assert_ne!(id, new_id, "a new connection");
+    store.remove_all().await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_connect_fails_fast_when_nobody_answers() {
+    // A port that was just free: refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("redis://{}", closed.local_addr().unwrap());
+    drop(closed);
+    // A listener that never answers: the connection opens, the handshake hangs.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("redis://{}", silent.local_addr().unwrap());
+    for url in [closed_url, silent_url] {
+        let attempt = RedisStore::connect(
+            &url,
+            "p",
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+        );
+        let result = tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .unwrap_or_else(|_| panic!("connect to {url} hung"));
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{url}: {result:?}"
+        );
+    }
+}
