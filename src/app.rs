@@ -107,45 +107,9 @@ impl App {
             };
             (server.shutdown_grace, server.request_timeout, limits)
         };
-        let (admin_stop, admin_shutdown) = shutdown::channel();
         let budget = BodyBudget::default();
-        let admin_state = AdminState {
-            budget: budget.clone(),
-            gateway: self.gateway.clone(),
-            reloader: self.reloader.clone(),
-            ready: self.ready.clone(),
-        };
-        let admin_service = tower::service_fn(move |req| admin::handle(admin_state.clone(), req));
-        let admin_task = tokio::spawn(server::serve(
-            admin,
-            admin_service,
-            admin_shutdown,
-            Duration::from_secs(1),
-            ConnLimits {
-                max_connections: ADMIN_MAX_CONNECTIONS,
-                ..limits
-            },
-        ));
-
-        let mut background = Vec::new();
-        #[cfg(unix)]
-        if let Some(hup) = self.reloader.clone().on_sighup(shutdown.clone()) {
-            background.push(tokio::spawn(hup));
-        }
-        if self.watch {
-            background.push(tokio::spawn(
-                self.reloader
-                    .clone()
-                    .watch_folder(WATCH_DEBOUNCE, shutdown.clone()),
-            ));
-        }
-        if let Store::Memory(memory) = &self.gateway.store {
-            background.push(tokio::spawn(sweep(
-                memory.clone(),
-                self.gateway.clock,
-                shutdown.clone(),
-            )));
-        }
+        let (admin_stop, admin_task) = self.serve_admin(admin, budget.clone(), limits);
+        let background = self.background(&shutdown);
 
         let gateway = self.gateway.clone();
         // Telemetry and the last-resort deadline around the handler; see `http::layers`.
@@ -182,6 +146,62 @@ impl App {
             task.abort();
         }
         tracing::info!("pollgate stopped");
+    }
+}
+
+impl App {
+    /// The admin listener, served until the returned trigger fires (after the webhook
+    /// listener's drain, so `/readyz` answers 503 meanwhile).
+    fn serve_admin(
+        &self,
+        admin: TcpListener,
+        budget: BodyBudget,
+        limits: ConnLimits,
+    ) -> (shutdown::Trigger, tokio::task::JoinHandle<()>) {
+        let (admin_stop, admin_shutdown) = shutdown::channel();
+        let admin_state = AdminState {
+            budget,
+            gateway: self.gateway.clone(),
+            reloader: self.reloader.clone(),
+            ready: self.ready.clone(),
+        };
+        let admin_service = tower::service_fn(move |req| admin::handle(admin_state.clone(), req));
+        let admin_task = tokio::spawn(server::serve(
+            admin,
+            admin_service,
+            admin_shutdown,
+            Duration::from_secs(1),
+            ConnLimits {
+                max_connections: ADMIN_MAX_CONNECTIONS,
+                ..limits
+            },
+        ));
+        (admin_stop, admin_task)
+    }
+
+    /// The tasks beside the listeners: SIGHUP, the folder watcher, the memory store's
+    /// sweep. Each ends on `shutdown` (and is aborted once serving is over).
+    fn background(&self, shutdown: &Shutdown) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut background = Vec::new();
+        #[cfg(unix)]
+        if let Some(hup) = self.reloader.clone().on_sighup(shutdown.clone()) {
+            background.push(tokio::spawn(hup));
+        }
+        if self.watch {
+            background.push(tokio::spawn(
+                self.reloader
+                    .clone()
+                    .watch_folder(WATCH_DEBOUNCE, shutdown.clone()),
+            ));
+        }
+        if let Store::Memory(memory) = &self.gateway.store {
+            background.push(tokio::spawn(sweep(
+                memory.clone(),
+                self.gateway.clock,
+                shutdown.clone(),
+            )));
+        }
+        background
     }
 }
 

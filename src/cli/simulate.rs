@@ -67,19 +67,7 @@ pub async fn simulate(args: &SimulateArgs, out: &mut dyn Write) -> ExitCode {
 
 async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
     let secret = super::secret_arg(&args.secret, args.encoding)?;
-    let body = match &args.body {
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            if args.fresh {
-                freshen(&bytes).ok_or_else(|| {
-                    format!("{}: --fresh needs a JSON object body", path.display())
-                })?
-            } else {
-                bytes
-            }
-        }
-        None => example_body(&args.event),
-    };
+    let body = call_body(args)?;
     let url = format!("{}/{}", args.url.trim_end_matches('/'), args.event);
     let signature = secret.sign(&body);
     crate::upstream::install_crypto_provider();
@@ -100,31 +88,7 @@ async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
             .send()
             .await
             .map_err(|e| format!("cannot reach {url}: {}", super::causes(&e)))?;
-        let status = response.status().as_u16();
-        let answer_signature = response
-            .headers()
-            .get(SIGNATURE_HEADER)
-            .map(|v| v.as_bytes().to_vec());
-        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&bytes);
-        let _ = writeln!(out, "<- {status} {text}");
-        if status != 200 {
-            return Err(error_answer(
-                status,
-                &bytes,
-                answer_signature.as_deref(),
-                &secret,
-                args,
-            ));
-        }
-        match answer_signature {
-            None => return Err("the answer is not signed (no X-Mplus-Signature)".into()),
-            Some(sig) => secret
-                .verify(&sig, &bytes)
-                .map_err(|e| format!("the answer's signature is wrong: {e}"))?,
-        }
-        let json: Value =
-            serde_json::from_slice(&bytes).map_err(|_| "the answer is not JSON".to_owned())?;
+        let json = checked_answer(response, &secret, args, out).await?;
         show(&json, out);
         match json.pointer("/polling/finished").and_then(Value::as_bool) {
             Some(false) => tokio::time::sleep(args.interval).await,
@@ -139,6 +103,46 @@ async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
         }
     }
     Err(format!("not finished after --max-polls {}", args.max_polls))
+}
+
+/// The body to send: `--body` (made fresh with `--fresh`) or the event's example.
+fn call_body(args: &SimulateArgs) -> Result<Vec<u8>, String> {
+    let Some(path) = &args.body else {
+        return Ok(example_body(&args.event));
+    };
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !args.fresh {
+        return Ok(bytes);
+    }
+    freshen(&bytes).ok_or_else(|| format!("{}: --fresh needs a JSON object body", path.display()))
+}
+
+/// Prints the answer and checks it as a till would: 200, signed with the secret, JSON.
+async fn checked_answer(
+    response: reqwest::Response,
+    secret: &Secret,
+    args: &SimulateArgs,
+    out: &mut dyn Write,
+) -> Result<Value, String> {
+    let status = response.status().as_u16();
+    let answer_signature = response
+        .headers()
+        .get(SIGNATURE_HEADER)
+        .map(|v| v.as_bytes().to_vec());
+    let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&bytes);
+    let _ = writeln!(out, "<- {status} {text}");
+    if status != 200 {
+        let signature = answer_signature.as_deref();
+        return Err(error_answer(status, &bytes, signature, secret, args));
+    }
+    match answer_signature {
+        None => return Err("the answer is not signed (no X-Mplus-Signature)".into()),
+        Some(sig) => secret
+            .verify(&sig, &bytes)
+            .map_err(|e| format!("the answer's signature is wrong: {e}"))?,
+    }
+    serde_json::from_slice(&bytes).map_err(|_| "the answer is not JSON".to_owned())
 }
 
 /// What went wrong, for an answer other than 200: the gateway's error code and message

@@ -7,6 +7,7 @@
 
 mod api;
 mod eval;
+mod failure;
 mod forwards;
 pub mod inline;
 pub mod pool;
@@ -24,7 +25,8 @@ use rhai::{Engine, AST};
 use crate::telemetry::escape::loggable;
 
 pub use api::{finish_answer, ApiError, ForwardRequest, Reject};
-pub use eval::{Evaluation, Input, RuleError, Verdict};
+pub use eval::{Evaluation, Input, Verdict};
+pub use failure::RuleError;
 use pool::{PoolSize, RulePool};
 
 use crate::config::{Limits, Problem};
