@@ -59,6 +59,40 @@ pub fn load_config(
     Config::load_checking(path, env, &crate::rules::check)
 }
 
+/// How `event` is answered, compiled; `None` (with its problems added) when it cannot be.
+fn compile(
+    engine: &RuleEngine,
+    config: &Config,
+    name: &str,
+    event: &Event,
+    problems: &mut Vec<Problem>,
+) -> Option<How> {
+    match &event.answer {
+        Answer::Rule { path, source } => match engine.compile(path, source) {
+            Ok(rule) => {
+                problems
+                    .extend(rule.unknown_upstreams(&|name| config.upstreams.contains_key(name)));
+                Some(How::Rule(rule))
+            }
+            Err(problem) => {
+                problems.push(problem);
+                None
+            }
+        },
+        Answer::Respond(body) => {
+            let map = rhai::serde::to_dynamic(body)
+                .ok()
+                .and_then(Dynamic::try_cast::<Map>);
+            if map.is_none() {
+                let key = format!("events.{name}.respond");
+                problems.push(Problem::at_key(&config.path, key, "must be a map"));
+            }
+            map.map(How::Respond)
+        }
+        Answer::Reply => Some(How::Reply),
+    }
+}
+
 impl Runtime {
     /// Compiles every rule of `config`, reporting every problem at once.
     pub fn build(
@@ -82,34 +116,8 @@ impl Runtime {
         let mut problems = Vec::new();
         let mut events = HashMap::new();
         for (name, event) in &config.events {
-            let how = match &event.answer {
-                Answer::Rule { path, source } => match engine.compile(path, source) {
-                    Ok(rule) => {
-                        problems.extend(
-                            rule.unknown_upstreams(&|name| config.upstreams.contains_key(name)),
-                        );
-                        How::Rule(rule)
-                    }
-                    Err(problem) => {
-                        problems.push(problem);
-                        continue;
-                    }
-                },
-                Answer::Respond(body) => match rhai::serde::to_dynamic(body)
-                    .ok()
-                    .and_then(Dynamic::try_cast::<Map>)
-                {
-                    Some(map) => How::Respond(map),
-                    None => {
-                        problems.push(Problem::at_key(
-                            &config.path,
-                            format!("events.{name}.respond"),
-                            "must be a map",
-                        ));
-                        continue;
-                    }
-                },
-                Answer::Reply => How::Reply,
+            let Some(how) = compile(&engine, &config, name, event, &mut problems) else {
+                continue;
             };
             let outcomes = Outcome::of_event(event.polling.is_some(), matches!(how, How::Rule(_)));
             events.insert(
