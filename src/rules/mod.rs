@@ -6,6 +6,7 @@
 //! Evaluations run on [`pool`]'s threads, never on the HTTP threads.
 
 mod api;
+mod contains;
 mod eval;
 mod failure;
 mod forwards;
@@ -99,6 +100,7 @@ fn configured_engine(limits: &Limits) -> Engine {
     engine.on_progress(|_| api::progress().map(Into::into));
     api::register(&mut engine);
     sort::register(&mut engine);
+    contains::register(&mut engine);
     engine
 }
 
