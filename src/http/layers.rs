@@ -88,10 +88,11 @@ where
         let started = Instant::now();
         // Read from the head now: the request itself moves into the handler, which reuses
         // this instead of looking it up again.
-        let to = Addressee::of(&self.layer.runtime.load(), req.uri().path(), req.headers());
+        let rt = self.layer.runtime.load_full();
+        let to = Addressee::of(rt, req.method(), req.uri().path(), req.headers());
         req.extensions_mut().insert(to.clone());
         let future = self.inner.call(req);
-        let CallLayer { timeout, runtime } = self.layer.clone();
+        let timeout = self.layer.timeout;
         Box::pin(async move {
             let mut response = match tokio::time::timeout(timeout, future).await {
                 Ok(response) => response?,
@@ -103,7 +104,7 @@ where
             let elapsed = started.elapsed();
             if let Some(record) = response.extensions_mut().remove::<CallRecord>() {
                 record.metrics.call(record.outcome, elapsed);
-                if runtime.load().config.server.access_log {
+                if to.rt.config.server.access_log {
                     log_call(&record, response.status().as_u16(), elapsed);
                 }
             }

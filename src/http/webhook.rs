@@ -21,39 +21,40 @@ use crate::pipeline::{self, Answer, CallNote};
 use crate::runtime::Runtime;
 use crate::telemetry::{EventMetrics, Outcome};
 
-/// Who a request is for, from its head alone: what any answer to it is counted under and
-/// signed with, even one given before (or instead of) the handler's own.
+/// Who a request is for, from its head alone: the generation it is answered with, its
+/// route, what any answer to it is counted under and signed with, even one given before
+/// (or instead of) the handler's own.
 #[derive(Clone)]
 pub struct Addressee {
-    /// The event name, when the path is a valid event path.
-    pub event: Option<String>,
+    /// The generation loaded when the call came in; the handler answers with it too.
+    pub rt: Arc<Runtime>,
+    /// The event name of a POST to a valid event path; else why it is no event's call
+    /// (`NotFound`, `MethodNotAllowed`), counted under `event="none"`.
+    pub route: Result<String, Refusal>,
     pub metrics: Arc<EventMetrics>,
-    /// The subscription named by the headers, when it is a known one.
+    /// The subscription named by the headers, when it is a known one: every answer is
+    /// signed with it, a 404 or 405 too.
     pub subscription: Option<Arc<Subscription>>,
 }
 
 impl Addressee {
-    pub fn of(rt: &Runtime, path: &str, headers: &HeaderMap) -> Self {
-        let subscription = pipeline::subscription(rt, headers).ok();
-        let Some(event) = event_name(path, &rt.config.server.base_path) else {
-            return Self::off_route(rt, subscription);
+    pub fn of(rt: Arc<Runtime>, method: &Method, path: &str, headers: &HeaderMap) -> Self {
+        let subscription = pipeline::subscription(&rt, headers).ok();
+        let route = match event_name(path, &rt.config.server.base_path) {
+            None => Err(Refusal::NotFound),
+            Some(_) if method != Method::POST => Err(Refusal::MethodNotAllowed),
+            Some(event) => Ok(event.to_owned()),
         };
-        let metrics = rt
-            .event(event)
-            .map_or_else(|| rt.unconfigured.clone(), |e| e.metrics.clone());
+        let metrics = match &route {
+            Ok(event) => rt
+                .event(event)
+                .map_or_else(|| rt.unconfigured.clone(), |e| e.metrics.clone()),
+            Err(_) => rt.no_event.clone(),
+        };
         Self {
-            event: Some(event.to_owned()),
+            rt,
+            route,
             metrics,
-            subscription,
-        }
-    }
-
-    /// A request that is no event's call (`404`, `405`): counted under `event="none"`, and
-    /// still signed when the headers name a known subscription.
-    fn off_route(rt: &Runtime, subscription: Option<Arc<Subscription>>) -> Self {
-        Self {
-            event: None,
-            metrics: rt.no_event.clone(),
             subscription,
         }
     }
@@ -63,7 +64,7 @@ impl Addressee {
         CallRecord {
             metrics: self.metrics.clone(),
             outcome,
-            event: self.event.clone(),
+            event: self.route.as_ref().ok().cloned(),
             subscription: self.subscription.clone(),
             note,
         }
@@ -80,22 +81,17 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let rt = gateway.runtime.load_full();
     let (mut parts, body) = req.into_parts();
-    let to = parts
-        .extensions
-        .remove::<Addressee>()
-        .unwrap_or_else(|| Addressee::of(&rt, parts.uri.path(), &parts.headers));
-    let response = match call(&gateway, &rt, &budget, &to, &parts, body).await {
+    let to = parts.extensions.remove::<Addressee>().unwrap_or_else(|| {
+        let rt = gateway.runtime.load_full();
+        Addressee::of(rt, &parts.method, parts.uri.path(), &parts.headers)
+    });
+    let response = match call(&gateway, &budget, &to, &parts, body).await {
         Ok((sub, answer)) => {
             let mut response = json_response(answer.status, answer.body, Some(&sub));
             let record = to.record(answer.outcome, answer.note);
             response.extensions_mut().insert(record);
             response
-        }
-        Err(Refusal::MethodNotAllowed) => {
-            let off_route = Addressee::off_route(&rt, to.subscription.clone());
-            refused(Refusal::MethodNotAllowed, &off_route)
         }
         Err(refusal) => refused(refusal, &to),
     };
@@ -106,7 +102,6 @@ where
 /// and has the pipeline answer it; the answer and the subscription that signs it.
 async fn call<B>(
     gateway: &Gateway,
-    rt: &Runtime,
     budget: &BodyBudget,
     to: &Addressee,
     parts: &Parts,
@@ -116,10 +111,8 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let event_name = to.event.as_deref().ok_or(Refusal::NotFound)?;
-    if parts.method != Method::POST {
-        return Err(Refusal::MethodNotAllowed);
-    }
+    let event_name = to.route.as_deref().map_err(|refusal| *refusal)?;
+    let rt = &*to.rt;
     let server = &rt.config.server;
     let max = server.max_body_bytes;
     let declared = parts
