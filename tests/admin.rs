@@ -616,3 +616,50 @@ async fn the_conversation_list_is_capped_at_1000_whatever_the_limit() {
         assert_eq!(list.len(), 1000, "{path}");
     }
 }
+
+#[tokio::test]
+async fn admin_error_answers_are_exact_and_unsigned() {
+    let gw = Gateway::start(POLLING, &[("rule.rhai", "finish()")]).await;
+    let exact = |r: &reqwest::Response, status: u16| {
+        assert_eq!(r.status(), status);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert!(
+            r.headers().get("x-mplus-signature").is_none(),
+            "no till reads admin answers: never signed"
+        );
+    };
+    let r = client().get(gw.admin_url("/nope")).send().await.unwrap();
+    exact(&r, 404);
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"error":{"code":"NOT_FOUND","message":"admin endpoints: /healthz /readyz /metrics /conversations /reload"}}"#
+    );
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/reload", "POST"),
+        (reqwest::Method::POST, "/metrics", "GET"),
+        (reqwest::Method::DELETE, "/conversations", "GET"),
+    ] {
+        let r = client()
+            .request(method, gw.admin_url(path))
+            .send()
+            .await
+            .unwrap();
+        exact(&r, 405);
+        assert_eq!(r.headers()["allow"], allow, "{path}");
+        assert_eq!(
+            r.text().await.unwrap(),
+            format!(r#"{{"error":{{"code":"METHOD_NOT_ALLOWED","message":"use {allow}"}}}}"#)
+        );
+    }
+    let r = client()
+        .post(gw.admin_url("/reload"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    exact(&r, 403);
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"error":{"code":"CROSS_ORIGIN","message":"Sec-Fetch-Site says the request comes from another site; the admin endpoints refuse requests from other sites' pages"}}"#
+    );
+}
