@@ -24,7 +24,7 @@ use rhai::Dynamic;
 use tokio::time::Instant;
 
 pub use answer::{Answer, CallNote};
-pub use checks::{check_body, check_head, subscription, Head, Verified};
+pub use checks::{body_reads, check_body, check_head, subscription, Head, Verified};
 
 use crate::conversation::{ConversationKey, Snapshot, StoreError};
 use crate::gateway::Gateway;
