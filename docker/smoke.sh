@@ -1,0 +1,297 @@
+#!/usr/bin/env bash
+# docker/smoke.sh: build docker/Dockerfile with podman and use the image as an operator would
+# (docker/README.md, "Smoke test with podman"). Run it from anywhere, as root:
+#
+#   docker/smoke.sh                   # the image, then docker/compose.yaml (podman-compose)
+#   SMOKE_COMPOSE=0 docker/smoke.sh   # the image only
+#
+# Needs no container registry: the base images the Dockerfile starts from are made from
+# Debian's packages (mmdebstrap) and imported under the names its FROM lines use; they stay
+# in podman's storage, so only the first run makes them. The build stage (rust:...) is
+# replaced by the release binary built here with `cargo build --release --locked`, handed
+# to `podman build` as the build context named `build` (what `COPY --from=build` reads);
+# everything after it is the Dockerfile as a Docker user builds it.
+#
+# Every step is bounded in time, everything listens on 127.0.0.1 only, and the containers
+# it starts are removed when it ends. The secret is MPLUS_SECRET when set, else a random
+# one; it is passed by name (`-e MPLUS_SECRET`), never on a command line, never printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+image=${SMOKE_IMAGE:-localhost/pollgate:smoke}
+max_mb=${SMOKE_MAX_MB:-40}
+mirror=${SMOKE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+security=${SMOKE_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
+started=$SECONDS
+
+say() { echo "smoke: $*"; }
+fail() {
+  echo "smoke: FAILED: $*" >&2
+  exit 1
+}
+
+# ---- tools ----------------------------------------------------------------------------
+# Debian's podman 4.3 with runc; mmdebstrap for the base images; podman-compose only when
+# the compose file is checked too.
+need=()
+for tool in podman:podman runc:runc mmdebstrap:mmdebstrap slirp4netns:slirp4netns \
+  newuidmap:uidmap fuse-overlayfs:fuse-overlayfs; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
+if [ "${SMOKE_COMPOSE:-1}" = 1 ] && ! command -v podman-compose >/dev/null; then
+  need+=(podman-compose)
+fi
+if [ "${#need[@]}" -gt 0 ]; then
+  say "installing ${need[*]} (apt-get)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# ---- podman on this machine ---------------------------------------------------------------
+# Three adjustments (docker/README.md): the vfs storage driver (no overlay mounts in this
+# sandbox), no default ulimits (podman's exceed the sandbox's hard limits: `setrlimit
+# RLIMIT_NOFILE: Operation not permitted`) and runc (crun 1.8 refuses hybrid cgroups).
+# Podman 4.3 reads CONTAINERS_CONF only; newer ones also CONTAINERS_CONF_OVERRIDE, which
+# keeps the system's containers.conf under ours. The cgroupfs manager and file events:
+# there is no systemd here.
+work=$(mktemp -d)
+cat >"$work/containers.conf" <<'EOF'
+[containers]
+default_ulimits = []
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+EOF
+cat >"$work/storage.conf" <<'EOF'
+[storage]
+driver = "vfs"
+runroot = "/run/containers/storage"
+graphroot = "/var/lib/containers/storage"
+EOF
+export CONTAINERS_CONF="$work/containers.conf" CONTAINERS_CONF_OVERRIDE="$work/containers.conf"
+export CONTAINERS_STORAGE_CONF="$work/storage.conf"
+pm() { timeout "${limit:-120}" podman --storage-driver vfs "$@"; }
+
+containers=()
+cleanup() {
+  local status=$?
+  for c in "${containers[@]}"; do podman --storage-driver vfs rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
+  if [ -n "${compose_up:-}" ]; then
+    (cd docker && timeout 60 podman-compose -f compose.yaml down -t 1 >/dev/null 2>&1) || true
+  fi
+  rm -rf "$work"
+  [ "$status" -eq 0 ] || echo "smoke: FAILED after $((SECONDS - started))s" >&2
+}
+trap cleanup EXIT
+
+# ---- base images from Debian's packages ---------------------------------------------------
+# What the registry would have served, made locally: debian:bookworm-slim is a minbase
+# bookworm (with its updates and security suites) without documentation and locales, as
+# Debian's slim images are. Labelled, so `podman image inspect` tells it from the real one.
+debian_base() { # NAME SUITE
+  local name=$1 suite=$2
+  pm image exists "$name" && return
+  say "making $name from Debian's packages (mmdebstrap $suite, minbase; once)"
+  timeout 900 mmdebstrap --quiet --variant=minbase \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+    "$suite" "$work/rootfs.tar" \
+    "deb $mirror $suite main" "deb $mirror $suite-updates main" "deb $security $suite-security main"
+  limit=300 pm import --quiet \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'LABEL pollgate.smoke.made-by="docker/smoke.sh: mmdebstrap '"$suite"' from '"$mirror"'"' \
+    --change 'CMD ["bash"]' "$work/rootfs.tar" "$name" >/dev/null
+  rm -f "$work/rootfs.tar"
+}
+
+# The bases docker/Dockerfile starts from, but the build stage's (replaced, below) and
+# `scratch` (no image at all). Only Debian bookworm ones have a recipe here.
+build_stage_base=$(awk 'toupper($1) == "FROM" && tolower($3) == "as" && $4 == "build" { print $2 }' docker/Dockerfile)
+while read -r base; do
+  case "$base" in
+    scratch | "$build_stage_base") ;;
+    debian:bookworm-slim) debian_base "docker.io/library/$base" bookworm ;;
+    *) fail "docker/Dockerfile starts from $base, which this script cannot make" ;;
+  esac
+done < <(awk 'toupper($1) == "FROM" { print $2 }' docker/Dockerfile | sort -u)
+
+# ---- the build stage: the release binary, built here -------------------------------------
+# The same command as the build stage's, on this machine's toolchain (Debian bookworm, the
+# glibc the runtime stage copies). Skipped when SMOKE_BINARY names a binary already built.
+binary=${SMOKE_BINARY:-}
+if [ -z "$binary" ]; then
+  say "cargo build --release --locked"
+  cargo build --release --locked --quiet
+  binary="${CARGO_TARGET_DIR:-target}/release/pollgate"
+fi
+[ -x "$binary" ] || fail "$binary: no pollgate binary"
+mkdir -p "$work/build/out"
+install -m 0755 "$binary" "$work/build/out/pollgate"
+
+# ---- podman build -------------------------------------------------------------------------
+# --format docker: the OCI format has no HEALTHCHECK. --pull=never: nothing can be pulled.
+say "podman build -f docker/Dockerfile --build-context build=<the binary> -t $image ."
+t0=$SECONDS
+limit=1200 pm build --quiet --pull=never --format docker --layers \
+  --build-context "build=$work/build" -f docker/Dockerfile -t "$image" . >"$work/build.log" 2>&1 \
+  || { tail -n 40 "$work/build.log"; fail "podman build"; }
+bytes=$(pm image inspect --format '{{.Size}}' "$image")
+mb=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1000000 }')
+say "built $image in $((SECONDS - t0))s: $mb MB ($bytes bytes; goal under $max_mb MB)"
+awk -v b="$bytes" -v m="$max_mb" 'BEGIN { exit !(b < m * 1000000) }' \
+  || fail "the image is $mb MB, over $max_mb MB"
+health=$(pm image inspect --format '{{json .Config.Healthcheck.Test}}' "$image")
+[ "$health" = '["CMD","pollgate","healthcheck"]' ] || fail "image healthcheck $health"
+
+# ---- one-shot commands: `docker run IMAGE check`, `docker run IMAGE test` -----------------
+secret=${MPLUS_SECRET:-$(head -c 32 /dev/urandom | base64)}
+export MPLUS_SECRET=$secret
+# --no-healthcheck: podman would log that it cannot set up the timers (no systemd here).
+out=$(pm run --rm --pull=never --no-healthcheck -e MPLUS_SECRET "$image" check 2>&1) || fail "IMAGE check: $out"
+say "IMAGE check: $out"
+[[ "$out" == *": ok ("* ]] || fail "IMAGE check said: $out"
+out=$(pm run --rm --pull=never --no-healthcheck --network none "$image" test 2>&1) || fail "IMAGE test: $out"
+say "IMAGE test: $(tail -n 1 <<<"$out")"
+[[ "$(tail -n 1 <<<"$out")" == *" passed, 0 failed" ]] || fail "IMAGE test said: $out"
+
+# ---- the gateway ----------------------------------------------------------------------------
+# As docker/README.md runs it: the image's CMD, the webhook port published on the host's
+# loopback (a free port chosen by podman), the secret from the environment.
+name="pollgate-smoke-$$"
+containers+=("$name")
+# podman's complaint that it cannot set up the health check's timers (no systemd: it runs
+# when asked, with `podman healthcheck run`) goes to run.log.
+pm run -d --pull=never --name "$name" -p 127.0.0.1::8080 -e MPLUS_SECRET "$image" >/dev/null 2>"$work/run.log" \
+  || { cat "$work/run.log"; fail "podman run -d"; }
+port=$(pm port "$name" 8080/tcp)
+port=${port##*:}
+say "started $name: webhooks on 127.0.0.1:$port"
+
+# The image's HEALTHCHECK command, as podman runs it inside the container.
+healthy=
+for _ in $(seq 60); do
+  if pm healthcheck run "$name" >/dev/null 2>&1; then
+    healthy=1
+    break
+  fi
+  sleep 0.5
+done
+[ -n "$healthy" ] || { pm logs "$name" 2>&1 | tail -n 20; fail "the HEALTHCHECK never passed"; }
+say "HEALTHCHECK (pollgate healthcheck, inside the container): $(pm inspect --format '{{.State.Health.Status}}' "$name")"
+
+# The process runs as the image's unprivileged user: its uid as the host's kernel sees it.
+pid=$(pm inspect --format '{{.State.Pid}}' "$name")
+uid=$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status")
+[ "$uid" = 10001 ] || fail "pollgate runs as uid $uid, not 10001"
+say "process $pid runs as uid $uid (pollgate), not root"
+
+# A till's calls on the published port: signed with the secret, answers verified by
+# `pollgate simulate` (a bad answer signature fails it).
+url="http://127.0.0.1:$port/webhooks"
+for event in scanCode startPayment; do
+  out=$(timeout 30 "$binary" simulate --url "$url" --event "$event" --max-polls 5 2>&1) \
+    || fail "simulate --event $event: $out"
+  say "simulate --event $event: $(tr '\n' ' ' <<<"$out" | cut -c1-200)"
+done
+# A call signed with another secret is refused, so the container really uses ours.
+if out=$(MPLUS_SECRET=$(head -c 32 /dev/urandom | base64) timeout 30 "$binary" simulate --url "$url" --event scanCode 2>&1); then
+  fail "a call signed with another secret was answered: $out"
+fi
+say "a call signed with another secret is refused: $(tail -n 1 <<<"$out" | cut -c1-160)"
+
+# SIGTERM: `podman stop` with a timeout over server.shutdown_grace (10s); pollgate must end
+# by itself (exit 0), not be killed when the timeout runs out.
+t0=$(date +%s%N)
+pm stop -t 15 "$name" >/dev/null 2>>"$work/run.log"
+ms=$((($(date +%s%N) - t0) / 1000000))
+code=$(pm inspect --format '{{.State.ExitCode}}' "$name")
+[ "$code" = 0 ] || { pm logs "$name" 2>&1 | tail -n 20; fail "exit code $code after SIGTERM"; }
+[ "$ms" -lt 10000 ] || fail "SIGTERM took ${ms}ms"
+say "podman stop (SIGTERM): exit $code after ${ms}ms"
+logs=$(pm logs "$name" 2>&1)
+if grep -qF "$secret" <<<"$logs"; then fail "the secret is in the container's log"; fi
+say "the log ($(wc -l <<<"$logs") lines) does not hold the secret"
+
+# ---- docker/compose.yaml with podman-compose ------------------------------------------------
+# Debian's podman-compose (1.0.3) runs the compose file as it is, with two stand-ins: the
+# image just built, tagged pollgate:local (`up --no-build`: its build stage is the one
+# substituted above), and redis:7.4-alpine made from the Debian base with Debian's
+# redis-server (7.0), run as the official image runs it: without protected mode.
+# What 1.0.3 does not do (docker/README.md): `depends_on` conditions (it starts the
+# services in order without waiting for health), `healthcheck: disable`, the top-level
+# `name` (the project is called after the folder, `docker`).
+redis_image() {
+  local redis=$1
+  say "making $redis from the Debian base with Debian's redis-server (once)"
+  mkdir -p "$work/redis"
+  cat >"$work/redis/docker-entrypoint.sh" <<'SCRIPT'
+#!/bin/sh
+# Like the official image's: redis-server in a container answers on the container network.
+if [ "${1:-}" = redis-server ]; then
+  shift
+  set -- redis-server --protected-mode no "$@"
+fi
+exec "$@"
+SCRIPT
+  cat >"$work/redis/Containerfile" <<'CONTAINERFILE'
+FROM docker.io/library/debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends redis-server redis-tools \
+    && rm -rf /var/lib/apt/lists/*
+COPY --chmod=0755 docker-entrypoint.sh /usr/local/bin/
+LABEL pollgate.smoke.made-by="docker/smoke.sh: Debian's redis-server on the Debian base"
+WORKDIR /var/lib/redis
+USER redis
+EXPOSE 6379
+ENTRYPOINT ["docker-entrypoint.sh"]
+CMD ["redis-server"]
+CONTAINERFILE
+  limit=900 pm build --quiet --pull=never --format docker -t "$redis" "$work/redis" >"$work/redis.log" 2>&1 \
+    || { tail -n 20 "$work/redis.log"; fail "building $redis"; }
+}
+
+compose_check() {
+  local redis=docker.io/library/redis:7.4-alpine ready='' out
+  pm image exists "$redis" || redis_image "$redis"
+  pm tag "$image" localhost/pollgate:local
+  # The compose file publishes fixed ports on the host's loopback.
+  for p in 8080 9090; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      fail "compose: 127.0.0.1:$p is taken on this machine; docker/compose.yaml publishes it"
+    fi
+  done
+  compose=(timeout 120 podman-compose -f compose.yaml)
+  compose_up=1
+  (cd docker && "${compose[@]}" up -d --no-build >"$work/compose.log" 2>&1) \
+    || { tail -n 30 "$work/compose.log"; fail "podman-compose up"; }
+  for _ in $(seq 60); do
+    ready=$(curl -fsS --max-time 2 http://127.0.0.1:9090/readyz 2>/dev/null) && break
+    sleep 0.5
+  done
+  if [[ "$ready" != *'"store":"redis"'* ]]; then
+    (cd docker && "${compose[@]}" logs 2>&1 | tail -n 30)
+    fail "compose: /readyz said '$ready'"
+  fi
+  say "compose: pollgate, redis and demo-backend up; /readyz $ready"
+  # The example of docker/compose.yaml and docker/README.md, word for word: a 399.00 payment
+  # forwarded to the demo back end (by name, on the compose network), state in Redis.
+  # `podman exec` on the service's container, not `podman-compose exec`: 1.0.3 passes each
+  # environment name without a value (MPLUS_SECRET:) to exec as the text "None", so the
+  # example would sign with the secret "None".
+  local container
+  container=$(pm ps --filter label=com.docker.compose.service=pollgate \
+    --filter "label=com.docker.compose.project.working_dir=$PWD/docker" --format '{{.Names}}')
+  [ -n "$container" ] || fail "compose: no container for the pollgate service"
+  out=$(pm exec "$container" pollgate simulate --event startPayment --body tests/bodies/large-payment.json --fresh 2>&1) \
+    || fail "compose: simulate: $out"
+  [[ "$out" == *"Approved by Sam"* ]] || fail "compose: simulate said: $out"
+  say "compose: simulate startPayment 399.00: $(grep -E 'message|Approved' <<<"$out" | tr '\n' ' ' | cut -c1-200)"
+  (cd docker && "${compose[@]}" down -t 15 >>"$work/compose.log" 2>&1) || fail "podman-compose down"
+  compose_up=
+  say "compose: down"
+}
+if [ "${SMOKE_COMPOSE:-1}" = 1 ]; then compose_check; fi
+say "passed in $((SECONDS - started))s"
