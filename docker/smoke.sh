@@ -4,13 +4,16 @@
 #
 #   docker/smoke.sh                   # the image, then docker/compose.yaml (podman-compose)
 #   SMOKE_COMPOSE=0 docker/smoke.sh   # the image only
+#   SMOKE_BUILD=source docker/smoke.sh  # the build stage too, compiling in the container
 #
 # Needs no container registry: the base images the Dockerfile starts from are made from
 # Debian's packages (mmdebstrap) and imported under the names its FROM lines use; they stay
-# in podman's storage, so only the first run makes them. The build stage (rust:...) is
-# replaced by the release binary built here with `cargo build --release --locked`, handed
-# to `podman build` as the build context named `build` (what `COPY --from=build` reads);
-# everything after it is the Dockerfile as a Docker user builds it.
+# in podman's storage, so only the first run makes them. By default the build stage
+# (rust:...) is replaced by the release binary built here with `cargo build --release
+# --locked`, handed to `podman build` as the build context named `build` (what
+# `COPY --from=build` reads); everything after it is the Dockerfile as a Docker user builds
+# it. With SMOKE_BUILD=source the build stage runs too, on a rust:... image made from the
+# Debian base and this machine's Rust toolchain.
 #
 # Every step is bounded in time, everything listens on 127.0.0.1 only, and the containers
 # it starts are removed when it ends. The secret is MPLUS_SECRET when set, else a random
@@ -87,19 +90,28 @@ cleanup() {
 trap cleanup EXIT
 
 # ---- base images from Debian's packages ---------------------------------------------------
-# What the registry would have served, made locally: debian:bookworm-slim is a minbase
-# bookworm (with its updates and security suites) without documentation and locales, as
-# Debian's slim images are. Labelled, so `podman image inspect` tells it from the real one.
+# What the registry would have served, made locally and labelled, so `podman image inspect`
+# tells them from the real ones; kept in podman's storage, so only the first run makes them.
+# A root file system from Debian's packages (minbase, with the updates and security
+# suites), without documentation and locales as Debian's slim images are: ROOTFS OUT SUITE
+# [mmdebstrap options...].
+rootfs() {
+  local out=$1 suite=$2
+  shift 2
+  timeout 1200 mmdebstrap --quiet --variant=minbase \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+    "$@" "$suite" "$out" \
+    "deb $mirror $suite main" "deb $mirror $suite-updates main" "deb $security $suite-security main"
+}
+
+# debian:bookworm-slim.
 debian_base() { # NAME SUITE
   local name=$1 suite=$2
   pm image exists "$name" && return
   say "making $name from Debian's packages (mmdebstrap $suite, minbase; once)"
-  timeout 900 mmdebstrap --quiet --variant=minbase \
-    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
-    "$suite" "$work/rootfs.tar" \
-    "deb $mirror $suite main" "deb $mirror $suite-updates main" "deb $security $suite-security main"
+  rootfs "$work/rootfs.tar" "$suite"
   limit=300 pm import --quiet \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'LABEL pollgate.smoke.made-by="docker/smoke.sh: mmdebstrap '"$suite"' from '"$mirror"'"' \
@@ -107,12 +119,41 @@ debian_base() { # NAME SUITE
   rm -f "$work/rootfs.tar"
 }
 
-# The bases docker/Dockerfile starts from, but the build stage's (replaced, below) and
-# `scratch` (no image at all). Only Debian bookworm ones have a recipe here.
+# rust:VERSION-slim-SUITE (SMOKE_BUILD=source only): the Debian base with what the official
+# image adds (gcc, libc6-dev, ca-certificates) and this machine's Rust toolchain, which
+# must be the tag's version, under /usr/local/rustup with cargo, rustc and rustdoc in
+# /usr/local/cargo/bin (the official image's CARGO_HOME, which the Dockerfile's cache mounts
+# use). No rustup in it: the build needs none.
+rust_base() { # NAME VERSION SUITE
+  local name=$1 version=$2 suite=$3 have
+  pm image exists "$name" && return
+  have=$(rustc --version)
+  [[ "$have" == "rustc $version."* ]] || fail "$name: this machine's toolchain is $have"
+  SMOKE_SYSROOT=$(rustc --print sysroot)
+  export SMOKE_SYSROOT
+  say "making $name from Debian's packages and $have ($SMOKE_SYSROOT; once)"
+  # shellcheck disable=SC2016 # the hook's own shell expands $1 (the root) and SMOKE_SYSROOT
+  rootfs "$work/rootfs.tar" "$suite" --include=ca-certificates,gcc,libc6-dev \
+    --customize-hook='set -e; t="$1/usr/local/rustup/toolchains/rust"; mkdir -p "$t" "$1/usr/local/cargo/bin"
+      for d in bin etc lib libexec; do [ ! -d "$SMOKE_SYSROOT/$d" ] || cp -a "$SMOKE_SYSROOT/$d" "$t/"; done
+      for b in cargo rustc rustdoc; do ln -s "/usr/local/rustup/toolchains/rust/bin/$b" "$1/usr/local/cargo/bin/$b"; done'
+  limit=600 pm import --quiet \
+    --change 'ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'LABEL pollgate.smoke.made-by="docker/smoke.sh: mmdebstrap '"$suite"' from '"$mirror"' with '"$have"'"' \
+    --change 'CMD ["bash"]' "$work/rootfs.tar" "$name" >/dev/null
+  rm -f "$work/rootfs.tar"
+}
+
+# SMOKE_BUILD=binary (the default): the build stage is replaced (below); =source: the whole
+# Dockerfile is built, the build stage compiling in the container (slow on 2 cores).
+build=${SMOKE_BUILD:-binary}
+case "$build" in binary | source) ;; *) fail "SMOKE_BUILD=$build: binary or source" ;; esac
 build_stage_base=$(awk 'toupper($1) == "FROM" && tolower($3) == "as" && $4 == "build" { print $2 }' docker/Dockerfile)
 while read -r base; do
   case "$base" in
-    scratch | "$build_stage_base") ;;
+    scratch) ;;
+    "$build_stage_base") [ "$build" = binary ] || [[ "$base" != rust:*-slim-bookworm ]] \
+      || { v=${base#rust:}; rust_base "docker.io/library/$base" "${v%-slim-bookworm}" bookworm; } ;;
     debian:bookworm-slim) debian_base "docker.io/library/$base" bookworm ;;
     *) fail "docker/Dockerfile starts from $base, which this script cannot make" ;;
   esac
@@ -121,22 +162,27 @@ done < <(awk 'toupper($1) == "FROM" { print $2 }' docker/Dockerfile | sort -u)
 # ---- the build stage: the release binary, built here -------------------------------------
 # The same command as the build stage's, on this machine's toolchain (Debian bookworm, the
 # glibc the runtime stage copies). Skipped when SMOKE_BINARY names a binary already built.
-binary=${SMOKE_BINARY:-}
-if [ -z "$binary" ]; then
-  say "cargo build --release --locked"
-  cargo build --release --locked --quiet
-  binary="${CARGO_TARGET_DIR:-target}/release/pollgate"
+context=()
+if [ "$build" = binary ]; then
+  binary=${SMOKE_BINARY:-}
+  if [ -z "$binary" ]; then
+    say "cargo build --release --locked"
+    cargo build --release --locked --quiet
+    binary="${CARGO_TARGET_DIR:-target}/release/pollgate"
+  fi
+  [ -x "$binary" ] || fail "$binary: no pollgate binary"
+  mkdir -p "$work/build/out"
+  install -m 0755 "$binary" "$work/build/out/pollgate"
+  # podman skips the build stage: `COPY --from=build /out/pollgate` reads this folder.
+  context=(--build-context "build=$work/build")
 fi
-[ -x "$binary" ] || fail "$binary: no pollgate binary"
-mkdir -p "$work/build/out"
-install -m 0755 "$binary" "$work/build/out/pollgate"
 
 # ---- podman build -------------------------------------------------------------------------
 # --format docker: the OCI format has no HEALTHCHECK. --pull=never: nothing can be pulled.
-say "podman build -f docker/Dockerfile --build-context build=<the binary> -t $image ."
+say "podman build -f docker/Dockerfile ${context[*]:+--build-context build=<the binary> }-t $image ."
 t0=$SECONDS
-limit=1200 pm build --quiet --pull=never --format docker --layers \
-  --build-context "build=$work/build" -f docker/Dockerfile -t "$image" . >"$work/build.log" 2>&1 \
+limit=3600 pm build --quiet --pull=never --format docker --layers \
+  "${context[@]}" -f docker/Dockerfile -t "$image" . >"$work/build.log" 2>&1 \
   || { tail -n 40 "$work/build.log"; fail "podman build"; }
 bytes=$(pm image inspect --format '{{.Size}}' "$image")
 mb=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1000000 }')
@@ -145,6 +191,13 @@ awk -v b="$bytes" -v m="$max_mb" 'BEGIN { exit !(b < m * 1000000) }' \
   || fail "the image is $mb MB, over $max_mb MB"
 health=$(pm image inspect --format '{{json .Config.Healthcheck.Test}}' "$image")
 [ "$health" = '["CMD","pollgate","healthcheck"]' ] || fail "image healthcheck $health"
+if [ "$build" = source ]; then
+  # The till on the host (`pollgate simulate`) is the image's own binary.
+  pm create --name "pollgate-smoke-cp-$$" "$image" >/dev/null 2>&1
+  containers+=("pollgate-smoke-cp-$$")
+  pm cp "pollgate-smoke-cp-$$:/usr/local/bin/pollgate" "$work/pollgate"
+  binary="$work/pollgate"
+fi
 
 # ---- one-shot commands: `docker run IMAGE check`, `docker run IMAGE test` -----------------
 secret=${MPLUS_SECRET:-$(head -c 32 /dev/urandom | base64)}
@@ -288,7 +341,7 @@ compose_check() {
   out=$(pm exec "$container" pollgate simulate --event startPayment --body tests/bodies/large-payment.json --fresh 2>&1) \
     || fail "compose: simulate: $out"
   [[ "$out" == *"Approved by Sam"* ]] || fail "compose: simulate said: $out"
-  say "compose: simulate startPayment 399.00: $(grep -E 'message|Approved' <<<"$out" | tr '\n' ' ' | cut -c1-200)"
+  say "compose: simulate startPayment 399.00: $(grep -c '^<- ' <<<"$out") calls, the last: $(grep '^<- ' <<<"$out" | tail -n 1)"
   (cd docker && "${compose[@]}" down -t 15 >>"$work/compose.log" 2>&1) || fail "podman-compose down"
   compose_up=
   say "compose: down"
