@@ -34,11 +34,11 @@ fail() {
 }
 
 # ---- tools ----------------------------------------------------------------------------
-# Debian's podman 4.3 with runc; mmdebstrap for the base images; podman-compose only when
-# the compose file is checked too.
+# Debian's podman 4.3 with runc; mmdebstrap for the base images; openssl for a local HTTPS
+# server; podman-compose and curl for the compose file.
 need=()
 for tool in podman:podman runc:runc mmdebstrap:mmdebstrap slirp4netns:slirp4netns \
-  newuidmap:uidmap fuse-overlayfs:fuse-overlayfs; do
+  newuidmap:uidmap fuse-overlayfs:fuse-overlayfs openssl:openssl curl:curl; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if [ "${SMOKE_COMPOSE:-1}" = 1 ] && ! command -v podman-compose >/dev/null; then
@@ -80,6 +80,7 @@ pm() { timeout "${limit:-120}" podman --storage-driver vfs "$@"; }
 containers=()
 cleanup() {
   local status=$?
+  [ -z "${tls_server:-}" ] || kill "$tls_server" 2>/dev/null || true
   for c in "${containers[@]}"; do podman --storage-driver vfs rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
   if [ -n "${compose_up:-}" ]; then
     (cd docker && timeout 60 podman-compose -f compose.yaml down -t 1 >/dev/null 2>&1) || true
@@ -209,6 +210,39 @@ say "IMAGE check: $out"
 out=$(pm run --rm --pull=never --no-healthcheck --network none "$image" test 2>&1) || fail "IMAGE test: $out"
 say "IMAGE test: $(tail -n 1 <<<"$out")"
 [[ "$(tail -n 1 <<<"$out")" == *" passed, 0 failed" ]] || fail "IMAGE test said: $out"
+
+# ---- https:// upstreams: rustls verifies against the image's CA bundle ---------------------
+# The image's one HTTPS client (`pollgate healthcheck`, the same reqwest and rustls set-up as
+# forwards) asks a local HTTPS server (openssl s_server on the host's 127.0.0.1, a
+# certificate for `localhost` from a CA made here), from a container on the host's network:
+# refused with the image's Debian bundle (the CA is unknown), accepted with the CA mounted
+# over /etc/ssl/certs/ca-certificates.crt. So the scratch image reads that file, and
+# `localhost` resolves through its /etc/nsswitch.conf.
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=smoke-ca -keyout "$work/ca.key" \
+  -out "$work/ca.pem" -addext basicConstraints=critical,CA:TRUE 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout "$work/tls.key" \
+  -out "$work/tls.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost\n' >"$work/san.ext"
+openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
+  -days 1 -extfile "$work/san.ext" -out "$work/tls.pem" 2>/dev/null
+tls_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+openssl s_server -quiet -www -accept "127.0.0.1:$tls_port" -cert "$work/tls.pem" -key "$work/tls.key" \
+  </dev/null >/dev/null 2>&1 &
+tls_server=$!
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$tls_port") 2>/dev/null && break; sleep 0.1; done
+https=(pm run --rm --pull=never --no-healthcheck --network host "$image")
+if out=$("${https[@]}" healthcheck --url "https://localhost:$tls_port/" 2>&1); then
+  fail "an unknown CA was accepted: $out"
+fi
+say "https://localhost:$tls_port with a CA the image does not know: $out"
+out=$(pm run --rm --pull=never --no-healthcheck --network host \
+  -v "$work/ca.pem:/etc/ssl/certs/ca-certificates.crt:ro" "$image" \
+  healthcheck --url "https://localhost:$tls_port/" 2>&1) \
+  || fail "https with the CA in the image's bundle: $out"
+say "https://localhost:$tls_port with that CA as /etc/ssl/certs/ca-certificates.crt: verified"
+kill "$tls_server" 2>/dev/null || true
+wait "$tls_server" 2>/dev/null || true
+tls_server=
 
 # ---- the gateway ----------------------------------------------------------------------------
 # As docker/README.md runs it: the image's CMD, the webhook port published on the host's
