@@ -67,11 +67,13 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 EOF
-cat >"$work/storage.conf" <<'EOF'
+# podman's usual storage (SMOKE_GRAPHROOT and SMOKE_RUNROOT move it), where the base images
+# stay between runs.
+cat >"$work/storage.conf" <<EOF
 [storage]
 driver = "vfs"
-runroot = "/run/containers/storage"
-graphroot = "/var/lib/containers/storage"
+runroot = "${SMOKE_RUNROOT:-/run/containers/storage}"
+graphroot = "${SMOKE_GRAPHROOT:-/var/lib/containers/storage}"
 EOF
 export CONTAINERS_CONF="$work/containers.conf" CONTAINERS_CONF_OVERRIDE="$work/containers.conf"
 export CONTAINERS_STORAGE_CONF="$work/storage.conf"
