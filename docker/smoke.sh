@@ -33,6 +33,9 @@ fail() {
   exit 1
 }
 
+# Rootful podman (the storage, the networks, the ports) and apt-get: root only.
+[ "$(id -u)" = 0 ] || fail "run as root: it uses rootful podman and may install packages"
+
 # ---- tools ----------------------------------------------------------------------------
 # Debian's podman 4.3 with runc; mmdebstrap for the base images; openssl for a local HTTPS
 # server; podman-compose and curl for the compose file.
@@ -141,7 +144,8 @@ rust_base() { # NAME VERSION SUITE
       for d in bin etc lib libexec; do [ ! -d "$SMOKE_SYSROOT/$d" ] || cp -a "$SMOKE_SYSROOT/$d" "$t/"; done
       for b in cargo rustc rustdoc; do ln -s "/usr/local/rustup/toolchains/rust/bin/$b" "$1/usr/local/cargo/bin/$b"; done'
   limit=600 pm import --quiet \
-    --change 'ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV RUSTUP_HOME=/usr/local/rustup' --change 'ENV CARGO_HOME=/usr/local/cargo' \
+    --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'LABEL pollgate.smoke.made-by="docker/smoke.sh: mmdebstrap '"$suite"' from '"$mirror"' with '"$have"'"' \
     --change 'CMD ["bash"]' "$work/rootfs.tar" "$name" >/dev/null
   rm -f "$work/rootfs.tar"
@@ -170,7 +174,7 @@ if [ "$build" = binary ]; then
   binary=${SMOKE_BINARY:-}
   if [ -z "$binary" ]; then
     say "cargo build --release --locked"
-    cargo build --release --locked --quiet
+    timeout 3600 cargo build --release --locked --quiet
     binary="${CARGO_TARGET_DIR:-target}/release/pollgate"
   fi
   [ -x "$binary" ] || fail "$binary: no pollgate binary"
