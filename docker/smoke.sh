@@ -136,13 +136,18 @@ rust_base() { # NAME VERSION SUITE
   have=$(rustc --version)
   [[ "$have" == "rustc $version."* ]] || fail "$name: this machine's toolchain is $have"
   SMOKE_SYSROOT=$(rustc --print sysroot)
-  export SMOKE_SYSROOT
+  # The roots this machine trusts, so cargo in the build stage reaches crates.io as cargo
+  # here does (on our machines through a TLS-inspecting egress proxy with its own CA). Only
+  # the build stage sees them; the runtime image's bundle is Debian's ca-certificates.
+  SMOKE_CA_BUNDLE=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
+  export SMOKE_SYSROOT SMOKE_CA_BUNDLE
   say "making $name from Debian's packages and $have ($SMOKE_SYSROOT; once)"
   # shellcheck disable=SC2016 # the hook's own shell expands $1 (the root) and SMOKE_SYSROOT
   rootfs "$work/rootfs.tar" "$suite" --include=ca-certificates,gcc,libc6-dev \
     --customize-hook='set -e; t="$1/usr/local/rustup/toolchains/rust"; mkdir -p "$t" "$1/usr/local/cargo/bin"
       for d in bin etc lib libexec; do [ ! -d "$SMOKE_SYSROOT/$d" ] || cp -a "$SMOKE_SYSROOT/$d" "$t/"; done
-      for b in cargo rustc rustdoc; do ln -s "/usr/local/rustup/toolchains/rust/bin/$b" "$1/usr/local/cargo/bin/$b"; done'
+      for b in cargo rustc rustdoc; do ln -s "/usr/local/rustup/toolchains/rust/bin/$b" "$1/usr/local/cargo/bin/$b"; done
+      cp "$SMOKE_CA_BUNDLE" "$1/etc/ssl/certs/ca-certificates.crt"'
   limit=600 pm import --quiet \
     --change 'ENV RUSTUP_HOME=/usr/local/rustup' --change 'ENV CARGO_HOME=/usr/local/cargo' \
     --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
