@@ -392,4 +392,7 @@ compose_check() {
   say "compose: down"
 }
 if [ "${SMOKE_COMPOSE:-1}" = 1 ]; then compose_check; fi
+# Untagged layers of earlier builds (vfs keeps a full copy of each) would pile up run after
+# run: those older than a day go; the base images, the image and today's cache stay.
+pm image prune -f --filter until=24h >/dev/null
 say "passed in $((SECONDS - started))s"
