@@ -46,13 +46,16 @@ impl Verified {
 }
 
 /// What of a body a call of `event_name` answered by `how` needs built: what the conversation
-/// key reads (`parts`), the error of an error request (MPLUS.md 6), and what the rule reads.
+/// key reads (`parts`), the error of an error request (MPLUS.md 6), whether the till waits
+/// (`event.eventBlocking`), and what the rule reads.
 /// The `"*"` event answers calls of any name, whose own object may be a key part: all of it.
 pub fn body_reads(parts: &[KeyPart], event_name: &str, how: &How) -> Wanted {
     if event_name == "*" {
         return Wanted::All;
     }
-    let wanted = ConversationKey::reads(parts, event_name).union(Wanted::path(&["error"]));
+    let wanted = ConversationKey::reads(parts, event_name)
+        .union(Wanted::path(&["error"]))
+        .union(Wanted::path(&["event", "eventBlocking"]));
     match how {
         How::Rule(rule) => wanted.union(rule.event_reads()),
         How::Respond(_) | How::Reply => wanted,
