@@ -48,6 +48,9 @@ struct Call<'a> {
     raw: Bytes,
     key: ConversationKey,
     started: Instant,
+    /// False when the till does not wait for the answer (`event.eventBlocking: false`):
+    /// answered at once, never held (GATEWAY.md 5).
+    blocking: bool,
 }
 
 /// Answers a verified call with the generation `rt` it started with.
@@ -67,6 +70,7 @@ pub async fn answer(gateway: &Gateway, rt: &Runtime, verified: Verified) -> Answ
             .await;
     }
     let key = ConversationKey::derive(&rt.config.state.key, &subscription.id, &event_name, &body);
+    let blocking = is_blocking(&body);
     let call = Call {
         gateway,
         rt,
@@ -76,8 +80,19 @@ pub async fn answer(gateway: &Gateway, rt: &Runtime, verified: Verified) -> Answ
         raw,
         key,
         started: Instant::now(),
+        blocking,
     };
     call.converse(body).await
+}
+
+/// Whether the till waits for the answer: anything but `event.eventBlocking: false`.
+fn is_blocking(body: &rhai::Map) -> bool {
+    let Some(event) = body.get("event").and_then(|e| e.as_map_ref().ok()) else {
+        return true;
+    };
+    event
+        .get("eventBlocking")
+        .is_none_or(|b| b.as_bool() != Ok(false))
 }
 
 impl Call<'_> {
@@ -95,14 +110,28 @@ impl Call<'_> {
                 return Ok(timed_out(&polling.timeout_message));
             }
         }
+        let durable = self.event.config.is_durable();
         if let Some(upstream) = &self.event.config.forward {
-            if forwards::due(snapshot, upstream, now) {
+            if durable {
+                self.queue(upstream, self.raw.clone(), snapshot).await?;
+            } else if forwards::due(snapshot, upstream, now) {
                 self.start_forward(upstream, self.raw.clone(), snapshot)
                     .await?;
             }
         }
         self.hold(snapshot).await?;
         let (mut decision, requested) = self.evaluate(snapshot, body, elapsed_ms).await;
+        if let (Some(requested), true) = (&requested, durable) {
+            // Queued before the answer; the answer never waits for the back end.
+            for request in requested {
+                let bytes = request
+                    .body
+                    .clone()
+                    .map_or_else(|| self.raw.clone(), Bytes::from);
+                self.queue(&request.upstream, bytes, snapshot).await?;
+            }
+            return Ok(decision);
+        }
         if let Some(requested) = requested {
             for request in requested {
                 let bytes = request.body.map_or_else(|| self.raw.clone(), Bytes::from);
