@@ -29,7 +29,7 @@ pub const SHARED_LOOK_EVERY: Duration = Duration::from_secs(1);
 /// The pause after the outbox itself failed, before a worker tries again.
 const OUTBOX_TROUBLE_PAUSE: Duration = Duration::from_secs(1);
 /// A claim outlasts one attempt by this much at least, so it never ends mid-attempt.
-const LEASE_SLACK: Duration = Duration::from_secs(5);
+const LEASE_SLACK: Duration = Duration::from_secs(1);
 
 /// The outbox and its workers: a cheap-clone handle the pipeline queues through.
 #[derive(Clone)]
