@@ -145,3 +145,17 @@ fn bad_durable_values_and_unknown_keys_are_errors_naming_the_key() {
         )
     );
 }
+
+#[test]
+fn the_worked_example_config_passes_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_pollgate"))
+        .args(["check", "--config", "examples/durable/pollgate.yaml"])
+        .current_dir(root)
+        .env_remove("MPLUS_SECRET")
+        .env_remove("BACKOFFICE_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!((out.status.code(), stderr.as_ref()), (Some(0), ""));
+}

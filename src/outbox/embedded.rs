@@ -30,21 +30,30 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 use redb::{ReadTransaction, WriteTransaction};
 use tokio::sync::oneshot;
 
-use super::record::{decode, encode};
-use super::{Counts, Delivery, DeliveryId, Failure, NewDelivery, Outbox, OutboxError, Status};
+mod queue;
+mod tables;
 
-const DELIVERIES: TableDefinition<'static, &[u8], &[u8]> = TableDefinition::new("deliveries");
+use super::{DeliveryId, OutboxError};
 
-type Index<'a> = TableDefinition<'a, (u64, &'static [u8]), ()>;
-type IndexTable = redb::ReadOnlyTable<(u64, &'static [u8]), ()>;
-type RecordTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+pub(super) const DELIVERIES: TableDefinition<'static, &[u8], &[u8]> =
+    TableDefinition::new("deliveries");
+
+pub(super) type Index<'a> = TableDefinition<'a, (u64, &'static [u8]), ()>;
+pub(super) type IndexTable = redb::ReadOnlyTable<(u64, &'static [u8]), ()>;
+pub(super) type RecordTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 /// At most this many changes go into one transaction.
 const MAX_BATCH: usize = 4096;
+/// After the changes waiting, the writer waits this long for more before it commits, and
+/// again while more keep coming (up to [`MAX_LINGER`]): a commit costs an fsync and most of
+/// a millisecond of CPU, so the calls answered by the last commit, which come back with
+/// their next changes within a few hundred microseconds, are worth waiting for.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(300);
+const MAX_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// One change, applied inside the writer's transaction; its number is the answer
 /// (a bool as 0 or 1, or a count).
@@ -72,7 +81,7 @@ struct Inner {
     path: PathBuf,
 }
 
-fn storage(e: impl Into<redb::Error>) -> OutboxError {
+pub(super) fn storage(e: impl Into<redb::Error>) -> OutboxError {
     OutboxError::Unavailable(e.into().to_string())
 }
 
@@ -157,16 +166,31 @@ impl EmbeddedOutbox {
     }
 }
 
+/// The changes for one transaction: `first`, everything waiting, and what comes while the
+/// writer lingers.
+fn gather(first: Job, jobs: &mpsc::Receiver<Job>) -> Vec<Job> {
+    let mut batch = vec![first];
+    let until = std::time::Instant::now() + MAX_LINGER;
+    while batch.len() < MAX_BATCH {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(mpsc::TryRecvError::Disconnected) => break,
+            Err(mpsc::TryRecvError::Empty) => {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                match jobs.recv_timeout(LINGER.min(left)) {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    batch
+}
+
 /// The writer thread: one transaction and one commit for everything waiting.
 fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, commits: &AtomicU64) {
     while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        let batch = gather(first, jobs);
         let txn = match db.begin_write() {
             Ok(txn) => txn,
             Err(e) => {
@@ -190,7 +214,10 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, commits: &AtomicU64) {
                 Err(error)
             }
             None => {
-                commits.fetch_add(1, Ordering::Relaxed);
+                let n = commits.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % 1024 == 0 {
+                    tracing::debug!(commits = n, batch = answers.len(), "outbox group commit");
+                }
                 txn.commit().map_err(storage)
             }
         };
@@ -200,365 +227,5 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, commits: &AtomicU64) {
                 Err(e) => Err(e.clone()),
             });
         }
-    }
-}
-
-fn index_name(kind: &str, upstream: &str) -> String {
-    format!("{kind}/{upstream}")
-}
-
-/// Reads one delivery inside a transaction; a record that does not decode is corrupt.
-fn load(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    id: DeliveryId,
-) -> Result<Option<Delivery>, OutboxError> {
-    let raw = id_bytes(id);
-    let Some(value) = table.get(&raw[..]).map_err(storage)? else {
-        return Ok(None);
-    };
-    decode(id, value.value())
-        .map(Some)
-        .map_err(|e| OutboxError::Corrupt(format!("delivery {id}: {e}")))
-}
-
-fn id_bytes(id: DeliveryId) -> [u8; 16] {
-    id.bytes()
-}
-
-/// Writes `d` and its index entries (the record is new or its old entries are removed).
-fn put(txn: &WriteTransaction, d: &Delivery) -> Result<(), OutboxError> {
-    let raw = id_bytes(d.id);
-    let mut records = txn.open_table(DELIVERIES).map_err(storage)?;
-    records.insert(&raw[..], &encode(d)[..]).map_err(storage)?;
-    match d.status {
-        Status::Pending => {
-            index_insert(txn, "due", &d.upstream, d.next_ms, &raw)?;
-            index_insert(txn, "age", &d.upstream, d.queued_ms, &raw)?;
-        }
-        Status::Dead => index_insert(txn, "dead", &d.upstream, d.queued_ms, &raw)?,
-    }
-    Ok(())
-}
-
-/// Removes `d`'s index entries (and the record itself with `record`).
-fn unput(txn: &WriteTransaction, d: &Delivery, record: bool) -> Result<(), OutboxError> {
-    let raw = id_bytes(d.id);
-    match d.status {
-        Status::Pending => {
-            index_remove(txn, "due", &d.upstream, d.next_ms, &raw)?;
-            index_remove(txn, "age", &d.upstream, d.queued_ms, &raw)?;
-        }
-        Status::Dead => index_remove(txn, "dead", &d.upstream, d.queued_ms, &raw)?,
-    }
-    if record {
-        let mut records = txn.open_table(DELIVERIES).map_err(storage)?;
-        records.remove(&raw[..]).map_err(storage)?;
-    }
-    Ok(())
-}
-
-fn index_insert(
-    txn: &WriteTransaction,
-    kind: &str,
-    upstream: &str,
-    at: u64,
-    id: &[u8; 16],
-) -> Result<(), OutboxError> {
-    let name = index_name(kind, upstream);
-    let mut table = txn.open_table(Index::new(&name)).map_err(storage)?;
-    table.insert((at, &id[..]), ()).map_err(storage)?;
-    Ok(())
-}
-
-fn index_remove(
-    txn: &WriteTransaction,
-    kind: &str,
-    upstream: &str,
-    at: u64,
-    id: &[u8; 16],
-) -> Result<(), OutboxError> {
-    let name = index_name(kind, upstream);
-    let mut table = txn.open_table(Index::new(&name)).map_err(storage)?;
-    table.remove((at, &id[..])).map_err(storage)?;
-    Ok(())
-}
-
-/// Applies `f` to the delivery `id` inside the writer's transaction: `f` gets it as it
-/// is (`None` if missing) and returns it as it should be (`None`: delete).
-fn change_one(
-    txn: &WriteTransaction,
-    id: DeliveryId,
-    f: impl FnOnce(Delivery) -> Option<Delivery>,
-) -> Result<u64, OutboxError> {
-    let old = {
-        let records = txn.open_table(DELIVERIES).map_err(storage)?;
-        load(&records, id)?
-    };
-    let Some(old) = old else {
-        return Ok(0);
-    };
-    unput(txn, &old, true)?;
-    if let Some(new) = f(old) {
-        put(txn, &new)?;
-    }
-    Ok(1)
-}
-
-/// An index table in a read transaction; `None` when nothing was ever written to it.
-fn read_index(
-    txn: &ReadTransaction,
-    kind: &str,
-    upstream: &str,
-) -> Result<Option<IndexTable>, OutboxError> {
-    let name = index_name(kind, upstream);
-    match txn.open_table(Index::new(&name)) {
-        Ok(table) => Ok(Some(table)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(storage(e)),
-    }
-}
-
-fn read_records(txn: &ReadTransaction) -> Result<Option<RecordTable>, OutboxError> {
-    match txn.open_table(DELIVERIES) {
-        Ok(table) => Ok(Some(table)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(storage(e)),
-    }
-}
-
-fn id_of(raw: &[u8]) -> Option<DeliveryId> {
-    <[u8; 16]>::try_from(raw).ok().map(DeliveryId::from_bytes)
-}
-
-impl EmbeddedOutbox {
-    /// Ids in the index `kind/upstream` in key order, with their key time, while `keep`
-    /// says so (it sees each and decides whether to go on).
-    fn scan(
-        &self,
-        kind: &str,
-        upstream: &str,
-        mut keep: impl FnMut(u64, DeliveryId) -> bool,
-    ) -> Result<(), OutboxError> {
-        let txn = self.read()?;
-        let Some(index) = read_index(&txn, kind, upstream)? else {
-            return Ok(());
-        };
-        for entry in index.iter().map_err(storage)? {
-            let (key, _) = entry.map_err(storage)?;
-            let (at, raw) = key.value();
-            if let Some(id) = id_of(raw) {
-                if !keep(at, id) {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn load_many(&self, ids: &[DeliveryId]) -> Result<Vec<Delivery>, OutboxError> {
-        let txn = self.read()?;
-        let Some(records) = read_records(&txn)? else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(d) = load(&records, *id)? {
-                out.push(d);
-            }
-        }
-        Ok(out)
-    }
-}
-
-impl Outbox for EmbeddedOutbox {
-    async fn enqueue(&self, delivery: NewDelivery) -> Result<bool, OutboxError> {
-        let d = Delivery::new(delivery);
-        let queued = self
-            .write(move |txn| {
-                let raw = id_bytes(d.id);
-                let exists = txn
-                    .open_table(DELIVERIES)
-                    .map_err(storage)?
-                    .get(&raw[..])
-                    .map_err(storage)?
-                    .is_some();
-                if exists {
-                    return Ok(0);
-                }
-                put(txn, &d)?;
-                Ok(1)
-            })
-            .await?;
-        Ok(queued == 1)
-    }
-
-    async fn claim(
-        &self,
-        upstream: &str,
-        now_ms: u64,
-        lease_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<Delivery>, OutboxError> {
-        let mut ids = Vec::new();
-        {
-            let mut claims = self.claims();
-            self.scan("due", upstream, |at, id| {
-                if at > now_ms || ids.len() >= limit {
-                    return false;
-                }
-                if claims.get(&id).is_none_or(|until| *until <= now_ms) {
-                    claims.insert(id, now_ms.saturating_add(lease_ms));
-                    ids.push(id);
-                }
-                true
-            })?;
-        }
-        self.load_many(&ids)
-    }
-
-    async fn next_due(&self, upstream: &str) -> Result<Option<u64>, OutboxError> {
-        let claims = self.claims().clone();
-        let mut next: Option<u64> = None;
-        self.scan("due", upstream, |at, id| match claims.get(&id) {
-            // Claimed: due again when the claim ends (if it is not settled first).
-            Some(until) => {
-                next = Some(next.map_or(*until, |n| n.min(*until)));
-                true
-            }
-            None => {
-                next = Some(next.map_or(at, |n| n.min(at)));
-                false
-            }
-        })?;
-        Ok(next)
-    }
-
-    async fn delivered(&self, _upstream: &str, id: DeliveryId) -> Result<(), OutboxError> {
-        let result = self.write(move |txn| change_one(txn, id, |_| None)).await;
-        self.unclaim(id);
-        result.map(|_| ())
-    }
-
-    async fn failed(
-        &self,
-        _upstream: &str,
-        id: DeliveryId,
-        failure: Failure,
-    ) -> Result<(), OutboxError> {
-        let result = self
-            .write(move |txn| {
-                change_one(txn, id, |mut d| {
-                    d.attempts += 1;
-                    match failure {
-                        Failure::Retry { next_ms, error } => {
-                            d.next_ms = next_ms;
-                            d.last_error = Some(error);
-                        }
-                        Failure::Dead { error } => {
-                            d.status = Status::Dead;
-                            d.last_error = Some(error);
-                        }
-                    }
-                    Some(d)
-                })
-            })
-            .await;
-        self.unclaim(id);
-        result.map(|_| ())
-    }
-
-    async fn release(&self, _upstream: &str, id: DeliveryId) -> Result<(), OutboxError> {
-        self.unclaim(id);
-        Ok(())
-    }
-
-    async fn get(&self, _upstream: &str, id: DeliveryId) -> Result<Option<Delivery>, OutboxError> {
-        Ok(self.load_many(&[id])?.pop())
-    }
-
-    async fn list(
-        &self,
-        upstream: &str,
-        status: Status,
-        limit: usize,
-    ) -> Result<Vec<Delivery>, OutboxError> {
-        let kind = match status {
-            Status::Pending => "due",
-            Status::Dead => "dead",
-        };
-        let mut ids = Vec::new();
-        self.scan(kind, upstream, |_, id| {
-            ids.push(id);
-            ids.len() < limit
-        })?;
-        ids.truncate(limit);
-        self.load_many(&ids)
-    }
-
-    async fn retry(
-        &self,
-        _upstream: &str,
-        id: DeliveryId,
-        now_ms: u64,
-    ) -> Result<bool, OutboxError> {
-        let found = self
-            .write(move |txn| {
-                change_one(txn, id, |mut d| {
-                    d.revive(now_ms);
-                    Some(d)
-                })
-            })
-            .await?;
-        Ok(found == 1)
-    }
-
-    async fn retry_dead(&self, upstream: &str, now_ms: u64) -> Result<u64, OutboxError> {
-        let mut ids = Vec::new();
-        self.scan("dead", upstream, |_, id| {
-            ids.push(id);
-            true
-        })?;
-        self.write(move |txn| {
-            let mut n = 0;
-            for id in ids {
-                n += change_one(txn, id, |mut d| {
-                    (d.status == Status::Dead).then(|| {
-                        d.revive(now_ms);
-                        d
-                    })
-                })?;
-            }
-            Ok(n)
-        })
-        .await
-    }
-
-    async fn delete(&self, _upstream: &str, id: DeliveryId) -> Result<bool, OutboxError> {
-        let found = self.write(move |txn| change_one(txn, id, |_| None)).await?;
-        self.unclaim(id);
-        Ok(found == 1)
-    }
-
-    async fn counts(&self, upstream: &str) -> Result<Counts, OutboxError> {
-        let txn = self.read()?;
-        let len = |kind: &str| -> Result<u64, OutboxError> {
-            match read_index(&txn, kind, upstream)? {
-                Some(t) => t.len().map_err(storage),
-                None => Ok(0),
-            }
-        };
-        let oldest = match read_index(&txn, "age", upstream)? {
-            Some(t) => t.first().map_err(storage)?.map(|(k, _)| k.value().0),
-            None => None,
-        };
-        Ok(Counts {
-            pending: len("due")?,
-            dead: len("dead")?,
-            oldest_queued_ms: oldest,
-        })
-    }
-
-    async fn ping(&self) -> Result<(), OutboxError> {
-        self.read().map(|_| ())
     }
 }

@@ -254,6 +254,11 @@ impl Worker {
         let claimed = inner.queue.claim(&self.upstream, now, lease, free).await?;
         let full = claimed.len() == free;
         for delivery in claimed {
+            // Still being sent here (its claim ran out while an attempt dragged on): this
+            // process never sends one delivery twice at once.
+            if lock(&inner.sending).contains_key(&delivery.id) {
+                continue;
+            }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 break;
             };
@@ -312,10 +317,12 @@ impl Send {
             }),
         };
         inner.metrics.delivery_attempt(&d.upstream, verdict.label());
-        self.settle(&d, verdict).await;
-        lock(&inner.sending).remove(&d.id);
+        // The connection is free for the next delivery while this result is synced: the
+        // delivery stays in `sending` (so it is not claimed again here) until then.
         drop(_permit);
         self.wake.notify_one();
+        self.settle(&d, verdict).await;
+        lock(&inner.sending).remove(&d.id);
     }
 
     /// Records the verdict, retrying briefly so an outbox hiccup does not resend it.

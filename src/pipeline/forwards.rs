@@ -69,48 +69,57 @@ impl Call<'_> {
     }
 
     /// Queues the durable delivery of `body` to `upstream` (GATEWAY.md 8) unless this
-    /// conversation queued it already, and marks it in the conversation, so later calls
-    /// (polls, duplicates) queue nothing. The outbox's id makes a race of two calls queue
-    /// one delivery too.
+    /// conversation queued it already; true when it was queued by this call. The outbox's
+    /// id makes a race of two calls (or a decision taken again) queue one delivery.
     pub(super) async fn queue(
         &self,
         upstream: &str,
         body: Bytes,
         snapshot: &mut Snapshot,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         if snapshot.forward(upstream).is_some() || !self.rt.config.upstreams.contains_key(upstream)
         {
-            return Ok(());
+            return Ok(false);
         }
         let Some(outbox) = &self.gateway.outbox else {
             return Err(StoreError::Outbox(
                 "no outbox is open (outbox.path takes effect at the next restart)".into(),
             ));
         };
-        let now = self.gateway.clock.now_ms();
         let delivery = NewDelivery {
             upstream: upstream.to_owned(),
             event: self.name.to_owned(),
             key: self.key,
             subscription: self.subscription.to_owned(),
             body,
-            now_ms: now,
+            now_ms: self.gateway.clock.now_ms(),
         };
         outbox
             .enqueue(delivery)
             .await
             .map_err(|e| StoreError::Outbox(e.to_string()))?;
+        snapshot.forwards.push((
+            upstream.into(),
+            ForwardState::Done(Arc::new(queued_reply())),
+        ));
+        Ok(true)
+    }
+
+    /// Marks `upstreams` queued in the conversation, so its later calls (polls,
+    /// duplicates) queue nothing.
+    pub(super) async fn mark_queued(&self, upstreams: &[&str]) -> Result<(), StoreError> {
         let store = &self.gateway.store;
-        let queued = queued_reply();
-        if store
-            .claim_forward(self.key, upstream, now, u64::MAX)
-            .await?
-        {
-            store.complete_forward(self.key, upstream, &queued).await?;
+        let now = self.gateway.clock.now_ms();
+        for upstream in upstreams {
+            if store
+                .claim_forward(self.key, upstream, now, u64::MAX)
+                .await?
+            {
+                store
+                    .complete_forward(self.key, upstream, &queued_reply())
+                    .await?;
+            }
         }
-        snapshot
-            .forwards
-            .push((upstream.into(), ForwardState::Done(Arc::new(queued))));
         Ok(())
     }
 

@@ -111,9 +111,12 @@ impl Call<'_> {
             }
         }
         let durable = self.event.config.is_durable();
+        let mut queued = Vec::new();
         if let Some(upstream) = &self.event.config.forward {
             if durable {
-                self.queue(upstream, self.raw.clone(), snapshot).await?;
+                if self.queue(upstream, self.raw.clone(), snapshot).await? {
+                    queued.push(upstream.as_str());
+                }
             } else if forwards::due(snapshot, upstream, now) {
                 self.start_forward(upstream, self.raw.clone(), snapshot)
                     .await?;
@@ -121,14 +124,21 @@ impl Call<'_> {
         }
         self.hold(snapshot).await?;
         let (mut decision, requested) = self.evaluate(snapshot, body, elapsed_ms).await;
-        if let (Some(requested), true) = (&requested, durable) {
+        if durable {
             // Queued before the answer; the answer never waits for the back end.
-            for request in requested {
+            for request in requested.iter().flatten() {
                 let bytes = request
                     .body
                     .clone()
                     .map_or_else(|| self.raw.clone(), Bytes::from);
-                self.queue(&request.upstream, bytes, snapshot).await?;
+                if self.queue(&request.upstream, bytes, snapshot).await? {
+                    queued.push(request.upstream.as_str());
+                }
+            }
+            // A conversation that goes on remembers what it queued, so its next calls
+            // queue nothing; a finished one replays its answer and never gets this far.
+            if !decision.finished {
+                self.mark_queued(&queued).await?;
             }
             return Ok(decision);
         }
