@@ -145,18 +145,7 @@ impl App {
         });
         server::serve(webhook, service, shutdown, config_grace, limits).await;
         let deadline = unready.await.unwrap_or_else(|_| Instant::now());
-        let running = self.gateway.forwarder.running();
-        if running > 0 {
-            tracing::info!(running, "waiting for background forwards");
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !self.gateway.forwarder.drain(left).await {
-            tracing::warn!("background forwards still running after {config_grace:?}; their leases will let another replica resend");
-        }
-        if let Some(outbox) = &self.gateway.outbox {
-            let left = deadline.saturating_duration_since(Instant::now());
-            outbox.drain(left).await;
-        }
+        self.drain_background(deadline, config_grace).await;
         admin_stop.fire();
         let _ = admin_task.await;
         for task in background {
@@ -167,6 +156,22 @@ impl App {
 }
 
 impl App {
+    /// Background forwards and durable deliveries in flight finish by `deadline`.
+    async fn drain_background(&self, deadline: Instant, grace: Duration) {
+        let running = self.gateway.forwarder.running();
+        if running > 0 {
+            tracing::info!(running, "waiting for background forwards");
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !self.gateway.forwarder.drain(left).await {
+            tracing::warn!("background forwards still running after {grace:?}; their leases will let another replica resend");
+        }
+        if let Some(outbox) = &self.gateway.outbox {
+            let left = deadline.saturating_duration_since(Instant::now());
+            outbox.drain(left).await;
+        }
+    }
+
     /// The admin listener, served until the returned trigger fires (after the webhook
     /// listener's drain, so `/readyz` answers 503 meanwhile).
     fn serve_admin(

@@ -159,3 +159,41 @@ fn the_worked_example_config_passes_check() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!((out.status.code(), stderr.as_ref()), (Some(0), ""));
 }
+
+#[test]
+fn pollgate_test_answers_durable_events_as_serve_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "subscriptions:\n  shop:\n    secret: {SECRET}\n{ERP}outbox:\n  path: outbox\n\
+         events:\n  completeSession:\n    forward: erp\n    delivery: durable\n    rule: done.rhai\n"
+    );
+    std::fs::write(dir.path().join("pollgate.yaml"), config).unwrap();
+    std::fs::write(
+        dir.path().join("done.rhai"),
+        "let r = forward(\"erp\"); #{ queued: r == () }",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    std::fs::write(
+        dir.path().join("tests/done.yaml"),
+        "cases:\n  - name: answered at once, the forward queued\n    event: completeSession\n    body: {session: {sessionId: s1}}\n    calls:\n      - expect: {queued: true}\n        exact: true\n      - same_as: 1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pollgate"))
+        .args(["test", "--config"])
+        .arg(dir.path().join("pollgate.yaml"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+    assert!(
+        !dir.path().join("outbox").exists(),
+        "the test outbox is in memory"
+    );
+}

@@ -30,12 +30,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
+use redb::ReadTransaction;
 use redb::{Database, ReadableDatabase, TableDefinition};
-use redb::{ReadTransaction, WriteTransaction};
 use tokio::sync::oneshot;
 
 mod queue;
 mod tables;
+
+use tables::Tables;
 
 use super::{DeliveryId, OutboxError};
 
@@ -57,7 +59,7 @@ const MAX_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// One change, applied inside the writer's transaction; its number is the answer
 /// (a bool as 0 or 1, or a count).
-type Change = Box<dyn FnOnce(&WriteTransaction) -> Result<u64, OutboxError> + Send>;
+type Change = Box<dyn FnOnce(&mut Tables<'_>) -> Result<u64, OutboxError> + Send>;
 
 struct Job {
     change: Change,
@@ -96,6 +98,19 @@ impl EmbeddedOutbox {
         let db = Database::create(&file).map_err(|e| {
             OutboxError::Unavailable(format!("cannot open {}: {e}", file.display()))
         })?;
+        Self::with_db(db, file)
+    }
+
+    /// An outbox in memory, gone with the process: for `pollgate test`, whose durable
+    /// events are queued (and never delivered) like in `serve`.
+    pub fn in_memory() -> Result<Self, OutboxError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(storage)?;
+        Self::with_db(db, PathBuf::from("(memory)"))
+    }
+
+    fn with_db(db: Database, file: PathBuf) -> Result<Self, OutboxError> {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_db = db.clone();
@@ -129,7 +144,7 @@ impl EmbeddedOutbox {
     /// Applies `change` in the writer's next transaction; answers once it is synced.
     async fn write(
         &self,
-        change: impl FnOnce(&WriteTransaction) -> Result<u64, OutboxError> + Send + 'static,
+        change: impl FnOnce(&mut Tables<'_>) -> Result<u64, OutboxError> + Send + 'static,
     ) -> Result<u64, OutboxError> {
         let (done, answer) = oneshot::channel();
         let job = Job {
@@ -202,8 +217,11 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, commits: &AtomicU64) {
             }
         };
         let mut answers = Vec::with_capacity(batch.len());
-        for job in batch {
-            answers.push(((job.change)(&txn), job.done));
+        {
+            let mut tables = Tables::new(&txn);
+            for job in batch {
+                answers.push(((job.change)(&mut tables), job.done));
+            }
         }
         // A change that failed inside the transaction fails the whole batch: its half-made
         // writes must not be committed. The others' callers see an error too and retry.

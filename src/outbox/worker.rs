@@ -219,7 +219,7 @@ impl Worker {
             .map_or(1, |u| u.max_connections);
         let permits = Arc::new(Semaphore::new(max));
         while !stop.is_fired() {
-            let wait = match self.round(&permits).await {
+            let wait = match self.round(&permits, max).await {
                 Ok(wait) => wait,
                 Err(e) => {
                     tracing::warn!(upstream = %self.upstream, error = %e, "cannot claim deliveries");
@@ -237,7 +237,11 @@ impl Worker {
 
     /// Claims what is due (as many as there are free connections) and sends it; returns
     /// when to look again (`None`: at once, there may be more due).
-    async fn round(&self, permits: &Arc<Semaphore>) -> Result<Option<Instant>, OutboxError> {
+    async fn round(
+        &self,
+        permits: &Arc<Semaphore>,
+        max: usize,
+    ) -> Result<Option<Instant>, OutboxError> {
         let inner = &self.deliverer.inner;
         let far = Instant::now() + Duration::from_secs(3600);
         let free = permits.available_permits();
@@ -246,8 +250,12 @@ impl Worker {
             // No longer configured: its deliveries wait (a reload may bring it back).
             return Ok(Some(far));
         };
-        if free == 0 {
-            return Ok(Some(far)); // a send that ends wakes this worker
+        // Claims come in batches: while sends are running, wait until a quarter of the
+        // connections are free (a send that ends wakes this worker), so a busy queue costs
+        // one claim per several deliveries, not one each.
+        let in_flight = max.saturating_sub(free);
+        if free == 0 || (in_flight > 0 && free < (max / 4).max(1)) {
+            return Ok(Some(far));
         }
         let now = inner.clock.now_ms();
         let lease = millis(config.durable.lease.max(config.timeout + LEASE_SLACK));

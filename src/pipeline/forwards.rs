@@ -107,7 +107,7 @@ impl Call<'_> {
 
     /// Marks `upstreams` queued in the conversation, so its later calls (polls,
     /// duplicates) queue nothing.
-    pub(super) async fn mark_queued(&self, upstreams: &[&str]) -> Result<(), StoreError> {
+    pub(super) async fn mark_queued(&self, upstreams: &[String]) -> Result<(), StoreError> {
         let store = &self.gateway.store;
         let now = self.gateway.clock.now_ms();
         for upstream in upstreams {

@@ -28,7 +28,7 @@ pub use checks::{check_body, check_head, subscription, Head, Verified};
 
 use crate::conversation::{ConversationKey, Snapshot, StoreError};
 use crate::gateway::Gateway;
-use crate::rules::finish_answer;
+use crate::rules::{finish_answer, ForwardRequest};
 use crate::runtime::{CompiledEvent, Runtime};
 use crate::telemetry::Outcome;
 use shape::Decision;
@@ -115,7 +115,7 @@ impl Call<'_> {
         if let Some(upstream) = &self.event.config.forward {
             if durable {
                 if self.queue(upstream, self.raw.clone(), snapshot).await? {
-                    queued.push(upstream.as_str());
+                    queued.push(upstream.clone());
                 }
             } else if forwards::due(snapshot, upstream, now) {
                 self.start_forward(upstream, self.raw.clone(), snapshot)
@@ -125,22 +125,9 @@ impl Call<'_> {
         self.hold(snapshot).await?;
         let (mut decision, requested) = self.evaluate(snapshot, body, elapsed_ms).await;
         if durable {
-            // Queued before the answer; the answer never waits for the back end.
-            for request in requested.iter().flatten() {
-                let bytes = request
-                    .body
-                    .clone()
-                    .map_or_else(|| self.raw.clone(), Bytes::from);
-                if self.queue(&request.upstream, bytes, snapshot).await? {
-                    queued.push(request.upstream.as_str());
-                }
-            }
-            // A conversation that goes on remembers what it queued, so its next calls
-            // queue nothing; a finished one replays its answer and never gets this far.
-            if !decision.finished {
-                self.mark_queued(&queued).await?;
-            }
-            return Ok(decision);
+            return self
+                .queue_requested(decision, requested, queued, snapshot)
+                .await;
         }
         if let Some(requested) = requested {
             for request in requested {
@@ -151,6 +138,31 @@ impl Call<'_> {
             if self.hold(snapshot).await? {
                 (decision, _) = self.evaluate(snapshot, body, elapsed_ms).await;
             }
+        }
+        Ok(decision)
+    }
+}
+
+impl Call<'_> {
+    /// A durable event's rest: what the rule asked to forward is queued before the answer,
+    /// which never waits for the back end. A conversation that goes on remembers what it
+    /// queued, so its next calls queue nothing; a finished one replays its answer and
+    /// never gets this far.
+    async fn queue_requested(
+        &self,
+        decision: Decision,
+        requested: Option<Vec<ForwardRequest>>,
+        mut queued: Vec<String>,
+        snapshot: &mut Snapshot,
+    ) -> Result<Decision, StoreError> {
+        for request in requested.into_iter().flatten() {
+            let bytes = request.body.map_or_else(|| self.raw.clone(), Bytes::from);
+            if self.queue(&request.upstream, bytes, snapshot).await? {
+                queued.push(request.upstream);
+            }
+        }
+        if !decision.finished {
+            self.mark_queued(&queued).await?;
         }
         Ok(decision)
     }

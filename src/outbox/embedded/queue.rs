@@ -79,18 +79,13 @@ impl Outbox for EmbeddedOutbox {
     async fn enqueue(&self, delivery: NewDelivery) -> Result<bool, OutboxError> {
         let d = Delivery::new(delivery);
         let queued = self
-            .write(move |txn| {
+            .write(move |tables| {
                 let raw = id_bytes(d.id);
-                let exists = txn
-                    .open_table(DELIVERIES)
-                    .map_err(storage)?
-                    .get(&raw[..])
-                    .map_err(storage)?
-                    .is_some();
+                let exists = tables.records()?.get(&raw[..]).map_err(storage)?.is_some();
                 if exists {
                     return Ok(0);
                 }
-                put(txn, &d)?;
+                put(tables, &d)?;
                 Ok(1)
             })
             .await?;
@@ -139,7 +134,9 @@ impl Outbox for EmbeddedOutbox {
     }
 
     async fn delivered(&self, _upstream: &str, id: DeliveryId) -> Result<(), OutboxError> {
-        let result = self.write(move |txn| change_one(txn, id, |_| None)).await;
+        let result = self
+            .write(move |tables| change_one(tables, id, |_| None))
+            .await;
         self.unclaim(id);
         result.map(|_| ())
     }
@@ -151,8 +148,8 @@ impl Outbox for EmbeddedOutbox {
         failure: Failure,
     ) -> Result<(), OutboxError> {
         let result = self
-            .write(move |txn| {
-                change_one(txn, id, |mut d| {
+            .write(move |tables| {
+                change_one(tables, id, |mut d| {
                     d.attempts += 1;
                     match failure {
                         Failure::Retry { next_ms, error } => {
@@ -207,8 +204,8 @@ impl Outbox for EmbeddedOutbox {
         now_ms: u64,
     ) -> Result<bool, OutboxError> {
         let found = self
-            .write(move |txn| {
-                change_one(txn, id, |mut d| {
+            .write(move |tables| {
+                change_one(tables, id, |mut d| {
                     d.revive(now_ms);
                     Some(d)
                 })
@@ -223,10 +220,10 @@ impl Outbox for EmbeddedOutbox {
             ids.push(id);
             true
         })?;
-        self.write(move |txn| {
+        self.write(move |tables| {
             let mut n = 0;
             for id in ids {
-                n += change_one(txn, id, |mut d| {
+                n += change_one(tables, id, |mut d| {
                     (d.status == Status::Dead).then(|| {
                         d.revive(now_ms);
                         d
@@ -239,7 +236,9 @@ impl Outbox for EmbeddedOutbox {
     }
 
     async fn delete(&self, _upstream: &str, id: DeliveryId) -> Result<bool, OutboxError> {
-        let found = self.write(move |txn| change_one(txn, id, |_| None)).await?;
+        let found = self
+            .write(move |tables| change_one(tables, id, |_| None))
+            .await?;
         self.unclaim(id);
         Ok(found == 1)
     }

@@ -1,7 +1,9 @@
 //! The embedded outbox's tables: writing and removing a delivery with its index entries
 //! inside the writer's transaction.
 
-use redb::{ReadableTable, WriteTransaction};
+use std::collections::HashMap;
+
+use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::{storage, Index, DELIVERIES};
 use crate::outbox::record::{decode, encode};
@@ -29,81 +31,103 @@ pub(super) fn id_bytes(id: DeliveryId) -> [u8; 16] {
     id.bytes()
 }
 
-/// Writes `d` and its index entries (the record is new or its old entries are removed).
-pub(super) fn put(txn: &WriteTransaction, d: &Delivery) -> Result<(), OutboxError> {
-    let raw = id_bytes(d.id);
-    let mut records = txn.open_table(DELIVERIES).map_err(storage)?;
-    records.insert(&raw[..], &encode(d)[..]).map_err(storage)?;
-    match d.status {
-        Status::Pending => {
-            index_insert(txn, "due", &d.upstream, d.next_ms, &raw)?;
-            index_insert(txn, "age", &d.upstream, d.queued_ms, &raw)?;
+/// The tables one batch of changes writes, each opened once per transaction: opening and
+/// closing a redb table costs a lookup and a write of its root, which per change would
+/// be most of a commit's work.
+pub(super) struct Tables<'t> {
+    txn: &'t WriteTransaction,
+    records: Option<Table<'t, &'static [u8], &'static [u8]>>,
+    indexes: HashMap<String, Table<'t, (u64, &'static [u8]), ()>>,
+}
+
+impl<'t> Tables<'t> {
+    pub(super) fn new(txn: &'t WriteTransaction) -> Self {
+        Self {
+            txn,
+            records: None,
+            indexes: HashMap::new(),
         }
-        Status::Dead => index_insert(txn, "dead", &d.upstream, d.queued_ms, &raw)?,
+    }
+
+    pub(super) fn records(
+        &mut self,
+    ) -> Result<&mut Table<'t, &'static [u8], &'static [u8]>, OutboxError> {
+        if self.records.is_none() {
+            self.records = Some(self.txn.open_table(DELIVERIES).map_err(storage)?);
+        }
+        self.records
+            .as_mut()
+            .ok_or_else(|| OutboxError::Unavailable("deliveries table".into()))
+    }
+
+    fn index(
+        &mut self,
+        kind: &str,
+        upstream: &str,
+    ) -> Result<&mut Table<'t, (u64, &'static [u8]), ()>, OutboxError> {
+        let name = index_name(kind, upstream);
+        if !self.indexes.contains_key(&name) {
+            let table = self.txn.open_table(Index::new(&name)).map_err(storage)?;
+            self.indexes.insert(name.clone(), table);
+        }
+        self.indexes
+            .get_mut(&name)
+            .ok_or_else(|| OutboxError::Unavailable(format!("table {name}")))
+    }
+}
+
+/// The index entries of `d`: (table kind, time).
+fn entries(d: &Delivery) -> Vec<(&'static str, u64)> {
+    match d.status {
+        Status::Pending => vec![("due", d.next_ms), ("age", d.queued_ms)],
+        Status::Dead => vec![("dead", d.queued_ms)],
+    }
+}
+
+/// Writes `d` and its index entries (the record is new or its old entries are removed).
+pub(super) fn put(tables: &mut Tables<'_>, d: &Delivery) -> Result<(), OutboxError> {
+    let raw = id_bytes(d.id);
+    tables
+        .records()?
+        .insert(&raw[..], &encode(d)[..])
+        .map_err(storage)?;
+    for (kind, at) in entries(d) {
+        tables
+            .index(kind, &d.upstream)?
+            .insert((at, &raw[..]), ())
+            .map_err(storage)?;
     }
     Ok(())
 }
 
 /// Removes `d`'s index entries (and the record itself with `record`).
-pub(super) fn unput(txn: &WriteTransaction, d: &Delivery, record: bool) -> Result<(), OutboxError> {
+fn unput(tables: &mut Tables<'_>, d: &Delivery, record: bool) -> Result<(), OutboxError> {
     let raw = id_bytes(d.id);
-    match d.status {
-        Status::Pending => {
-            index_remove(txn, "due", &d.upstream, d.next_ms, &raw)?;
-            index_remove(txn, "age", &d.upstream, d.queued_ms, &raw)?;
-        }
-        Status::Dead => index_remove(txn, "dead", &d.upstream, d.queued_ms, &raw)?,
+    for (kind, at) in entries(d) {
+        tables
+            .index(kind, &d.upstream)?
+            .remove((at, &raw[..]))
+            .map_err(storage)?;
     }
     if record {
-        let mut records = txn.open_table(DELIVERIES).map_err(storage)?;
-        records.remove(&raw[..]).map_err(storage)?;
+        tables.records()?.remove(&raw[..]).map_err(storage)?;
     }
-    Ok(())
-}
-
-pub(super) fn index_insert(
-    txn: &WriteTransaction,
-    kind: &str,
-    upstream: &str,
-    at: u64,
-    id: &[u8; 16],
-) -> Result<(), OutboxError> {
-    let name = index_name(kind, upstream);
-    let mut table = txn.open_table(Index::new(&name)).map_err(storage)?;
-    table.insert((at, &id[..]), ()).map_err(storage)?;
-    Ok(())
-}
-
-pub(super) fn index_remove(
-    txn: &WriteTransaction,
-    kind: &str,
-    upstream: &str,
-    at: u64,
-    id: &[u8; 16],
-) -> Result<(), OutboxError> {
-    let name = index_name(kind, upstream);
-    let mut table = txn.open_table(Index::new(&name)).map_err(storage)?;
-    table.remove((at, &id[..])).map_err(storage)?;
     Ok(())
 }
 
 /// Applies `f` to the delivery `id` inside the writer's transaction: `f` gets it as it
-/// is (`None` if missing) and returns it as it should be (`None`: delete).
+/// is and returns it as it should be (`None`: delete). 0 when there is no such delivery.
 pub(super) fn change_one(
-    txn: &WriteTransaction,
+    tables: &mut Tables<'_>,
     id: DeliveryId,
     f: impl FnOnce(Delivery) -> Option<Delivery>,
 ) -> Result<u64, OutboxError> {
-    let old = {
-        let records = txn.open_table(DELIVERIES).map_err(storage)?;
-        load(&records, id)?
-    };
-    let Some(old) = old else {
+    let Some(old) = load(tables.records()?, id)? else {
         return Ok(0);
     };
-    unput(txn, &old, true)?;
+    unput(tables, &old, true)?;
     if let Some(new) = f(old) {
-        put(txn, &new)?;
+        put(tables, &new)?;
     }
     Ok(1)
 }
