@@ -223,6 +223,20 @@ async fn measure(
     Ok(per_call)
 }
 
+/// Deletes this run's keys from a Redis others share (conversations live `state.ttl`).
+fn forget(url: &str, prefix: &str) -> Result<(), Error> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    for pattern in [format!("{prefix}:*"), format!("{{{prefix}:*")] {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern.replace('{', "\\{"))
+            .query(&mut conn)?;
+        for chunk in keys.chunks(500) {
+            let _: i64 = redis::cmd("DEL").arg(chunk).query(&mut conn)?;
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
@@ -259,8 +273,10 @@ async fn run() -> Result<(), Error> {
             durable: true,
         },
     ];
+    let mut redis_prefix = None;
     if let Ok(url) = std::env::var("REDIS") {
         let prefix = format!("pollgate-bench-{:08x}", fastrand::u32(..));
+        redis_prefix = Some(prefix.clone());
         let store = format!("state:\n  store: redis\n  url: {url}\n  prefix: {prefix}\n");
         runs.push(Run {
             name: "redis, no delivery",
@@ -279,6 +295,9 @@ async fn run() -> Result<(), Error> {
     let mut figures = Vec::new();
     for run in &runs {
         figures.push(measure(&binary, run, calls, concurrency).await?);
+    }
+    if let (Ok(url), Some(prefix)) = (std::env::var("REDIS"), &redis_prefix) {
+        forget(&url, prefix)?;
     }
     for pair in figures.chunks(2) {
         if let [plain, durable] = pair {

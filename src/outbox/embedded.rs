@@ -233,7 +233,7 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, commits: &AtomicU64) {
             }
             None => {
                 let n = commits.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 1024 == 0 {
+                if n.is_multiple_of(1024) {
                     tracing::debug!(commits = n, batch = answers.len(), "outbox group commit");
                 }
                 txn.commit().map_err(storage)

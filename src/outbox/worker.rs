@@ -280,6 +280,13 @@ impl Worker {
         if full {
             return Ok(None);
         }
+        self.next_look(far).await.map(Some)
+    }
+
+    /// When the next pending delivery is due (`far` with none); with a shared outbox at
+    /// most [`SHARED_LOOK_EVERY`] from now.
+    async fn next_look(&self, far: Instant) -> Result<Instant, OutboxError> {
+        let inner = &self.deliverer.inner;
         let mut until = match inner.queue.next_due(&self.upstream).await? {
             Some(ms) => {
                 let now = inner.clock.now_ms();
@@ -290,7 +297,7 @@ impl Worker {
         if inner.queue.is_shared() {
             until = until.min(Instant::now() + SHARED_LOOK_EVERY);
         }
-        Ok(Some(until))
+        Ok(until)
     }
 }
 
