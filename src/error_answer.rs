@@ -184,14 +184,19 @@ pub enum AdminError {
     MethodNotAllowed(&'static str),
     /// The conversation store failed to list.
     StoreUnavailable(String),
+    /// A query value that is not allowed (`?status=maybe`), and why.
+    BadQuery(String),
+    /// No delivery has this id (GATEWAY.md 8).
+    NoDelivery(String),
 }
 
 impl AdminError {
     pub fn status(&self) -> u16 {
         match self {
             Self::CrossOrigin(_) => 403,
-            Self::NotFound => 404,
+            Self::NotFound | Self::NoDelivery(_) => 404,
             Self::MethodNotAllowed(_) => 405,
+            Self::BadQuery(_) => 400,
             Self::StoreUnavailable(_) => 503,
         }
     }
@@ -202,6 +207,8 @@ impl AdminError {
             Self::NotFound => "NOT_FOUND",
             Self::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            Self::BadQuery(_) => "INVALID_QUERY",
+            Self::NoDelivery(_) => "NOT_FOUND",
         }
     }
 
@@ -210,11 +217,15 @@ impl AdminError {
             Self::CrossOrigin(why) => Cow::Owned(format!(
                 "{why}; the admin endpoints refuse requests from other sites' pages"
             )),
-            Self::NotFound => {
-                Cow::Borrowed("admin endpoints: /healthz /readyz /metrics /conversations /reload")
-            }
+            Self::NotFound => Cow::Borrowed(
+                "admin endpoints: /healthz /readyz /metrics /conversations /deliveries /reload",
+            ),
             Self::MethodNotAllowed(allow) => Cow::Owned(format!("use {allow}")),
-            Self::StoreUnavailable(why) => Cow::Owned(why.clone()),
+            Self::StoreUnavailable(why) | Self::BadQuery(why) => Cow::Owned(why.clone()),
+            Self::NoDelivery(id) => Cow::Owned(format!(
+                "no delivery `{}` (GET /deliveries lists them)",
+                crate::telemetry::escape::loggable(id, 64)
+            )),
         }
     }
 

@@ -83,6 +83,11 @@ impl ConversationKey {
         text
     }
 
+    /// A key from its raw bytes (as [`ConversationKey::as_bytes`] gives them).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
