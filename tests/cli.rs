@@ -247,6 +247,29 @@ fn check_reports_a_bad_config_as_file_key_message() {
 }
 
 #[test]
+fn check_and_serve_refuse_an_admin_listener_off_loopback_without_a_token() {
+    let dir = folder(&[(
+        "pollgate.yaml",
+        &config_text(
+            "127.0.0.1:0",
+            "0.0.0.0:0",
+            "events:\n  \"*\":\n    respond: {}\n",
+        ),
+    )]);
+    let config = dir.path().join("pollgate.yaml");
+    let expected = format!(
+        "{}: admin.token: admin.listen (0.0.0.0:0) is not a loopback address and no admin.token is set; set a token, or listen on 127.0.0.1",
+        config.display()
+    );
+    let r = run(pollgate(&["check", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(r.stderr, format!("{expected}\n"), "{r:?}");
+    let r = run(pollgate(&["serve", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stderr.contains(&expected), "{r:?}");
+}
+
+#[test]
 fn check_reports_a_yaml_mistake_with_line_and_column() {
     let dir = folder(&[(
         "pollgate.yaml",

@@ -13,6 +13,7 @@ pub(crate) mod raw;
 mod report;
 #[cfg(test)]
 mod tests;
+mod token;
 mod tree;
 mod units;
 mod validate;
@@ -27,6 +28,7 @@ pub use env::{expand, process_env, EnvError};
 pub use key_part::KeyPart;
 pub use limits::Limits;
 pub use problem::{Problem, Problems};
+pub use token::Token;
 pub use units::{millis, parse_duration, parse_size};
 
 use crate::signature::Secret;
@@ -98,6 +100,11 @@ pub struct Server {
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// `admin.token`: required by every endpoint but `/healthz` and `/readyz` (and the
+    /// console page itself). Always set when `listen` is not a loopback address.
+    pub token: Option<Token>,
+    /// `admin.push_token`: opens the `/push` endpoints only.
+    pub push_token: Option<Token>,
 }
 
 /// A till subscription: its id (the `X-Mplus-Subscription-Id` value) and secret.

@@ -83,12 +83,18 @@ impl Default for RawServer {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawAdmin {
     pub listen: String,
+    /// Bearer token for every admin endpoint but `/healthz` and `/readyz`.
+    pub token: Option<String>,
+    /// Bearer token for the `/push` endpoints only.
+    pub push_token: Option<String>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9090".into(),
+            token: None,
+            push_token: None,
         }
     }
 }

@@ -800,3 +800,37 @@ fn max_conversations_is_read_for_the_memory_store() {
         }
     );
 }
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let text = with_subscription("admin:\n  listen: 0.0.0.0:9090\n");
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}: admin.token: admin.listen (0.0.0.0:9090) is not a loopback address and no admin.token is set; set a token, or listen on 127.0.0.1")
+    );
+    let empty = with_subscription("admin:\n  listen: \"[::]:9090\"\n  token: ${UNSET:-}\n");
+    assert_eq!(
+        problem(&empty),
+        format!("{FILE}: admin.token: admin.listen ([::]:9090) is not a loopback address and no admin.token is set; set a token, or listen on 127.0.0.1")
+    );
+    let set = with_subscription("admin:\n  listen: 0.0.0.0:9090\n  token: ${SET}\n");
+    let config = parse(&set).unwrap();
+    let token = config.admin.token.as_ref().unwrap();
+    assert!(token.matches(b"value"));
+    assert!(
+        !format!("{config:?}").contains("value"),
+        "the token is never in Debug output"
+    );
+}
+
+#[test]
+fn admin_tokens_are_optional_on_loopback() {
+    let config = parse(&with_subscription(
+        "admin:\n  listen: 127.0.0.1:9090\n  push_token: p\n",
+    ))
+    .unwrap();
+    assert!(config.admin.token.is_none());
+    assert!(config.admin.push_token.as_ref().unwrap().matches(b"p"));
+    let ipv6 = parse(&with_subscription("admin:\n  listen: \"[::1]:9090\"\n")).unwrap();
+    assert!(ipv6.admin.token.is_none());
+}

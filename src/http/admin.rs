@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response};
 use http_body_util::Full;
 use serde::Serialize;
 
 use super::json_response;
-use super::origin;
 use super::overload::BodyBudget;
+use super::{bearer, origin};
 use crate::conversation::ConversationStore;
 use crate::error_answer::AdminError;
 use crate::gateway::Gateway;
@@ -44,6 +44,11 @@ pub async fn handle<B>(
         return Ok(error(&AdminError::CrossOrigin(refusal.to_string())));
     }
     let path = req.uri().path();
+    let runtime = state.gateway.runtime.load();
+    if let Err(refused) = bearer::check(&runtime.config.admin, path, req.headers()) {
+        return Ok(error(&AdminError::Unauthorized(refused)));
+    }
+    drop(runtime);
     let response = match (req.method(), path) {
         (&Method::GET, "/healthz") => json(200, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(&state).await,
@@ -70,6 +75,11 @@ fn error(error: &AdminError) -> Response<Full<Bytes>> {
         response
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    if let Some(challenge) = error.challenge() {
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     }
     response
 }

@@ -3,6 +3,7 @@
 //! ([`connection`]), the body budget ([`overload`]) and graceful shutdown.
 
 pub mod admin;
+mod bearer;
 pub mod connection;
 pub mod layers;
 pub mod origin;

@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::raw::{RawConfig, RawServer, RawSize, RawSubscription};
+use super::raw::{RawAdmin, RawConfig, RawServer, RawSize, RawSubscription};
 use super::units::parse_size;
-use super::{Admin, Config, Limits, Problem, Server, Subscription, DEMO_SECRET_KEY};
+use super::{Admin, Config, Limits, Problem, Server, Subscription, Token, DEMO_SECRET_KEY};
 use crate::signature::{Encoding, Secret};
 
 pub(super) struct Validator<'a> {
@@ -77,6 +77,28 @@ impl Validator<'_> {
         }
     }
 
+    /// `admin:`; off loopback without `admin.token` the endpoints would be open to the
+    /// network, so that is a problem, not a warning.
+    fn admin(&mut self, raw: &RawAdmin) -> Option<Admin> {
+        let listen = self.address("admin.listen", &raw.listen)?;
+        let token = raw.token.as_deref().and_then(Token::new);
+        let push_token = raw.push_token.as_deref().and_then(Token::new);
+        if token.is_none() && !listen.ip().is_loopback() {
+            self.problem(
+                "admin.token",
+                format!(
+                    "admin.listen ({listen}) is not a loopback address and no admin.token is set; set a token, or listen on 127.0.0.1"
+                ),
+            );
+            return None;
+        }
+        Some(Admin {
+            listen,
+            token,
+            push_token,
+        })
+    }
+
     fn secret(&mut self, key: &str, text: &str, encoding: Encoding) -> Option<Secret> {
         match Secret::decode(text, encoding) {
             Ok(secret) => Some(secret),
@@ -90,7 +112,7 @@ impl Validator<'_> {
     /// The config, when `raw` has no problem of its own (they are in `self.problems`).
     pub(super) fn validate(&mut self, raw: RawConfig) -> Option<Config> {
         let listen = self.address("server.listen", &raw.server.listen);
-        let admin = self.address("admin.listen", &raw.admin.listen);
+        let admin = self.admin(&raw.admin);
         let base_path = self.base_path(&raw.server.base_path);
         let max_buffered_bytes = self.server_limits(&raw.server);
         let subscriptions = self.subscriptions(&raw.subscriptions);
@@ -111,7 +133,7 @@ impl Validator<'_> {
             path: self.file.to_path_buf(),
             dir: self.dir.clone(),
             server: server(&raw.server, listen, base_path, max_buffered_bytes),
-            admin: Admin { listen: admin },
+            admin,
             subscriptions,
             events,
             upstreams,
