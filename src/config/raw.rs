@@ -103,6 +103,9 @@ impl Default for RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSubscription {
     pub secret: String,
+    /// Secrets still accepted while tills move to `secret` (rotation).
+    #[serde(default)]
+    pub previous_secrets: Vec<String>,
     #[serde(default)]
     pub encoding: Encoding,
 }

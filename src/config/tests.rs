@@ -624,7 +624,7 @@ upstreams:
         problems(text),
         vec![
             format!("{FILE}:1:1: unknown field `servr`, expected one of `server`, `admin`, `subscriptions`, `events`, `upstreams`, `state`, `limits`, `watch`"),
-            format!("{FILE}:6:5: subscriptions.shop: unknown field `encodng`, expected `secret` or `encoding`"),
+            format!("{FILE}:6:5: subscriptions.shop: unknown field `encodng`, expected one of `secret`, `previous_secrets`, `encoding`"),
             format!("{FILE}:10:5: upstreams.backend: unknown field `retry`, expected one of `url`, `timeout`, `retries`, `secret`, `encoding`, `max_connections`, `max_reply_bytes`"),
         ]
     );
@@ -833,4 +833,24 @@ fn admin_tokens_are_optional_on_loopback() {
     assert!(config.admin.push_token.as_ref().unwrap().matches(b"p"));
     let ipv6 = parse(&with_subscription("admin:\n  listen: \"[::1]:9090\"\n")).unwrap();
     assert!(ipv6.admin.token.is_none());
+}
+
+#[test]
+fn previous_secrets_are_decoded_like_the_secret_each_problem_under_its_index() {
+    let text = "subscriptions:\n  shop:\n    secret: bmV3\n    previous_secrets: [b2xk, \"not base64!\", \"\"]\n";
+    assert_eq!(
+        problems(text),
+        vec![
+            format!("{FILE}: subscriptions.shop.previous_secrets[1]: secret is not valid base64 (set `encoding: utf8` to use the text as it is)"),
+            format!("{FILE}: subscriptions.shop.previous_secrets[2]: secret is empty"),
+        ]
+    );
+    let ok = "subscriptions:\n  shop:\n    secret: new\n    encoding: utf8\n    previous_secrets: [old]\n";
+    let config = parse(ok).unwrap();
+    let shop = &config.subscriptions["shop"];
+    let signed_old = crate::signature::Secret::from_key(b"old").sign(b"{}");
+    assert_eq!(shop.verify(signed_old.as_bytes(), b"{}"), Ok(1));
+    assert_eq!(shop.signer(1).sign(b"{}"), signed_old);
+    let signed_new = shop.secret.sign(b"{}");
+    assert_eq!(shop.verify(signed_new.as_bytes(), b"{}"), Ok(0));
 }

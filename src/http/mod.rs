@@ -27,18 +27,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::{Service, ServiceExt};
 
-use crate::config::Subscription;
 use crate::shutdown::Shutdown;
-use crate::signature::SIGNATURE_HEADER;
+use crate::signature::{Secret, SIGNATURE_HEADER};
 use connection::{ConnLimits, Phase, Tracked, Watched};
 
-/// A JSON answer, signed with the subscription's secret when there is one.
-pub fn json_response(
-    status: u16,
-    body: Bytes,
-    signer: Option<&Subscription>,
-) -> Response<Full<Bytes>> {
-    let signature = signer.map(|s| s.secret.sign(&body));
+/// A JSON answer, signed with `signer` when there is one (a subscription's secret).
+pub fn json_response(status: u16, body: Bytes, signer: Option<&Secret>) -> Response<Full<Bytes>> {
+    let signature = signer.map(|s| s.sign(&body));
     let mut response = Response::new(Full::new(body));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

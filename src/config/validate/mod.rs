@@ -150,18 +150,29 @@ impl Validator<'_> {
         let mut subscriptions = HashMap::new();
         for (id, sub) in raw {
             let key = format!("subscriptions.{id}.secret");
-            if let Some(secret) = self.secret(&key, &sub.secret, sub.encoding) {
-                let is_demo = secret.has_key(DEMO_SECRET_KEY);
-                let id = id.clone();
-                subscriptions.insert(
-                    id.clone(),
-                    Arc::new(Subscription {
-                        id,
-                        secret,
-                        is_demo,
-                    }),
-                );
-            }
+            let secret = self.secret(&key, &sub.secret, sub.encoding);
+            let previous: Vec<Option<Secret>> = (sub.previous_secrets.iter().enumerate())
+                .map(|(i, text)| {
+                    let key = format!("subscriptions.{id}.previous_secrets[{i}]");
+                    self.secret(&key, text, sub.encoding)
+                })
+                .collect();
+            let (Some(secret), Some(previous_secrets)) =
+                (secret, previous.into_iter().collect::<Option<Vec<_>>>())
+            else {
+                continue;
+            };
+            let is_demo = secret.has_key(DEMO_SECRET_KEY);
+            let id = id.clone();
+            subscriptions.insert(
+                id.clone(),
+                Arc::new(Subscription {
+                    id,
+                    secret,
+                    previous_secrets,
+                    is_demo,
+                }),
+            );
         }
         if raw.is_empty() && !self.lost_inside("subscriptions") {
             self.problem(
