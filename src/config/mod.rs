@@ -95,6 +95,8 @@ pub struct Server {
     pub max_connections: usize,
     /// Request bodies being read, all calls together (GATEWAY.md 12).
     pub max_buffered_bytes: u64,
+    /// `server.tls`: HTTPS with this certificate and key; `None`: plain HTTP.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 #[derive(Debug, Clone)]

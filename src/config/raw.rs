@@ -50,6 +50,15 @@ pub(crate) struct RawServer {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_buffered_bytes: RawSize,
+    pub tls: Option<RawTls>,
+}
+
+/// `server.tls`: PEM files, relative to the config file's folder.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub cert: String,
+    pub key: String,
 }
 
 /// A size as written: a number of bytes, or text like `64MiB` (checked in [`super::load`],
@@ -75,6 +84,7 @@ impl Default for RawServer {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_buffered_bytes: RawSize::Bytes(64 * 1024 * 1024),
+            tls: None,
         }
     }
 }

@@ -676,7 +676,7 @@ upstreams:
     assert_eq!(
         err.to_string().lines().collect::<Vec<_>>(),
         vec![
-            format!("{f}:2:3: server: unknown field `listn`, expected one of `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`"),
+            format!("{f}:2:3: server: unknown field `listn`, expected one of `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`, `tls`"),
             format!("{f}:3:3: server.shutdown_grace: `10` is not a duration: give a unit, like 10s or 10ms"),
             format!("{f}: subscriptions.shop.secret: environment variable MPLUS_SECRET is not set (set it, or write ${{MPLUS_SECRET:-default}})"),
             format!("{}:1:9: syntax error", scan.display()),
@@ -721,7 +721,7 @@ fn an_empty_section_holds_the_defaults_and_a_section_that_is_not_a_mapping_is_re
     let text = with_subscription("server: fast\n");
     assert_eq!(
         problem(&text),
-        format!("{FILE}:4:1: server: invalid type: string \"fast\", expected a section with the keys `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`")
+        format!("{FILE}:4:1: server: invalid type: string \"fast\", expected a section with the keys `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`, `tls`")
     );
     assert_eq!(
         problem("- server\n- subscriptions\n"),

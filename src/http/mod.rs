@@ -52,14 +52,20 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// The TLS config a new connection is served with, read per connection so that a reload's
+/// certificate takes effect for the next one; `None` from it: plain HTTP.
+pub type TlsSource = Arc<dyn Fn() -> Option<Arc<rustls::ServerConfig>> + Send + Sync>;
+
 /// Accepts connections until `shutdown`, at most `limits.max_connections` at once (at the
 /// cap, new ones wait in the kernel's backlog), then lets open calls finish within `grace`.
+/// With `tls`, each connection's handshake comes first, within `limits.header_timeout`.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     mut shutdown: Shutdown,
     grace: Duration,
     limits: ConnLimits,
+    tls: Option<TlsSource>,
 ) where
     S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
         + Clone
@@ -87,16 +93,15 @@ pub async fn serve<S>(
             () = shutdown.wait() => break,
         };
         let _ = stream.set_nodelay(true);
-        let phase = Phase::new();
-        let io = TokioIo::new(Watched::new(stream, phase.clone()));
-        let service = tracked(service.clone(), phase.clone());
-        let connection = graceful.watch(builder.serve_connection(io, service));
+        let tls = tls.as_ref().and_then(|source| source());
+        let conn = Conn {
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            limits,
+        };
+        let service = service.clone();
         tokio::spawn(async move {
-            match connection::bounded(connection, &phase, limits).await {
-                Some(Err(e)) => tracing::debug!("connection ended: {e}"),
-                Some(Ok(())) => {}
-                None => tracing::debug!("connection closed: header or idle timeout"),
-            }
+            conn.run(stream, tls, service).await;
             drop(slot);
         });
     }
@@ -108,6 +113,58 @@ pub async fn serve<S>(
         tracing::warn!(
             "calls still open after the shutdown grace period ({grace:?}); closing them"
         );
+    }
+}
+
+/// What one accepted connection is served with.
+struct Conn {
+    builder: http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: ConnLimits,
+}
+
+impl Conn {
+    /// The TLS handshake (when `tls`), then the connection's calls, within its bounds.
+    async fn run<S>(self, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, service: S)
+    where
+        S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        // The header timeout runs from here, so a slow handshake eats into it.
+        let phase = Phase::new();
+        let Some(config) = tls else {
+            return self.serve(stream, phase, service).await;
+        };
+        let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+        match tokio::time::timeout(self.limits.header_timeout, handshake).await {
+            Ok(Ok(stream)) => self.serve(stream, phase, service).await,
+            Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!("TLS handshake not done within the header timeout"),
+        }
+    }
+
+    async fn serve<IO, S>(self, io: IO, phase: Arc<Phase>, service: S)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let io = TokioIo::new(Watched::new(io, phase.clone()));
+        let service = tracked(service, phase.clone());
+        let connection = self
+            .watcher
+            .watch(self.builder.serve_connection(io, service));
+        match connection::bounded(connection, &phase, self.limits).await {
+            Some(Err(e)) => tracing::debug!("connection ended: {e}"),
+            Some(Ok(())) => {}
+            None => tracing::debug!("connection closed: header or idle timeout"),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::raw::{RawAdmin, RawConfig, RawServer, RawSize, RawSubscription};
+use super::raw::{RawAdmin, RawConfig, RawServer, RawSize, RawSubscription, RawTls};
 use super::units::parse_size;
 use super::{Admin, Config, Limits, Problem, Server, Subscription, Token, DEMO_SECRET_KEY};
 use crate::signature::{Encoding, Secret};
@@ -115,6 +115,7 @@ impl Validator<'_> {
         let admin = self.admin(&raw.admin);
         let base_path = self.base_path(&raw.server.base_path);
         let max_buffered_bytes = self.server_limits(&raw.server);
+        let tls = self.tls(raw.server.tls.as_ref());
         let subscriptions = self.subscriptions(&raw.subscriptions);
         let upstreams = self.upstreams(raw.upstreams);
         let events = self.events(raw.events, &upstreams);
@@ -123,8 +124,14 @@ impl Validator<'_> {
         if !self.problems.is_empty() {
             return None;
         }
-        let (Some(listen), Some(admin), Some(base_path), Some(state), Some(max_buffered_bytes)) =
-            (listen, admin, base_path, state, max_buffered_bytes)
+        let (
+            Some(listen),
+            Some(admin),
+            Some(base_path),
+            Some(state),
+            Some(max_buffered_bytes),
+            Some(tls),
+        ) = (listen, admin, base_path, state, max_buffered_bytes, tls)
         else {
             // A problem was recorded here, or while typing (and not repeated here).
             return None;
@@ -132,7 +139,10 @@ impl Validator<'_> {
         Some(Config {
             path: self.file.to_path_buf(),
             dir: self.dir.clone(),
-            server: server(&raw.server, listen, base_path, max_buffered_bytes),
+            server: Server {
+                tls,
+                ..server(&raw.server, listen, base_path, max_buffered_bytes)
+            },
             admin,
             subscriptions,
             events,
@@ -225,6 +235,21 @@ impl Validator<'_> {
         }
     }
 
+    /// `server.tls`, read and checked now (`Some(None)`: plain HTTP).
+    fn tls(&mut self, raw: Option<&RawTls>) -> Option<Option<crate::tls::Tls>> {
+        let Some(raw) = raw else {
+            return Some(None);
+        };
+        let (cert, key) = (self.dir.join(&raw.cert), self.dir.join(&raw.key));
+        match crate::tls::load(&cert, &key) {
+            Ok(tls) => Some(Some(tls)),
+            Err(e) => {
+                self.problem(e.config_key(), e.to_string());
+                None
+            }
+        }
+    }
+
     fn base_path(&mut self, value: &str) -> Option<String> {
         let trimmed = value.trim_end_matches('/');
         if !value.starts_with('/') || trimmed.contains("//") || trimmed.contains(['?', '#']) {
@@ -264,5 +289,6 @@ fn server(
         idle_timeout: raw.idle_timeout,
         max_connections: raw.max_connections,
         max_buffered_bytes,
+        tls: None,
     }
 }
