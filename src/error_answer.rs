@@ -215,6 +215,8 @@ pub enum AdminError {
     /// A browser page of another site sent it (`http::origin` says why).
     CrossOrigin(String),
     NotFound,
+    /// `GET /conversations/{key}` of a key the store does not hold (or not a key at all).
+    NoConversation,
     /// The path exists for the other method.
     MethodNotAllowed(&'static str),
     /// The conversation store failed to list.
@@ -226,7 +228,7 @@ impl AdminError {
         match self {
             Self::Unauthorized(_) => 401,
             Self::CrossOrigin(_) => 403,
-            Self::NotFound => 404,
+            Self::NotFound | Self::NoConversation => 404,
             Self::MethodNotAllowed(_) => 405,
             Self::StoreUnavailable(_) => 503,
         }
@@ -237,6 +239,7 @@ impl AdminError {
             Self::Unauthorized(_) => "UNAUTHORIZED",
             Self::CrossOrigin(_) => "CROSS_ORIGIN",
             Self::NotFound => "NOT_FOUND",
+            Self::NoConversation => "NO_CONVERSATION",
             Self::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
         }
@@ -251,6 +254,9 @@ impl AdminError {
             Self::NotFound => {
                 Cow::Borrowed("admin endpoints: /healthz /readyz /metrics /conversations /reload")
             }
+            Self::NoConversation => Cow::Borrowed(
+                "no live conversation has this key (32 hex digits, as GET /conversations lists them)",
+            ),
             Self::MethodNotAllowed(allow) => Cow::Owned(format!("use {allow}")),
             Self::StoreUnavailable(why) => Cow::Owned(why.clone()),
         }

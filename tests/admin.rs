@@ -761,3 +761,56 @@ async fn a_wrong_or_push_only_token_gets_401_with_the_exact_reason() {
     .await;
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn one_conversation_by_its_key_shows_attempts_state_and_final_answer() {
+    let gw = Gateway::start(
+        POLLING,
+        &[(
+            "rule.rhai",
+            "state.seen = poll.attempt; if poll.attempt < 2 { keep_polling(\"wait\") } else { finish(\"done\") }",
+        )],
+    )
+    .await;
+    let till = gw.till();
+    till.call_json("addSessionLine", &body(7, 1)).await;
+    let (_, text) = get(&gw, "/conversations").await;
+    let list: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let key = list[0]["key"].as_str().unwrap().to_owned();
+    let (status, text) = get(&gw, &format!("/conversations/{key}")).await;
+    assert_eq!(status, 200, "{text}");
+    let going: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(going["key"], key.as_str());
+    assert_eq!(going["attempts"], 1);
+    assert_eq!(going["finished"], false);
+    assert_eq!(going["state_bytes"], br#"{"seen":1}"#.len());
+    assert_eq!(going["forwards"], json!([]));
+    assert_eq!(going["final_answer"], Value::Null);
+
+    till.call_json("addSessionLine", &body(7, 2)).await;
+    let (_, text) = get(&gw, &format!("/conversations/{key}")).await;
+    let done: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(done["attempts"], 2);
+    assert_eq!(done["finished"], true);
+    assert_eq!(done["final_answer"]["status"], 200);
+    assert_eq!(
+        done["final_answer"]["body"]["polling"],
+        json!({"finished": true, "message": "done"})
+    );
+    assert!(!text.contains(SECRET) && !text.contains("Cappuccino"));
+
+    let missing = r#"{"error":{"code":"NO_CONVERSATION","message":"no live conversation has this key (32 hex digits, as GET /conversations lists them)"}}"#;
+    for path in [
+        "/conversations/00000000000000000000000000000000",
+        "/conversations/not-a-key",
+    ] {
+        assert_eq!(get(&gw, path).await, (404, missing.to_owned()), "{path}");
+    }
+    let r = client()
+        .delete(gw.admin_url(&format!("/conversations/{key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+}

@@ -12,10 +12,11 @@ use http::{Method, Request, Response};
 use http_body_util::Full;
 use serde::Serialize;
 
+use super::conversation_detail::Detail;
 use super::json_response;
 use super::overload::BodyBudget;
 use super::{bearer, origin};
-use crate::conversation::ConversationStore;
+use crate::conversation::{ConversationKey, ConversationStore};
 use crate::error_answer::AdminError;
 use crate::gateway::Gateway;
 use crate::reload::Reloader;
@@ -55,10 +56,16 @@ pub async fn handle<B>(
         (&Method::GET, "/metrics") => metrics(&state).await,
         (&Method::GET, "/conversations") => conversations(&state, req.uri().query()).await,
         (&Method::POST, "/reload") => reload(&state).await,
+        (&Method::GET, _) if path.starts_with("/conversations/") => {
+            conversation(&state, &path["/conversations/".len()..]).await
+        }
         (_, "/healthz" | "/readyz" | "/metrics" | "/conversations") => {
             error(&AdminError::MethodNotAllowed("GET"))
         }
         (_, "/reload") => error(&AdminError::MethodNotAllowed("POST")),
+        (_, _) if path.starts_with("/conversations/") => {
+            error(&AdminError::MethodNotAllowed("GET"))
+        }
         _ => error(&AdminError::NotFound),
     };
     Ok(response)
@@ -127,6 +134,18 @@ async fn conversations(state: &AdminState, query: Option<&str>) -> Response<Full
     let gateway = &state.gateway;
     match gateway.store.list(gateway.clock.now_ms(), limit).await {
         Ok(list) => json(200, &list),
+        Err(e) => error(&AdminError::StoreUnavailable(e.to_string())),
+    }
+}
+
+async fn conversation(state: &AdminState, key: &str) -> Response<Full<Bytes>> {
+    let Some(parsed) = ConversationKey::from_hex(key) else {
+        return error(&AdminError::NoConversation);
+    };
+    let gateway = &state.gateway;
+    match gateway.store.load(parsed).await {
+        Ok(Some(snapshot)) => json(200, &Detail::new(parsed, &snapshot, gateway.clock.now_ms())),
+        Ok(None) => error(&AdminError::NoConversation),
         Err(e) => error(&AdminError::StoreUnavailable(e.to_string())),
     }
 }
