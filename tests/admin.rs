@@ -814,3 +814,34 @@ async fn one_conversation_by_its_key_shows_attempts_state_and_final_answer() {
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET");
 }
+
+#[tokio::test]
+async fn status_shows_the_generation_and_the_last_reload_with_its_errors() {
+    let gw = Gateway::start(POLLING, &[("rule.rhai", "finish()")]).await;
+    let (status, text) = get(&gw, "/status").await;
+    assert_eq!(status, 200);
+    let fresh: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(fresh["generation"], 1);
+    assert_eq!(fresh["last_reload"], Value::Null);
+    assert!(fresh["loaded_at_ms"].as_u64().unwrap() > 0);
+
+    std::fs::write(gw.dir.path().join("rule.rhai"), "let x = ;").unwrap();
+    let (code, reload) = post_reload(&gw).await;
+    assert_eq!(code, 422);
+    let (_, text) = get(&gw, "/status").await;
+    let failed: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(failed["generation"], 1, "the last good generation goes on");
+    assert_eq!(failed["loaded_at_ms"], fresh["loaded_at_ms"]);
+    let last = &failed["last_reload"];
+    assert_eq!(last["ok"], false);
+    assert_eq!(last["trigger"], "POST /reload");
+    assert_eq!(last["errors"], reload["errors"]);
+
+    std::fs::write(gw.dir.path().join("rule.rhai"), "finish()").unwrap();
+    assert_eq!(post_reload(&gw).await.0, 200);
+    let (_, text) = get(&gw, "/status").await;
+    let ok: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(ok["generation"], 2);
+    assert_eq!(ok["last_reload"]["ok"], true);
+    assert_eq!(ok["last_reload"]["errors"], json!([]));
+}

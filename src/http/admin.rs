@@ -51,6 +51,8 @@ pub async fn handle<B>(
     }
     drop(runtime);
     let response = match (req.method(), path) {
+        (&Method::GET, "/") => super::console::page(),
+        (&Method::GET, "/status") => json(200, &state.reloader.status()),
         (&Method::GET, "/healthz") => json(200, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(&state).await,
         (&Method::GET, "/metrics") => metrics(&state).await,
@@ -59,7 +61,7 @@ pub async fn handle<B>(
         (&Method::GET, _) if path.starts_with("/conversations/") => {
             conversation(&state, &path["/conversations/".len()..]).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/conversations") => {
+        (_, "/" | "/status" | "/healthz" | "/readyz" | "/metrics" | "/conversations") => {
             error(&AdminError::MethodNotAllowed("GET"))
         }
         (_, "/reload") => error(&AdminError::MethodNotAllowed("POST")),

@@ -5,6 +5,7 @@
 pub mod admin;
 mod bearer;
 pub mod connection;
+mod console;
 mod conversation_detail;
 pub mod layers;
 pub mod origin;
