@@ -296,6 +296,13 @@ async fn conversations_lists_live_conversations_without_bodies_or_secrets() {
         "{finished:?}"
     );
     assert!(!text.contains(SECRET) && !text.contains("Cappuccino"));
+    let (_, filtered) = get(&gw, "/conversations?event=addSessionLine&limit=5").await;
+    assert_eq!(
+        serde_json::from_str::<Vec<Value>>(&filtered).unwrap().len(),
+        2
+    );
+    let (_, none) = get(&gw, "/conversations?event=scanCode").await;
+    assert_eq!(none, "[]");
     let (_, limited) = get(&gw, "/conversations?limit=1").await;
     assert_eq!(
         serde_json::from_str::<Vec<Value>>(&limited).unwrap().len(),

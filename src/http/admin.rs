@@ -133,11 +133,31 @@ async fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
 
 async fn conversations(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
     let limit = list_limit(query);
+    let event = query_value(query, "event");
+    // With a filter, the newest MAX_LIST_LIMIT are filtered, then cut to `limit`.
+    let fetch = if event.is_some() {
+        MAX_LIST_LIMIT
+    } else {
+        limit
+    };
     let gateway = &state.gateway;
-    match gateway.store.list(gateway.clock.now_ms(), limit).await {
-        Ok(list) => json(200, &list),
+    match gateway.store.list(gateway.clock.now_ms(), fetch).await {
+        Ok(mut list) => {
+            if let Some(event) = event {
+                list.retain(|c| c.event == event);
+                list.truncate(limit);
+            }
+            json(200, &list)
+        }
         Err(e) => error(&AdminError::StoreUnavailable(e.to_string())),
     }
+}
+
+/// The value of `?name=value` (event names are `[A-Za-z0-9_.-]`, never percent-encoded).
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
 async fn conversation(state: &AdminState, key: &str) -> Response<Full<Bytes>> {
@@ -176,6 +196,16 @@ async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_are_found_by_their_whole_name() {
+        assert_eq!(
+            query_value(Some("limit=5&event=scanCode"), "event"),
+            Some("scanCode")
+        );
+        assert_eq!(query_value(Some("events=x"), "event"), None);
+        assert_eq!(query_value(None, "event"), None);
+    }
 
     #[test]
     fn the_list_limit_is_capped_at_1000() {
