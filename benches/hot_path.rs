@@ -1,8 +1,10 @@
 //! The per-call hot path (GATEWAY.md 7: verify, parse, rule, sign under 10 µs per call).
 //!
-//! - `stages/<body>/…`: each stage alone, and `sequence` (all of them as one call
-//!   sequence), for the documented (lenient) addSessionLine example and for the strict
-//!   483-byte load-test body (the shared bench's `gen_body.py`, body 0, byte for byte).
+//! - `stages/<body>/…`: each stage alone (`parse` builds the whole body, `parse_read` only
+//!   what the bench rule and the conversation key read, as a call does), and `sequence`
+//!   (all of them as one call sequence), for the documented (lenient) addSessionLine
+//!   example and for the strict 483-byte load-test body (the shared bench's `gen_body.py`,
+//!   body 0, byte for byte).
 //! - `pipeline/…`: both checks, `pipeline::answer` and signing the answer, without
 //!   HTTP, on a memory store holding 10 000 open conversations (the load test's steady
 //!   state: every call is a poll of a live conversation that stays open).
@@ -169,9 +171,10 @@ fn answer_map(verdict: Result<Verdict, pollgate::rules::RuleError>) -> Map {
 }
 
 /// The stages measured on their own, in the order a call goes through them.
-const STAGES: [&str; 7] = [
+const STAGES: [&str; 8] = [
     "verify",
     "parse",
+    "parse_read",
     "key_derive",
     "rule_ten_line",
     "rule_bench",
@@ -191,6 +194,10 @@ struct Body {
 
 /// What the stage benches share: the secret, the engine and both rules, the two bodies.
 struct Stages {
+    /// What a call of the bench rule builds of a body (`parse_read`; `parse` builds all).
+    bench_reads: pollgate::body::Wanted,
+    /// What a call of the ten-line rule builds (`sequence`).
+    ten_line_reads: pollgate::body::Wanted,
     secret: Secret,
     engine: RuleEngine,
     ten_line: Rule,
@@ -237,6 +244,16 @@ impl Stages {
             })
             .collect();
         Self {
+            ten_line_reads: pipeline::body_reads(
+                &KeyPart::ALL,
+                EVENT,
+                &pollgate::runtime::How::Rule(ten_line.clone()),
+            ),
+            bench_reads: pipeline::body_reads(
+                &KeyPart::ALL,
+                EVENT,
+                &pollgate::runtime::How::Rule(bench_rule.clone()),
+            ),
             secret,
             engine,
             ten_line,
@@ -264,6 +281,10 @@ impl Stages {
             }),
             "parse" => Box::new(move || {
                 black_box(pollgate::body::parse(black_box(&body.bytes)).expect("body parses"));
+            }),
+            "parse_read" => Box::new(move || {
+                let read = pollgate::body::parse_wanted(black_box(&body.bytes), &self.bench_reads);
+                black_box(read.expect("body parses"));
             }),
             "key_derive" => Box::new(move || {
                 black_box(ConversationKey::derive(
@@ -298,7 +319,8 @@ impl Stages {
                 secret
                     .verify(body.signature.as_bytes(), bytes)
                     .expect("valid signature");
-                let map = pollgate::body::parse(bytes).expect("body parses");
+                let map =
+                    pollgate::body::parse_wanted(bytes, &self.ten_line_reads).expect("body parses");
                 let key = ConversationKey::derive(&KeyPart::ALL, SUBSCRIPTION, EVENT, &map);
                 let ev = engine.evaluate(ten_line, input(Dynamic::from_map(map), key, now_ms));
                 let answer = Dynamic::from_map(answer_map(ev.verdict));

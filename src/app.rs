@@ -18,6 +18,7 @@ use crate::http::connection::ConnLimits;
 use crate::http::layers::CallLayer;
 use crate::http::overload::BodyBudget;
 use crate::http::{self as server, webhook};
+use crate::outbox::{EmbeddedOutbox, OutboxError, Queue, RedisOutbox};
 use crate::reload::{Env, Reloader};
 use crate::runtime::Runtime;
 use crate::shutdown::{self, Shutdown};
@@ -32,6 +33,11 @@ pub enum AppError {
     /// source, so `{:#}` prints it after.
     #[error("cannot use the conversation store at {url} (state.url)")]
     Store { url: String, source: StoreError },
+    #[error("cannot open the outbox ({key})")]
+    Outbox {
+        key: &'static str,
+        source: OutboxError,
+    },
 }
 
 /// A gateway ready to serve.
@@ -77,9 +83,13 @@ impl App {
         }
         let path = config.path.clone();
         let watch = config.watch;
+        let queue = open_outbox(&config).await?;
         let runtime = Runtime::build(config, &metrics, 1)?;
         metrics.set_generation(1);
-        let gateway = Gateway::new(runtime, store, Clock::system(), metrics);
+        let mut gateway = Gateway::new(runtime, store, Clock::system(), metrics);
+        if let Some(queue) = queue {
+            gateway = gateway.with_outbox(queue);
+        }
         let reloader = Reloader::new(gateway.clone(), path, env);
         Ok(Self {
             gateway,
@@ -109,6 +119,9 @@ impl App {
         };
         let budget = BodyBudget::default();
         let (admin_stop, admin_task) = self.serve_admin(admin, budget.clone(), limits);
+        if let Some(outbox) = &self.gateway.outbox {
+            outbox.start(shutdown.clone());
+        }
         let background = self.background(&shutdown);
 
         let gateway = self.gateway.clone();
@@ -137,14 +150,7 @@ impl App {
         });
         server::serve(webhook, service, shutdown, config_grace, limits, Some(tls)).await;
         let deadline = unready.await.unwrap_or_else(|_| Instant::now());
-        let running = self.gateway.forwarder.running();
-        if running > 0 {
-            tracing::info!(running, "waiting for background forwards");
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !self.gateway.forwarder.drain(left).await {
-            tracing::warn!("background forwards still running after {config_grace:?}; their leases will let another replica resend");
-        }
+        self.drain_background(deadline, config_grace).await;
         admin_stop.fire();
         let _ = admin_task.await;
         for task in background {
@@ -155,6 +161,22 @@ impl App {
 }
 
 impl App {
+    /// Background forwards and durable deliveries in flight finish by `deadline`.
+    async fn drain_background(&self, deadline: Instant, grace: Duration) {
+        let running = self.gateway.forwarder.running();
+        if running > 0 {
+            tracing::info!(running, "waiting for background forwards");
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !self.gateway.forwarder.drain(left).await {
+            tracing::warn!("background forwards still running after {grace:?}; their leases will let another replica resend");
+        }
+        if let Some(outbox) = &self.gateway.outbox {
+            let left = deadline.saturating_duration_since(Instant::now());
+            outbox.drain(left).await;
+        }
+    }
+
     /// The admin listener, served until the returned trigger fires (after the webhook
     /// listener's drain, so `/readyz` answers 503 meanwhile).
     fn serve_admin(
@@ -208,6 +230,40 @@ impl App {
             )));
         }
         background
+    }
+}
+
+/// The outbox the config asks for: in Redis with the Redis store, else in `outbox.path`
+/// when given (GATEWAY.md 8).
+async fn open_outbox(config: &Config) -> Result<Option<Queue>, AppError> {
+    match (&config.state.store, &config.outbox) {
+        (
+            StoreConfig::Redis {
+                url,
+                prefix,
+                timeout,
+            },
+            _,
+        ) => RedisOutbox::connect(url, prefix, *timeout)
+            .await
+            .map(|q| Some(Queue::Redis(q)))
+            .map_err(|source| AppError::Outbox {
+                key: "state.url",
+                source,
+            }),
+        (StoreConfig::Memory { .. }, Some(path)) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || EmbeddedOutbox::open(&path))
+                .await
+                .map_err(|e| OutboxError::Unavailable(e.to_string()))
+                .and_then(|r| r)
+                .map(|q| Some(Queue::Embedded(q)))
+                .map_err(|source| AppError::Outbox {
+                    key: "outbox.path",
+                    source,
+                })
+        }
+        (StoreConfig::Memory { .. }, None) => Ok(None),
     }
 }
 

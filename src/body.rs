@@ -5,10 +5,14 @@
 //! comments and trailing commas (outside strings) and parses that strictly; the signature
 //! was already checked over the original bytes.
 
+mod wanted;
+
 use std::fmt;
 
 use rhai::{Array, Dynamic, ImmutableString, Map};
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+pub use wanted::Wanted;
 
 /// Why a body is not usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,15 +25,40 @@ pub enum BodyError {
 
 /// Parses a request body into the map a rule sees as `event`.
 pub fn parse(body: &[u8]) -> Result<Map, BodyError> {
-    let value = match from_json(body) {
+    parse_wanted(body, &Wanted::All)
+}
+
+/// Parses a request body, building only the parts `wanted` names: the rest is checked as
+/// JSON exactly as [`parse`] checks it, and skipped.
+pub fn parse_wanted(body: &[u8], wanted: &Wanted) -> Result<Map, BodyError> {
+    let value = match picked(body, wanted) {
         Ok(value) => value,
         Err(strict) => {
             let cleaned = strip_comments_and_trailing_commas(body)
                 .ok_or_else(|| BodyError::InvalidJson(strict.to_string()))?;
-            from_json(&cleaned).map_err(|_| BodyError::InvalidJson(strict.to_string()))?
+            picked(&cleaned, wanted).map_err(|_| BodyError::InvalidJson(strict.to_string()))?
         }
     };
     value.try_cast::<Map>().ok_or(BodyError::NotAnObject)
+}
+
+/// Strict JSON into a [`Dynamic`] of the parts `wanted` names, as [`from_json`] builds them.
+fn picked(bytes: &[u8], wanted: &Wanted) -> Result<Dynamic, serde_json::Error> {
+    if *wanted == Wanted::All {
+        return from_json(bytes);
+    }
+    let pick = |mut de: serde_json::Deserializer<_>| {
+        let value = Pick(wanted).deserialize(&mut de)?;
+        de.end()?;
+        Ok(value)
+    };
+    match std::str::from_utf8(bytes) {
+        Ok(text) => pick(serde_json::Deserializer::new(serde_json::de::StrRead::new(
+            text,
+        ))),
+        // Not UTF-8, so not JSON: the error the whole body's reading gives.
+        Err(_) => from_json(bytes),
+    }
 }
 
 /// Strict JSON straight into a [`Dynamic`]: the same values as `serde_json::from_slice::<Dynamic>`
@@ -52,6 +81,131 @@ struct Json(Dynamic);
 impl<'de> Deserialize<'de> for Json {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(JsonVisitor).map(Json)
+    }
+}
+
+/// A JSON value with only the wanted parts of its objects built (see [`Wanted`]).
+struct Pick<'w>(&'w Wanted);
+
+impl<'de> DeserializeSeed<'de> for Pick<'_> {
+    type Value = Dynamic;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Dynamic, D::Error> {
+        match self.0 {
+            Wanted::All => deserializer.deserialize_any(JsonVisitor),
+            Wanted::Fields(_) => deserializer.deserialize_any(PickVisitor(self.0)),
+        }
+    }
+}
+
+/// [`JsonVisitor`], except that an object keeps only its wanted keys.
+struct PickVisitor<'w>(&'w Wanted);
+
+impl<'de> Visitor<'de> for PickVisitor<'_> {
+    type Value = Dynamic;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        JsonVisitor.expecting(f)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Dynamic, E> {
+        JsonVisitor.visit_bool(v)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Dynamic, E> {
+        JsonVisitor.visit_i64(v)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dynamic, E> {
+        JsonVisitor.visit_u64(v)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Dynamic, E> {
+        JsonVisitor.visit_f64(v)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dynamic, E> {
+        JsonVisitor.visit_str(v)
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Dynamic, E> {
+        JsonVisitor.visit_string(v)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Dynamic, E> {
+        JsonVisitor.visit_unit()
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Dynamic, A::Error> {
+        JsonVisitor.visit_seq(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Dynamic, A::Error> {
+        let mut map = Map::new();
+        while let Some(Key(key)) = access.next_key()? {
+            match self.0.field(&key) {
+                Some(wanted) => {
+                    let value = access.next_value_seed(Pick(wanted))?;
+                    map.insert(key, value);
+                }
+                None => {
+                    access.next_value::<Skip>()?;
+                }
+            }
+        }
+        Ok(Dynamic::from_map(map))
+    }
+}
+
+/// A JSON value read and checked as [`Json`] reads it (numbers in range, strings' escapes),
+/// and not built. (serde's `IgnoredAny` would only check the syntax.)
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Skip, A::Error> {
+        while access.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok(Skip)
     }
 }
 

@@ -221,6 +221,10 @@ pub enum AdminError {
     MethodNotAllowed(&'static str),
     /// The conversation store failed to list.
     StoreUnavailable(String),
+    /// A query value that is not allowed (`?status=maybe`), and why.
+    BadQuery(String),
+    /// No delivery has this id (GATEWAY.md 8).
+    NoDelivery(String),
 }
 
 impl AdminError {
@@ -228,8 +232,9 @@ impl AdminError {
         match self {
             Self::Unauthorized(_) => 401,
             Self::CrossOrigin(_) => 403,
-            Self::NotFound | Self::NoConversation => 404,
+            Self::NotFound | Self::NoConversation | Self::NoDelivery(_) => 404,
             Self::MethodNotAllowed(_) => 405,
+            Self::BadQuery(_) => 400,
             Self::StoreUnavailable(_) => 503,
         }
     }
@@ -242,6 +247,8 @@ impl AdminError {
             Self::NoConversation => "NO_CONVERSATION",
             Self::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            Self::BadQuery(_) => "INVALID_QUERY",
+            Self::NoDelivery(_) => "NOT_FOUND",
         }
     }
 
@@ -251,14 +258,18 @@ impl AdminError {
             Self::CrossOrigin(why) => Cow::Owned(format!(
                 "{why}; the admin endpoints refuse requests from other sites' pages"
             )),
-            Self::NotFound => {
-                Cow::Borrowed("admin endpoints: /healthz /readyz /metrics /conversations /reload")
-            }
+            Self::NotFound => Cow::Borrowed(
+                "admin endpoints: /healthz /readyz /metrics /conversations /deliveries /reload",
+            ),
             Self::NoConversation => Cow::Borrowed(
                 "no live conversation has this key (32 hex digits, as GET /conversations lists them)",
             ),
             Self::MethodNotAllowed(allow) => Cow::Owned(format!("use {allow}")),
-            Self::StoreUnavailable(why) => Cow::Owned(why.clone()),
+            Self::StoreUnavailable(why) | Self::BadQuery(why) => Cow::Owned(why.clone()),
+            Self::NoDelivery(id) => Cow::Owned(format!(
+                "no delivery `{}` (GET /deliveries lists them)",
+                crate::telemetry::escape::loggable(id, 64)
+            )),
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::conversation::{Clock, Store};
+use crate::outbox::{Deliverer, Queue};
 use crate::runtime::Runtime;
 use crate::telemetry::Metrics;
 use crate::upstream::Forwarder;
@@ -21,6 +22,9 @@ pub struct Gateway {
     pub forwarder: Forwarder,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
+    /// Durable deliveries (GATEWAY.md 8): there with the Redis store, or with
+    /// `outbox.path`; `None` otherwise (no event can be durable then).
+    pub outbox: Option<Deliverer>,
 }
 
 impl Gateway {
@@ -32,6 +36,21 @@ impl Gateway {
             forwarder,
             clock,
             metrics,
+            outbox: None,
         }
+    }
+
+    /// The same gateway with durable deliveries through `queue`.
+    pub fn with_outbox(mut self, queue: Queue) -> Self {
+        for name in self.runtime.load().config.upstreams.keys() {
+            self.metrics.declare_deliveries(name);
+        }
+        self.outbox = Some(Deliverer::new(
+            queue,
+            self.runtime.clone(),
+            self.clock,
+            self.metrics.clone(),
+        ));
+        self
     }
 }

@@ -13,6 +13,7 @@
 //! - [`conversation`]: conversation keys, the store trait, the memory and Redis stores.
 //! - [`rules`]: the Rhai engine, the rule API, limits and evaluation.
 //! - [`upstream`]: the HTTP client to back ends and the background forwards.
+//! - [`outbox`]: durable delivery: the queue (embedded redb or Redis) and its workers.
 //! - [`runtime`]: one compiled configuration generation (swapped whole on reload).
 //! - [`config`]: the YAML config file, validated before any port is bound.
 //! - [`tls`]: `server.tls`, the webhook listener's PEM certificate and key for rustls.
@@ -32,6 +33,7 @@ pub mod conversation;
 pub mod error_answer;
 pub mod gateway;
 pub mod http;
+pub mod outbox;
 pub mod pipeline;
 pub mod reload;
 pub mod rules;

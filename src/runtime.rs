@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rhai::{Dynamic, Map};
 
+use crate::body::Wanted;
 use crate::config::{Answer, Config, Event, Problem, Problems};
 use crate::rules::{Rule, RuleEngine};
 use crate::telemetry::{EventMetrics, Metrics, Outcome};
@@ -18,6 +19,8 @@ pub struct CompiledEvent {
     pub config: Event,
     pub how: How,
     pub metrics: Arc<EventMetrics>,
+    /// The parts of its bodies a call builds (see [`crate::pipeline::body_reads`]).
+    pub reads: Arc<Wanted>,
 }
 
 /// How an event's answer is made.
@@ -124,6 +127,7 @@ impl Runtime {
                 name.clone(),
                 CompiledEvent {
                     config: event.clone(),
+                    reads: Arc::new(crate::pipeline::body_reads(&config.state.key, name, &how)),
                     how,
                     metrics: metrics.event(name, &outcomes),
                 },

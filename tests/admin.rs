@@ -639,7 +639,7 @@ async fn admin_error_answers_are_exact_and_unsigned() {
     exact(&r, 404);
     assert_eq!(
         r.text().await.unwrap(),
-        r#"{"error":{"code":"NOT_FOUND","message":"admin endpoints: /healthz /readyz /metrics /conversations /reload"}}"#
+        r#"{"error":{"code":"NOT_FOUND","message":"admin endpoints: /healthz /readyz /metrics /conversations /deliveries /reload"}}"#
     );
     for (method, path, allow) in [
         (reqwest::Method::GET, "/reload", "POST"),

@@ -315,7 +315,7 @@ fn check_reports_typos_wrong_values_missing_variables_and_rule_errors_in_one_run
              {}:2:12: Unexpected ';'\n\
              {}:2:13: forward(\"codez\"): unknown upstream `codez` (not under `upstreams:`)\n\
              {file}:15:5: upstreams.approvals.timeout: `10` is not a duration: give a unit, like 10s or 10ms\n\
-             {file}:17:5: upstreams.approvals: unknown field `timout`, expected one of `url`, `timeout`, `retries`, `secret`, `encoding`, `max_connections`, `max_reply_bytes`\n",
+             {file}:17:5: upstreams.approvals: unknown field `timout`, expected one of `url`, `timeout`, `retries`, `secret`, `encoding`, `max_connections`, `max_reply_bytes`, `durable`\n",
             scan.display(),
             pay.display(),
         ),

@@ -440,7 +440,8 @@ fn dockerfile_builds_in_one_stage_and_runs_pollgate_unprivileged_in_another() {
         !last.base.starts_with("rust:"),
         "the runtime image is the toolchain image"
     );
-    for base in stages.iter().map(|s| &s.base) {
+    // `scratch` is no image but the empty file system; every other base names its tag.
+    for base in stages.iter().map(|s| &s.base).filter(|b| *b != "scratch") {
         assert!(
             base.contains(':') && !base.ends_with(":latest"),
             "FROM {base}: pin a tag"
@@ -494,13 +495,22 @@ fn dockerfile_builds_in_one_stage_and_runs_pollgate_unprivileged_in_another() {
         "WORKDIR {workdir}: make it absolute"
     );
 
-    // Not root: a fixed numeric uid, created in the image.
+    // Not root: a fixed numeric uid, created in the image: by a RUN of the final stage or,
+    // when that one is `FROM scratch` (no RUN), of a stage it copies its files from.
     let user = last.last("USER");
     let uid = user.split(':').next().unwrap().parse::<u32>();
     let uid = uid.unwrap_or_else(|_| panic!("USER {user}: use a fixed numeric uid"));
     assert!(uid > 0, "USER {user} is root");
-    let created = last.all("RUN").any(|r| r.contains(&format!("--uid {uid}")));
-    assert!(created, "no RUN creates the user with uid {uid}");
+    let copied_from: Vec<&str> = last.all("COPY").filter_map(|c| copy_parts(c).0).collect();
+    let feeds_last = |s: &&Stage| {
+        std::ptr::eq(*s, last) || s.name.as_deref().is_some_and(|n| copied_from.contains(&n))
+    };
+    let mut runs = stages.iter().filter(feeds_last).flat_map(|s| s.all("RUN"));
+    let created = runs.any(|r| r.contains(&format!("--uid {uid}")));
+    assert!(
+        created,
+        "no RUN of the image's stages creates the user with uid {uid}"
+    );
 
     // The shipped config with the image's environment: valid, listening where EXPOSE says.
     pollgate_check(&config, &image.env);

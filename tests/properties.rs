@@ -152,6 +152,44 @@ fn derive(map: &Map) -> ConversationKey {
     ConversationKey::derive(&KeyPart::ALL, "shop", "addSessionLine", map)
 }
 
+/// Every path to a value inside `value`'s objects (arrays end a path).
+fn paths_of(value: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    if let Value::Object(map) = value {
+        for (key, inner) in map {
+            prefix.push(key.clone());
+            out.push(prefix.clone());
+            paths_of(inner, prefix, out);
+            prefix.pop();
+        }
+    }
+}
+
+/// Some of `value`'s paths, as `choices` picks them, and one that is not there.
+fn some_paths(value: &Value, choices: &[bool]) -> body::Wanted {
+    let mut all = Vec::new();
+    paths_of(value, &mut Vec::new(), &mut all);
+    all.push(vec!["not there".to_owned(), "at all".to_owned()]);
+    all.iter()
+        .zip(choices.iter().cycle())
+        .filter(|(_, &take)| take)
+        .fold(body::Wanted::none(), |w, (path, _)| {
+            w.union(body::Wanted::path(path))
+        })
+}
+
+/// What of `value` a call built with `wanted` should hold: `wanted`'s paths as they are
+/// in `value`, objects on the way with only the keys asked for, other values whole.
+fn projected(value: &Value, wanted: &body::Wanted) -> Value {
+    match (value, wanted) {
+        (Value::Object(map), body::Wanted::Fields(fields)) => Value::Object(
+            map.iter()
+                .filter_map(|(k, v)| fields.get(k).map(|w| (k.clone(), projected(v, w))))
+                .collect(),
+        ),
+        _ => value.clone(),
+    }
+}
+
 fn flip(bytes: &[u8], bit: usize) -> Vec<u8> {
     let mut changed = bytes.to_vec();
     changed[bit / 8 % bytes.len()] ^= 1 << (bit % 8);
@@ -253,5 +291,48 @@ proptest! {
             elsewhere["sender"]["workplaceNumber"] = json!(workplace);
             prop_assert_ne!(derive(&as_object(&elsewhere)), key);
         }
+    }
+
+    #[test]
+    fn a_body_built_in_part_holds_what_was_wanted_exactly_as_sent(
+        value in json_object(),
+        choices in prop::collection::vec(any::<bool>(), 1..16),
+        spelling in prop::collection::vec(any::<u8>(), 1..64),
+    ) {
+        let wanted = some_paths(&value, &choices);
+        let text = lenient(&value, &spelling);
+        let map = body::parse_wanted(text.as_bytes(), &wanted).expect("parses");
+        prop_assert_eq!(to_value(map), projected(&value, &wanted), "read from {}", text);
+    }
+
+    #[test]
+    fn a_body_built_in_part_is_refused_exactly_when_the_whole_is(
+        value in json_object(),
+        choices in prop::collection::vec(any::<bool>(), 1..16),
+        cut in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let wanted = some_paths(&value, &choices);
+        let mut bytes = serde_json::to_vec(&value).unwrap();
+        let at = cut.index(bytes.len());
+        bytes[at] = byte;
+        prop_assert_eq!(
+            body::parse_wanted(&bytes, &wanted).is_ok(),
+            body::parse(&bytes).is_ok(),
+            "{:?}", String::from_utf8_lossy(&bytes)
+        );
+        bytes.truncate(at);
+        prop_assert_eq!(body::parse_wanted(&bytes, &wanted).is_ok(), body::parse(&bytes).is_ok());
+    }
+
+    #[test]
+    fn the_key_of_a_body_built_with_what_the_key_reads_is_the_key_of_the_whole(
+        call in call_body(),
+        spelling in prop::collection::vec(any::<u8>(), 1..64),
+    ) {
+        let text = lenient(&call, &spelling);
+        let reads = ConversationKey::reads(&KeyPart::ALL, "addSessionLine");
+        let part = body::parse_wanted(text.as_bytes(), &reads).unwrap();
+        prop_assert_eq!(derive(&part), derive(&as_object(&call)));
     }
 }

@@ -70,6 +70,9 @@ pub struct Config {
     pub limits: Limits,
     /// Watch the rules folder and reload on changes.
     pub watch: bool,
+    /// `outbox.path`, resolved against the config's folder: the folder of the memory
+    /// store's durable queue (GATEWAY.md 8).
+    pub outbox: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +163,17 @@ pub struct Event {
     pub polling: Option<Polling>,
     /// The cashier's message when a forward without a rule fails.
     pub unavailable_message: String,
+    /// Whether the event's forwards are tied to the call or queued durably.
+    pub delivery: Delivery,
+}
+
+pub use raw::DeliveryKind as Delivery;
+
+impl Event {
+    /// Whether this event's forwards go through the outbox (GATEWAY.md 8).
+    pub fn is_durable(&self) -> bool {
+        self.delivery == Delivery::Durable
+    }
 }
 
 /// Where an event's answer comes from.
@@ -191,6 +205,31 @@ pub struct Upstream {
     pub secret: Option<Secret>,
     pub max_connections: usize,
     pub max_reply_bytes: usize,
+    pub durable: Durable,
+}
+
+/// How durable deliveries to one upstream are retried (GATEWAY.md 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durable {
+    /// Counted from queueing; past it a failed delivery is dead.
+    pub max_age: Duration,
+    /// Every pause between attempts is at least this.
+    pub backoff_min: Duration,
+    /// The exponential backoff stops growing here (a `Retry-After` may ask for longer).
+    pub backoff_max: Duration,
+    /// With Redis: how long a replica's claim on a delivery lasts.
+    pub lease: Duration,
+}
+
+impl Default for Durable {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(24 * 3600),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(600),
+            lease: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -29,6 +29,15 @@ pub(crate) struct RawConfig {
     pub limits: Limits,
     #[serde(default)]
     pub watch: Option<bool>,
+    #[serde(default)]
+    pub outbox: RawOutbox,
+}
+
+/// `outbox:` (GATEWAY.md 8): where the memory store's durable deliveries are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutbox {
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +139,17 @@ pub(crate) struct RawEvent {
     pub hold: Option<Duration>,
     pub polling: Option<RawPolling>,
     pub unavailable_message: Option<String>,
+    #[serde(default)]
+    pub delivery: DeliveryKind,
+}
+
+/// `events.X.delivery`: the forward tied to the call, or queued durably (GATEWAY.md 8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryKind {
+    #[default]
+    Call,
+    Durable,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +190,47 @@ pub(crate) struct RawUpstream {
     pub max_connections: usize,
     #[serde(default = "default_max_reply_bytes")]
     pub max_reply_bytes: usize,
+    #[serde(default)]
+    pub durable: RawDurable,
+}
+
+/// `upstreams.X.durable`: how durable deliveries to the upstream are retried.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawDurable {
+    #[serde(deserialize_with = "duration")]
+    pub max_age: Duration,
+    pub backoff: RawBackoff,
+    #[serde(deserialize_with = "duration")]
+    pub lease: Duration,
+}
+
+impl Default for RawDurable {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(24 * 3600),
+            backoff: RawBackoff::default(),
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawBackoff {
+    #[serde(deserialize_with = "duration")]
+    pub min: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub max: Duration,
+}
+
+impl Default for RawBackoff {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(600),
+        }
+    }
 }
 
 fn default_upstream_timeout() -> Duration {

@@ -623,9 +623,9 @@ upstreams:
     assert_eq!(
         problems(text),
         vec![
-            format!("{FILE}:1:1: unknown field `servr`, expected one of `server`, `admin`, `subscriptions`, `events`, `upstreams`, `state`, `limits`, `watch`"),
+            format!("{FILE}:1:1: unknown field `servr`, expected one of `server`, `admin`, `subscriptions`, `events`, `upstreams`, `state`, `limits`, `watch`, `outbox`"),
             format!("{FILE}:6:5: subscriptions.shop: unknown field `encodng`, expected one of `secret`, `previous_secrets`, `encoding`"),
-            format!("{FILE}:10:5: upstreams.backend: unknown field `retry`, expected one of `url`, `timeout`, `retries`, `secret`, `encoding`, `max_connections`, `max_reply_bytes`"),
+            format!("{FILE}:10:5: upstreams.backend: unknown field `retry`, expected one of `url`, `timeout`, `retries`, `secret`, `encoding`, `max_connections`, `max_reply_bytes`, `durable`"),
         ]
     );
 }
@@ -683,7 +683,7 @@ upstreams:
             format!("{f}:10:5: events.scanCode.hold: `1M` is not a duration like 250ms, 2s, 10m or 1h 30m (months and years are not accepted; write days, like 30d)"),
             format!("{}:1:1: unknown upstream `codez`", pay.display()),
             format!("{f}: events.startPayment.forward: unknown upstream `aprovals` (not under `upstreams:`)"),
-            format!("{f}:17:5: upstreams.approvals: unknown field `timout`, expected one of `url`, `timeout`, `retries`, `secret`, `encoding`, `max_connections`, `max_reply_bytes`"),
+            format!("{f}:17:5: upstreams.approvals: unknown field `timout`, expected one of `url`, `timeout`, `retries`, `secret`, `encoding`, `max_connections`, `max_reply_bytes`, `durable`"),
         ]
     );
 }

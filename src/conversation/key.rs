@@ -9,6 +9,7 @@ use std::fmt;
 use rhai::{Dynamic, Map};
 use sha2::{Digest, Sha256};
 
+use crate::body::Wanted;
 use crate::config::KeyPart;
 
 /// A conversation's identity.
@@ -28,24 +29,34 @@ impl ConversationKey {
     /// Derives the key of a call from its parsed body.
     pub fn derive(parts: &[KeyPart], subscription: &str, event_name: &str, body: &Map) -> Self {
         let mut h = Sha256::new();
-        for part in parts {
-            h.update([*part as u8]);
-            match part {
-                KeyPart::Subscription => feed_str(&mut h, subscription),
-                KeyPart::Event => feed_str(&mut h, event_name),
-                KeyPart::Branch => feed_field(&mut h, body, "sender", "branchNumber"),
-                KeyPart::Workplace => feed_field(&mut h, body, "sender", "workplaceNumber"),
-                KeyPart::Instance => feed_field(&mut h, body, "sender", "instanceId"),
-                KeyPart::Session => feed_field(&mut h, body, "session", "sessionId"),
-                KeyPart::Timestamp => feed_field(&mut h, body, "event", "eventTimestamp"),
-                KeyPart::Object => feed_opt(&mut h, body.get(event_name)),
-                KeyPart::Dialog => feed_opt(&mut h, body.get("dialog")),
+        for &part in parts {
+            h.update([part as u8]);
+            match (part, location(part, event_name)) {
+                (KeyPart::Subscription, _) => feed_str(&mut h, subscription),
+                (KeyPart::Event, _) => feed_str(&mut h, event_name),
+                (_, Some((object, Some(name)))) => feed_field(&mut h, body, object, name),
+                (_, Some((value, None))) => feed_opt(&mut h, body.get(value)),
+                (_, None) => {}
             }
         }
         let digest = h.finalize();
         let mut key = [0u8; 16];
         key.copy_from_slice(&digest[..16]);
         Self(key)
+    }
+
+    /// The parts of a body [`derive`](Self::derive) reads.
+    pub fn reads(parts: &[KeyPart], event_name: &str) -> Wanted {
+        parts
+            .iter()
+            .filter_map(|&part| location(part, event_name))
+            .fold(Wanted::none(), |wanted, (at, field)| {
+                let path: &[&str] = match &field {
+                    Some(name) => &[at, name],
+                    None => &[at],
+                };
+                wanted.union(Wanted::path(path))
+            })
     }
 
     /// The key from its 32-character hex form.
@@ -72,6 +83,11 @@ impl ConversationKey {
         text
     }
 
+    /// A key from its raw bytes (as [`ConversationKey::as_bytes`] gives them).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
@@ -91,6 +107,21 @@ impl fmt::Debug for ConversationKey {
 }
 
 /// Feeds `body.object.name` (or its absence).
+/// Where a part is in the body: a field of an object, or a value of its own (`None`: the
+/// part is not in the body).
+fn location(part: KeyPart, event_name: &str) -> Option<(&str, Option<&'static str>)> {
+    match part {
+        KeyPart::Subscription | KeyPart::Event => None,
+        KeyPart::Branch => Some(("sender", Some("branchNumber"))),
+        KeyPart::Workplace => Some(("sender", Some("workplaceNumber"))),
+        KeyPart::Instance => Some(("sender", Some("instanceId"))),
+        KeyPart::Session => Some(("session", Some("sessionId"))),
+        KeyPart::Timestamp => Some(("event", Some("eventTimestamp"))),
+        KeyPart::Object => Some((event_name, None)),
+        KeyPart::Dialog => Some(("dialog", None)),
+    }
+}
+
 fn feed_field(h: &mut Sha256, body: &Map, object: &str, name: &str) {
     match body.get(object).and_then(|o| o.as_map_ref().ok()) {
         Some(map) => feed_opt(h, map.get(name)),

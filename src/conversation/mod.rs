@@ -8,7 +8,7 @@
 
 mod clock;
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 mod key;
 mod memory;
 mod record;
@@ -39,6 +39,10 @@ pub enum StoreError {
     /// new one (GATEWAY.md 12); conversations already held go on.
     #[error("conversation store is full: all {max} conversations (state.max_conversations) are still going on")]
     Full { max: usize },
+    /// The outbox could not queue a durable delivery (GATEWAY.md 8): the call is answered
+    /// like any other store failure.
+    #[error("the outbox cannot accept the delivery: {0}")]
+    Outbox(String),
 }
 
 impl StoreError {

@@ -12,6 +12,8 @@ use http::{Method, Request, Response};
 use http_body_util::Full;
 use serde::Serialize;
 
+mod deliveries;
+
 use super::conversation_detail::Detail;
 use super::json_response;
 use super::overload::BodyBudget;
@@ -61,6 +63,9 @@ pub async fn handle<B>(
         (&Method::GET, _) if path.starts_with("/conversations/") => {
             conversation(&state, &path["/conversations/".len()..]).await
         }
+        (method, p) if p == "/deliveries" || p.starts_with("/deliveries/") => {
+            deliveries::route(&state, method, p, req.uri().query()).await
+        }
         (_, "/" | "/status" | "/healthz" | "/readyz" | "/metrics" | "/conversations") => {
             error(&AdminError::MethodNotAllowed("GET"))
         }
@@ -73,12 +78,12 @@ pub async fn handle<B>(
     Ok(response)
 }
 
-fn json(status: u16, value: &impl Serialize) -> Response<Full<Bytes>> {
+pub(super) fn json(status: u16, value: &impl Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     json_response(status, Bytes::from(body), None)
 }
 
-fn error(error: &AdminError) -> Response<Full<Bytes>> {
+pub(super) fn error(error: &AdminError) -> Response<Full<Bytes>> {
     let mut response = json_response(error.status(), error.body(), None);
     if let Some(allow) = error.allow() {
         response
@@ -99,6 +104,20 @@ async fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
             503,
             &serde_json::json!({"status": "not ready", "reason": "starting or shutting down"}),
         );
+    }
+    if let Some(outbox) = &state.gateway.outbox {
+        let trouble = tokio::time::timeout(Duration::from_secs(2), outbox.trouble()).await;
+        let reason = match trouble {
+            Ok(None) => None,
+            Ok(Some(why)) => Some(why),
+            Err(_) => Some("the outbox did not answer within 2s".to_owned()),
+        };
+        if let Some(reason) = reason {
+            return json(
+                503,
+                &serde_json::json!({"status": "not ready", "outbox": outbox.queue().kind(), "reason": reason}),
+            );
+        }
     }
     let store = &state.gateway.store;
     match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
@@ -123,6 +142,9 @@ async fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
         gateway.metrics.set_conversations(n);
     }
     gateway.metrics.set_buffered_bytes(state.budget.in_use());
+    if let Some(outbox) = &gateway.outbox {
+        let _ = tokio::time::timeout(Duration::from_secs(2), outbox.observe()).await;
+    }
     let mut response = Response::new(Full::new(Bytes::from(gateway.metrics.encode())));
     response.headers_mut().insert(
         CONTENT_TYPE,

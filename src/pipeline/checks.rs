@@ -3,6 +3,7 @@
 //! can see a call whose signature was not checked. The webhook handler and `pollgate test`
 //! both go through these two calls.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,16 +11,20 @@ use http::header::CONTENT_TYPE;
 use http::HeaderMap;
 use rhai::Map;
 
-use crate::body::{self, BodyError};
-use crate::config::Subscription;
+use crate::body::{self, BodyError, Wanted};
+use crate::config::{KeyPart, Subscription};
+use crate::conversation::ConversationKey;
 use crate::error_answer::Refusal;
-use crate::runtime::Runtime;
+use crate::runtime::{How, Runtime};
 use crate::signature::{SIGNATURE_HEADER, SUBSCRIPTION_HEADER};
 
 /// A call whose headers passed the checks that come before its body.
 pub struct Head {
     subscription: Arc<Subscription>,
     event_name: String,
+    /// What of the body to build: `None` for an event that is not configured (answered
+    /// `{}` whatever it holds).
+    reads: Option<Arc<Wanted>>,
 }
 
 /// A call whose subscription, signature, content type and body were all checked.
@@ -45,6 +50,23 @@ impl Verified {
     /// ([`Subscription::signer`]), so a till still on a previous secret can check it.
     pub fn signer(&self) -> usize {
         self.signer
+    }
+}
+
+/// What of a body a call of `event_name` answered by `how` needs built: what the conversation
+/// key reads (`parts`), the error of an error request (MPLUS.md 6), whether the till waits
+/// (`event.eventBlocking`), and what the rule reads.
+/// The `"*"` event answers calls of any name, whose own object may be a key part: all of it.
+pub fn body_reads(parts: &[KeyPart], event_name: &str, how: &How) -> Wanted {
+    if event_name == "*" {
+        return Wanted::All;
+    }
+    let wanted = ConversationKey::reads(parts, event_name)
+        .union(Wanted::path(&["error"]))
+        .union(Wanted::path(&["event", "eventBlocking"]));
+    match how {
+        How::Rule(rule) => wanted.union(rule.event_reads()),
+        How::Respond(_) | How::Reply => wanted,
     }
 }
 
@@ -75,6 +97,7 @@ pub fn check_head(
     Ok(Head {
         subscription,
         event_name: event_name.to_owned(),
+        reads: runtime.event(event_name).map(|e| e.reads.clone()),
     })
 }
 
@@ -99,7 +122,11 @@ pub fn check_body(head: Head, headers: &HeaderMap, raw: Bytes) -> Result<Verifie
     {
         return Err(Refusal::InvalidContentType);
     }
-    let body = body::parse(&raw).map_err(|e| match e {
+    let reads = head
+        .reads
+        .as_deref()
+        .unwrap_or(const { &Wanted::Fields(BTreeMap::new()) });
+    let body = body::parse_wanted(&raw, reads).map_err(|e| match e {
         BodyError::InvalidJson(_) => Refusal::InvalidJson,
         BodyError::NotAnObject => Refusal::InvalidData,
     })?;

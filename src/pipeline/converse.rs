@@ -99,9 +99,17 @@ impl Call<'_> {
 
     fn store_failure(&self, error: &StoreError) -> Answer {
         let event = &self.event.config;
-        tracing::error!(event = %event.name, key = %self.key, "conversation store failed: {error}");
-        if matches!(error, StoreError::Full { .. }) {
-            self.gateway.metrics.store_full();
+        match error {
+            StoreError::Outbox(_) => {
+                tracing::error!(event = %event.name, key = %self.key, "durable delivery not queued: {error}");
+            }
+            StoreError::Full { .. } => {
+                tracing::error!(event = %event.name, key = %self.key, "conversation store failed: {error}");
+                self.gateway.metrics.store_full();
+            }
+            _ => {
+                tracing::error!(event = %event.name, key = %self.key, "conversation store failed: {error}");
+            }
         }
         let fallback = Fallback::StoreDown;
         let note = CallNote {

@@ -28,8 +28,11 @@ impl Call<'_> {
     ) -> (Decision, Option<Vec<ForwardRequest>>) {
         let event = self.event;
         let pending = snapshot.pending().next().is_some();
+        let durable = event.config.is_durable();
         let rule = match &event.how {
             How::Respond(map) => return (shape(event, map.clone(), pending, None), None),
+            // A durable event's answer never waits for the back end: `{}` when no rule.
+            How::Reply if durable => return (shape(event, Map::new(), false, None), None),
             How::Reply => return (reply_answer(event, snapshot, pending), None),
             How::Rule(rule) => rule,
         };
@@ -39,7 +42,12 @@ impl Call<'_> {
             elapsed_ms,
             key: self.key.to_hex(),
             state: decode_state(snapshot.state.as_deref()),
-            forwards: forwards::views(snapshot, now_ms),
+            // A durable event's forward is queued, never a reply the rule can read.
+            forwards: if durable {
+                Vec::new()
+            } else {
+                forwards::views(snapshot, now_ms)
+            },
             upstreams: Some(self.rt.upstream_names.clone()),
             ..input(self.gateway, self.name, self.subscription, body.take())
         };
@@ -52,7 +60,7 @@ impl Call<'_> {
             Ok(Verdict::Answer(map)) => shape(
                 event,
                 map,
-                pending || requested.is_some(),
+                pending || (requested.is_some() && !durable),
                 Some(evaluation.state),
             ),
             Ok(Verdict::Reject(reject)) => Decision {

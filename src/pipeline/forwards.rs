@@ -7,8 +7,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use rhai::Dynamic;
 
+use std::sync::Arc;
+
 use super::Call;
-use crate::conversation::{ForwardState, Snapshot, StoreError};
+use crate::conversation::{ConversationStore, ForwardState, Reply, Snapshot, StoreError};
+use crate::outbox::NewDelivery;
 use crate::upstream::{budget, Outgoing};
 
 /// How long before `server.request_timeout` a held call stops waiting and answers.
@@ -65,6 +68,61 @@ impl Call<'_> {
         Ok(())
     }
 
+    /// Queues the durable delivery of `body` to `upstream` (GATEWAY.md 8) unless this
+    /// conversation queued it already; true when it was queued by this call. The outbox's
+    /// id makes a race of two calls (or a decision taken again) queue one delivery.
+    pub(super) async fn queue(
+        &self,
+        upstream: &str,
+        body: Bytes,
+        snapshot: &mut Snapshot,
+    ) -> Result<bool, StoreError> {
+        if snapshot.forward(upstream).is_some() || !self.rt.config.upstreams.contains_key(upstream)
+        {
+            return Ok(false);
+        }
+        let Some(outbox) = &self.gateway.outbox else {
+            return Err(StoreError::Outbox(
+                "no outbox is open (outbox.path takes effect at the next restart)".into(),
+            ));
+        };
+        let delivery = NewDelivery {
+            upstream: upstream.to_owned(),
+            event: self.name.to_owned(),
+            key: self.key,
+            subscription: self.subscription.to_owned(),
+            body,
+            now_ms: self.gateway.clock.now_ms(),
+        };
+        outbox
+            .enqueue(delivery)
+            .await
+            .map_err(|e| StoreError::Outbox(e.to_string()))?;
+        snapshot.forwards.push((
+            upstream.into(),
+            ForwardState::Done(Arc::new(queued_reply())),
+        ));
+        Ok(true)
+    }
+
+    /// Marks `upstreams` queued in the conversation, so its later calls (polls,
+    /// duplicates) queue nothing.
+    pub(super) async fn mark_queued(&self, upstreams: &[String]) -> Result<(), StoreError> {
+        let store = &self.gateway.store;
+        let now = self.gateway.clock.now_ms();
+        for upstream in upstreams {
+            if store
+                .claim_forward(self.key, upstream, now, u64::MAX)
+                .await?
+            {
+                store
+                    .complete_forward(self.key, upstream, &queued_reply())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits for pending forwards up to the event's hold (counted from the call's start);
     /// true when it waited and something may have changed.
     pub(super) async fn hold(&self, snapshot: &mut Snapshot) -> Result<bool, StoreError> {
@@ -83,6 +141,9 @@ impl Call<'_> {
     /// the pending upstreams' budget for the others. Always short of the call's deadline.
     fn hold_for(&self, snapshot: &Snapshot) -> Duration {
         let config = &self.rt.config;
+        if !self.blocking {
+            return Duration::ZERO;
+        }
         let hold = match self.event.config.hold {
             Some(hold) => hold,
             None if self.event.config.polling.is_some() => Duration::ZERO,
@@ -140,4 +201,10 @@ pub(super) fn note(snapshot: &Snapshot) -> &'static str {
     } else {
         "done"
     }
+}
+
+/// What the conversation keeps for a durable delivery once it is queued (never shown to
+/// the rule: a durable event's `forward()` is `()`).
+fn queued_reply() -> Reply {
+    Reply::answered(202, serde_json::json!({"queued": true}), 0)
 }

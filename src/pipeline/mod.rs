@@ -24,11 +24,11 @@ use rhai::Dynamic;
 use tokio::time::Instant;
 
 pub use answer::{Answer, CallNote};
-pub use checks::{check_body, check_head, subscription, Head, Verified};
+pub use checks::{body_reads, check_body, check_head, subscription, Head, Verified};
 
 use crate::conversation::{ConversationKey, Snapshot, StoreError};
 use crate::gateway::Gateway;
-use crate::rules::finish_answer;
+use crate::rules::{finish_answer, ForwardRequest};
 use crate::runtime::{CompiledEvent, Runtime};
 use crate::telemetry::Outcome;
 use shape::Decision;
@@ -48,6 +48,9 @@ struct Call<'a> {
     raw: Bytes,
     key: ConversationKey,
     started: Instant,
+    /// False when the till does not wait for the answer (`event.eventBlocking: false`):
+    /// answered at once, never held (GATEWAY.md 5).
+    blocking: bool,
 }
 
 /// Answers a verified call with the generation `rt` it started with.
@@ -68,6 +71,7 @@ pub async fn answer(gateway: &Gateway, rt: &Runtime, verified: Verified) -> Answ
             .await;
     }
     let key = ConversationKey::derive(&rt.config.state.key, &subscription.id, &event_name, &body);
+    let blocking = is_blocking(&body);
     let call = Call {
         gateway,
         rt,
@@ -77,8 +81,19 @@ pub async fn answer(gateway: &Gateway, rt: &Runtime, verified: Verified) -> Answ
         raw,
         key,
         started: Instant::now(),
+        blocking,
     };
     call.converse(body).await
+}
+
+/// Whether the till waits for the answer: anything but `event.eventBlocking: false`.
+fn is_blocking(body: &rhai::Map) -> bool {
+    let Some(event) = body.get("event").and_then(|e| e.as_map_ref().ok()) else {
+        return true;
+    };
+    event
+        .get("eventBlocking")
+        .is_none_or(|b| b.as_bool() != Ok(false))
 }
 
 impl Call<'_> {
@@ -96,14 +111,25 @@ impl Call<'_> {
                 return Ok(timed_out(&polling.timeout_message));
             }
         }
+        let durable = self.event.config.is_durable();
+        let mut queued = Vec::new();
         if let Some(upstream) = &self.event.config.forward {
-            if forwards::due(snapshot, upstream, now) {
+            if durable {
+                if self.queue(upstream, self.raw.clone(), snapshot).await? {
+                    queued.push(upstream.clone());
+                }
+            } else if forwards::due(snapshot, upstream, now) {
                 self.start_forward(upstream, self.raw.clone(), snapshot)
                     .await?;
             }
         }
         self.hold(snapshot).await?;
         let (mut decision, requested) = self.evaluate(snapshot, body, elapsed_ms).await;
+        if durable {
+            return self
+                .queue_requested(decision, requested, queued, snapshot)
+                .await;
+        }
         if let Some(requested) = requested {
             for request in requested {
                 let bytes = request.body.map_or_else(|| self.raw.clone(), Bytes::from);
@@ -113,6 +139,31 @@ impl Call<'_> {
             if self.hold(snapshot).await? {
                 (decision, _) = self.evaluate(snapshot, body, elapsed_ms).await;
             }
+        }
+        Ok(decision)
+    }
+}
+
+impl Call<'_> {
+    /// A durable event's rest: what the rule asked to forward is queued before the answer,
+    /// which never waits for the back end. A conversation that goes on remembers what it
+    /// queued, so its next calls queue nothing; a finished one replays its answer and
+    /// never gets this far.
+    async fn queue_requested(
+        &self,
+        decision: Decision,
+        requested: Option<Vec<ForwardRequest>>,
+        mut queued: Vec<String>,
+        snapshot: &mut Snapshot,
+    ) -> Result<Decision, StoreError> {
+        for request in requested.into_iter().flatten() {
+            let bytes = request.body.map_or_else(|| self.raw.clone(), Bytes::from);
+            if self.queue(&request.upstream, bytes, snapshot).await? {
+                queued.push(request.upstream);
+            }
+        }
+        if !decision.finished {
+            self.mark_queued(&queued).await?;
         }
         Ok(decision)
     }

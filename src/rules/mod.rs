@@ -12,6 +12,7 @@ mod failure;
 mod forwards;
 pub mod inline;
 pub mod pool;
+mod reads;
 mod sort;
 #[cfg(test)]
 mod tests;
@@ -43,6 +44,11 @@ impl Rule {
     /// The file name as shown in errors.
     pub fn file(&self) -> &Path {
         &self.path
+    }
+
+    /// The parts of `event` the rule can read (the body builds only those).
+    pub fn event_reads(&self) -> crate::body::Wanted {
+        reads::event_reads(&self.ast)
     }
 
     /// Its `forward("name")` calls naming an upstream `known` does not have.

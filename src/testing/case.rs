@@ -19,6 +19,7 @@ use super::Summary;
 use crate::config::{parse_duration, Config, Problem, Subscription};
 use crate::conversation::{Clock, MemoryStore, Store};
 use crate::gateway::Gateway;
+use crate::outbox::{EmbeddedOutbox, Queue};
 use crate::pipeline::{self, Answer};
 use crate::runtime::Runtime;
 use crate::signature::{SIGNATURE_HEADER, SUBSCRIPTION_HEADER};
@@ -169,7 +170,15 @@ fn case_gateway(
         }
     };
     let store = Store::Memory(MemoryStore::new(ttl));
-    Ok((Gateway::new(runtime, store, Clock::system(), metrics), sub))
+    let durable = runtime.config.events.values().any(|e| e.is_durable());
+    let mut gateway = Gateway::new(runtime, store, Clock::system(), metrics);
+    if durable {
+        // Durable events are queued as in `serve` (so their answers are the same), in an
+        // outbox that lives as long as the case and delivers nothing.
+        let outbox = EmbeddedOutbox::in_memory().map_err(|e| e.to_string())?;
+        gateway = gateway.with_outbox(Queue::Embedded(outbox));
+    }
+    Ok((gateway, sub))
 }
 
 /// One call as a till makes it: signed, through both checks and the pipeline.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use tokio::sync::Semaphore;
 
-use super::{backoff, Outgoing, SendFuture, UpstreamClient};
+use super::{backoff, AttemptFuture, Attempted, Outgoing, SendFuture, UpstreamClient};
 use crate::config::millis;
 use crate::config::Upstream;
 use crate::conversation::Reply;
@@ -145,6 +145,40 @@ impl UpstreamClient for HttpUpstreams {
     fn send(&self, outgoing: Outgoing) -> SendFuture<'_> {
         Box::pin(self.send_with_retries(outgoing))
     }
+
+    fn attempt(&self, outgoing: Outgoing) -> AttemptFuture<'_> {
+        Box::pin(self.attempt_once(outgoing))
+    }
+}
+
+impl HttpUpstreams {
+    /// One request, bounded by the upstream's timeout from the wait for a connection to
+    /// the end of the reply (which is read, up to `max_reply_bytes`, and dropped).
+    async fn attempt_once(&self, out: Outgoing) -> Attempted {
+        let Some(pool) = self.upstreams.get(&out.upstream) else {
+            return Attempted::Failed {
+                error: format!("unknown upstream `{}`", out.upstream),
+            };
+        };
+        let started = Instant::now();
+        let timeout = pool.config.timeout;
+        let attempted = match tokio::time::timeout(timeout, pool.deliver(&out)).await {
+            Ok(attempted) => attempted,
+            Err(_) => Attempted::Failed {
+                error: format!("no answer within {timeout:?}"),
+            },
+        };
+        let outcome = match &attempted {
+            Attempted::Answered { status, .. } if (200..300).contains(status) => {
+                UpstreamOutcome::Success
+            }
+            Attempted::Answered { .. } => UpstreamOutcome::Status,
+            Attempted::Failed { .. } => UpstreamOutcome::Failure,
+        };
+        self.metrics
+            .upstream(&out.upstream, outcome, Some(started.elapsed()));
+        attempted
+    }
 }
 
 impl Pool {
@@ -165,21 +199,66 @@ impl Pool {
         }
     }
 
-    async fn exchange(&self, out: &Outgoing) -> Attempt {
+    /// The forward's request: `POST {url}/{event}` with the signed body and the headers
+    /// of GATEWAY.md 5, the same for a forward and a durable delivery.
+    fn request(&self, out: &Outgoing) -> reqwest::RequestBuilder {
         let mut url = self.config.url.clone();
         url.path_segments_mut()
             .map(|mut p| {
                 p.push(&out.event);
             })
             .ok();
-        let request = self
-            .client
+        self.client
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(SUBSCRIPTION_HEADER, &out.subscription)
             .header(SIGNATURE_HEADER, &out.signature)
             .header("idempotency-key", &out.idempotency_key)
-            .body(out.body.clone());
+            .body(out.body.clone())
+    }
+
+    /// One delivery attempt: a connection permit, the request, the status and
+    /// `Retry-After`; the reply body is read (so the connection can be reused) and dropped.
+    async fn deliver(&self, out: &Outgoing) -> Attempted {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return Attempted::Failed {
+                error: "upstream pool closed".into(),
+            };
+        };
+        let mut response = match self.request(out).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let what = if e.is_connect() {
+                    "cannot connect"
+                } else {
+                    "request failed"
+                };
+                return Attempted::Failed {
+                    error: format!("{what}: {}", root_cause(&e)),
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut read = 0;
+        while let Ok(Some(chunk)) = response.chunk().await {
+            read += chunk.len();
+            if read > self.config.max_reply_bytes {
+                break;
+            }
+        }
+        Attempted::Answered {
+            status,
+            retry_after,
+        }
+    }
+
+    async fn exchange(&self, out: &Outgoing) -> Attempt {
+        let request = self.request(out);
         let mut response = match request.send().await {
             Ok(r) => r,
             Err(e) => {

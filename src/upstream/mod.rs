@@ -33,10 +33,42 @@ pub struct Outgoing {
 /// The boxed future of [`UpstreamClient::send`].
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Reply> + Send + 'a>>;
 
+/// The boxed future of [`UpstreamClient::attempt`].
+pub type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Attempted> + Send + 'a>>;
+
+/// One request's result, as a durable delivery needs it (GATEWAY.md 8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempted {
+    /// An HTTP answer, with its `Retry-After` if it had one.
+    Answered {
+        status: u16,
+        retry_after: Option<String>,
+    },
+    /// No answer: cannot connect, timed out, broken off.
+    Failed { error: String },
+}
+
 /// What sends forwards: HTTP in the gateway, pretend replies in `pollgate test`.
 pub trait UpstreamClient: Send + Sync + 'static {
     /// Sends the forward, retries included, and always comes back with a reply.
     fn send(&self, outgoing: Outgoing) -> SendFuture<'_>;
+
+    /// Sends it once, without retries (a durable delivery retries on its own schedule).
+    /// By default: [`UpstreamClient::send`]'s reply, without `Retry-After`.
+    fn attempt(&self, outgoing: Outgoing) -> AttemptFuture<'_> {
+        Box::pin(async move {
+            let reply = self.send(outgoing).await;
+            match (reply.status, reply.error) {
+                (0, error) => Attempted::Failed {
+                    error: error.unwrap_or_else(|| "no answer".into()),
+                },
+                (status, _) => Attempted::Answered {
+                    status,
+                    retry_after: None,
+                },
+            }
+        })
+    }
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);

@@ -426,7 +426,18 @@ impl Process {
     /// Writes `config` (after listen lines, `watch: false` and the `shop` subscription) and
     /// `files` into a fresh folder, starts `pollgate serve` on it and waits for /readyz.
     pub async fn serve(config: &str, files: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::serve_in(tempfile::tempdir().unwrap(), config, files, false).await
+    }
+
+    /// Like [`Process::serve`] in the folder `dir` (a second run over what the first one
+    /// left, such as its outbox), on fresh ports; with `log`, stderr goes to
+    /// `dir/serve.log` (appended), so a failing test can show it.
+    pub async fn serve_in(
+        dir: tempfile::TempDir,
+        config: &str,
+        files: &[(&str, &str)],
+        log: bool,
+    ) -> Self {
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
@@ -436,12 +447,22 @@ impl Process {
         );
         let path = dir.path().join("pollgate.yaml");
         std::fs::write(&path, text).unwrap();
+        let stderr = if log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join("serve.log"))
+                .unwrap();
+            std::process::Stdio::from(file)
+        } else {
+            std::process::Stdio::null()
+        };
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_pollgate"))
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let p = Self {
@@ -484,6 +505,17 @@ impl Process {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit; gives back its folder for another run.
+    pub async fn exit(mut self) -> (Option<i32>, tempfile::TempDir) {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (self.exit_code().await, dir)
+    }
+
+    /// What the process logged (with `serve_in(.., log: true)`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
 
     /// Waits (bounded) for the process to exit and returns its exit code.

@@ -43,6 +43,8 @@ pub struct MockReply {
     pub delay: Duration,
     /// Send the body in pieces of this many bytes without `Content-Length` (chunked).
     pub chunks: Option<usize>,
+    /// Extra headers (`Retry-After`, ...).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl MockReply {
@@ -56,7 +58,14 @@ impl MockReply {
             body: body.into(),
             delay: Duration::ZERO,
             chunks: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// The answer with one more header.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 
     pub fn after(mut self, delay: Duration) -> Self {
@@ -82,6 +91,9 @@ impl MockReply {
         *resp.status_mut() = hyper::StatusCode::from_u16(self.status).unwrap();
         resp.headers_mut()
             .insert("content-type", "application/json".parse().unwrap());
+        for (name, value) in self.headers {
+            resp.headers_mut().insert(name, value.parse().unwrap());
+        }
         resp
     }
 }
@@ -191,7 +203,25 @@ impl MockUpstream {
     pub async fn start_gated(
         behaviour: impl Fn(usize) -> MockReply + Send + Sync + 'static,
     ) -> (Self, Gate) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_gated_at("127.0.0.1:0".parse().unwrap(), behaviour).await
+    }
+
+    /// Like [`MockUpstream::start`] on a given address (a back end that comes back on the
+    /// port the gateway was told about).
+    pub async fn start_at(
+        addr: SocketAddr,
+        behaviour: impl Fn(usize) -> MockReply + Send + Sync + 'static,
+    ) -> Self {
+        let (upstream, gate) = Self::start_gated_at(addr, behaviour).await;
+        gate.open();
+        upstream
+    }
+
+    pub async fn start_gated_at(
+        addr: SocketAddr,
+        behaviour: impl Fn(usize) -> MockReply + Send + Sync + 'static,
+    ) -> (Self, Gate) {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = Server {
             received: Arc::default(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::Validator;
 use crate::config::raw::RawEvent;
-use crate::config::{Answer, Event, Polling, Upstream};
+use crate::config::{Answer, Delivery, Event, Polling, Upstream};
 
 impl Validator<'_> {
     pub(super) fn events(
@@ -39,6 +39,12 @@ impl Validator<'_> {
                 );
             }
         }
+        if ev.delivery == Delivery::Durable && ev.forward.is_none() {
+            self.problem(
+                format!("{key}.delivery"),
+                "`durable` needs `forward:` (the upstream the deliveries go to)",
+            );
+        }
         let answer = self.answer(key, ev.rule, ev.respond, ev.forward.is_some())?;
         let polling = ev.polling.map(|p| Polling {
             timeout: p.timeout,
@@ -49,6 +55,7 @@ impl Validator<'_> {
             name,
             answer,
             forward: ev.forward,
+            delivery: ev.delivery,
             hold: ev.hold,
             polling,
             unavailable_message: ev

@@ -3,6 +3,7 @@
 //! have their own files.
 
 mod events;
+mod outbox;
 mod state;
 mod upstreams;
 
@@ -119,7 +120,9 @@ impl Validator<'_> {
         let subscriptions = self.subscriptions(&raw.subscriptions);
         let upstreams = self.upstreams(raw.upstreams);
         let events = self.events(raw.events, &upstreams);
+        let store_kind = raw.state.store;
         let state = self.state(raw.state);
+        let outbox = self.outbox(raw.outbox, store_kind, &events);
         let limits = self.limits(raw.limits);
         if !self.problems.is_empty() {
             return None;
@@ -150,6 +153,7 @@ impl Validator<'_> {
             state,
             limits,
             watch: raw.watch.unwrap_or(true),
+            outbox,
         })
     }
 

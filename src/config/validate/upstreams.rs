@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::Validator;
-use crate::config::raw::RawUpstream;
-use crate::config::Upstream;
+use crate::config::raw::{RawDurable, RawUpstream};
+use crate::config::{Durable, Upstream};
 
 impl Validator<'_> {
     pub(super) fn upstreams(
@@ -25,6 +25,7 @@ impl Validator<'_> {
             if up.timeout.is_zero() {
                 self.problem(format!("{key}.timeout"), "must be more than 0");
             }
+            let durable = self.durable(&key, &up.durable);
             if let Some(url) = url {
                 out.insert(
                     name.clone(),
@@ -36,11 +37,41 @@ impl Validator<'_> {
                         secret,
                         max_connections: up.max_connections.max(1),
                         max_reply_bytes: up.max_reply_bytes,
+                        durable,
                     },
                 );
             }
         }
         out
+    }
+
+    /// `upstreams.X.durable`, every bound checked.
+    fn durable(&mut self, key: &str, raw: &RawDurable) -> Durable {
+        let at = |k: &str| format!("{key}.durable.{k}");
+        for (k, value) in [
+            ("max_age", raw.max_age),
+            ("backoff.min", raw.backoff.min),
+            ("lease", raw.lease),
+        ] {
+            if value.is_zero() {
+                self.problem(at(k), "must be more than 0");
+            }
+        }
+        if raw.backoff.max < raw.backoff.min {
+            self.problem(
+                at("backoff.max"),
+                format!(
+                    "{:?} is less than backoff.min ({:?})",
+                    raw.backoff.max, raw.backoff.min
+                ),
+            );
+        }
+        Durable {
+            max_age: raw.max_age,
+            backoff_min: raw.backoff.min,
+            backoff_max: raw.backoff.max.max(raw.backoff.min),
+            lease: raw.lease,
+        }
     }
 
     fn url(&mut self, key: &str, value: &str) -> Option<reqwest::Url> {

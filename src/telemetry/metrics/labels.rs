@@ -74,6 +74,12 @@ pub(super) struct UpstreamOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct UpstreamStatusLabels {
+    pub(super) upstream: String,
+    pub(super) status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct UpstreamLabels {
     pub(super) upstream: String,
 }

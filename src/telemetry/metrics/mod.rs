@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 
 use labels::{
     seconds_histogram, EventLabels, HistogramFamily, RequestCounters, ResultLabels, UpstreamLabels,
-    UpstreamOutcomeLabels, VersionLabels,
+    UpstreamOutcomeLabels, UpstreamStatusLabels, VersionLabels,
 };
 pub use outcome::{Outcome, UpstreamOutcome};
 
@@ -38,6 +38,10 @@ pub struct Metrics {
     config_generation: Gauge<u64, AtomicU64>,
     buffered_bytes: Gauge<u64, AtomicU64>,
     store_full: Counter,
+    deliveries: Family<UpstreamStatusLabels, Gauge>,
+    delivery_attempts: Family<UpstreamOutcomeLabels, Counter>,
+    delivery_oldest: Family<UpstreamLabels, Gauge<f64, AtomicU64>>,
+    outbox_errors: Counter,
 }
 
 fn seconds_family<L: Clone + std::hash::Hash + Eq>() -> HistogramFamily<L> {
@@ -78,6 +82,10 @@ impl Metrics {
             config_generation: Gauge::default(),
             buffered_bytes: Gauge::default(),
             store_full: Counter::default(),
+            deliveries: Family::default(),
+            delivery_attempts: Family::default(),
+            delivery_oldest: Family::default(),
+            outbox_errors: Counter::default(),
         };
         metrics.register();
         metrics
@@ -158,6 +166,76 @@ impl Metrics {
             "New conversations refused because state.max_conversations was reached with none finished to evict",
             self.store_full.clone(),
         );
+        self.register_deliveries();
+    }
+
+    fn register_deliveries(&mut self) {
+        let registry = &mut self.registry;
+        registry.register(
+            "deliveries",
+            "Durable deliveries in the outbox, by upstream and status (pending, dead)",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "delivery_attempts",
+            "Durable delivery attempts by upstream and outcome (delivered, retry, dead)",
+            self.delivery_attempts.clone(),
+        );
+        registry.register(
+            "delivery_oldest_pending_seconds",
+            "Age of the oldest pending durable delivery, by upstream (0 with none)",
+            self.delivery_oldest.clone(),
+        );
+        registry.register(
+            "outbox_errors",
+            "Calls whose durable delivery the outbox could not accept (answered as a store failure)",
+            self.outbox_errors.clone(),
+        );
+    }
+
+    /// Creates an upstream's delivery series at zero.
+    pub fn declare_deliveries(&self, upstream: &str) {
+        for outcome in ["delivered", "retry", "dead"] {
+            let _ = self
+                .delivery_attempts
+                .get_or_create(&UpstreamOutcomeLabels {
+                    upstream: upstream.to_owned(),
+                    outcome: outcome.to_owned(),
+                });
+        }
+        self.set_deliveries(upstream, 0, 0, 0.0);
+    }
+
+    /// The outbox's counts for one upstream, as read at a scrape.
+    pub fn set_deliveries(&self, upstream: &str, pending: u64, dead: u64, oldest_seconds: f64) {
+        for (status, n) in [("pending", pending), ("dead", dead)] {
+            self.deliveries
+                .get_or_create(&UpstreamStatusLabels {
+                    upstream: upstream.to_owned(),
+                    status: status.to_owned(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.delivery_oldest
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .set(oldest_seconds);
+    }
+
+    /// Counts one delivery attempt (`outcome`: delivered, retry, dead).
+    pub fn delivery_attempt(&self, upstream: &str, outcome: &str) {
+        self.delivery_attempts
+            .get_or_create(&UpstreamOutcomeLabels {
+                upstream: upstream.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a call whose delivery the outbox could not accept.
+    pub fn outbox_error(&self) {
+        self.outbox_errors.inc();
     }
 
     /// The handles for one event label. The `outcomes` that can happen for it are listed at

@@ -1,0 +1,78 @@
+//! The suite on Redis, and what only the Redis outbox has: its key layout.
+
+use std::time::Duration;
+
+use super::{new, run};
+use crate::outbox::{Outbox, RedisOutbox};
+
+/// The Redis under test, or `None` (test skipped) when none answers outside CI.
+async fn test_redis() -> Option<(RedisOutbox, String)> {
+    let url = std::env::var("POLLGATE_TEST_REDIS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let prefix = format!("pollgate-test-{:016x}", fastrand::u64(..));
+    match RedisOutbox::connect(&url, &prefix, Duration::from_secs(2)).await {
+        Ok(outbox) => Some((outbox, prefix)),
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but there is no Redis at {url} (set POLLGATE_TEST_REDIS): {e}")
+        }
+        Err(e) => {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipped: no Redis at {url} ({e})");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outbox_passes_conformance() {
+    let Some((outbox, _)) = test_redis().await else {
+        return;
+    };
+    let run_id = format!("{:08x}", fastrand::u32(..));
+    let names = std::sync::Mutex::new(Vec::new());
+    let upstream = |name: &str| {
+        let full = format!("{name}-{run_id}");
+        names.lock().unwrap().push(full.clone());
+        full
+    };
+    run(&outbox, &upstream).await;
+    let names = names.lock().unwrap().clone();
+    for name in names {
+        outbox.remove_upstream(&name).await.unwrap();
+        outbox
+            .remove_upstream(&format!("{name}-other"))
+            .await
+            .unwrap();
+        outbox
+            .remove_upstream(&format!("{name}-elsewhere"))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn redis_outbox_keys_share_one_hash_tag_per_upstream() {
+    let Some((outbox, prefix)) = test_redis().await else {
+        return;
+    };
+    let d = new("erp", super::T0);
+    outbox.enqueue(d.clone()).await.unwrap();
+    let mut conn = outbox.inner_conn();
+    let pattern = format!("{{{prefix}:outbox:erp}}*");
+    let mut keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(pattern.replace('{', "\\{").replace('}', "\\}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    let tag = format!("{{{prefix}:outbox:erp}}");
+    assert_eq!(
+        keys,
+        [
+            format!("{tag}:age"),
+            format!("{tag}:d:{}", d.id()),
+            format!("{tag}:due"),
+        ]
+    );
+    outbox.remove_upstream("erp").await.unwrap();
+}

@@ -1,0 +1,414 @@
+//! The Redis store's outbox: every replica queues into and delivers from the same Redis.
+//!
+//! # Key layout
+//!
+//! Every key of one upstream's queue shares the hash tag `{prefix:outbox:U}`, so a script
+//! touches one slot (ready for Redis Cluster):
+//!
+//! | key                          | what                                               |
+//! |------------------------------|----------------------------------------------------|
+//! | `{prefix:outbox:U}:d:{id}`   | hash: `ev`, `k`, `sub`, `b` (body), `q` (queued ms), `n` (attempts), `nx` (next attempt ms), `e` (last error), `st` (`p`/`d`) |
+//! | `{prefix:outbox:U}:due`      | sorted set: pending ids by due time (a claim moves the score to the claim's end) |
+//! | `{prefix:outbox:U}:age`      | sorted set: pending ids by queued time             |
+//! | `{prefix:outbox:U}:dead`     | sorted set: dead ids by queued time                |
+//!
+//! A claim ([`CLAIM`]) takes the due ids and moves their score to `now + lease` in one
+//! script: no other replica sees them until then. A replica that dies mid-delivery never
+//! settles its claims, so they come due again when the lease ends and another replica
+//! sends them (same `Idempotency-Key`). Deliveries have no TTL: they stay until delivered
+//! or deleted (dead ones too), which is the point.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{FromRedisValue, Script, Value};
+use bytes::Bytes;
+
+use super::{Counts, Delivery, DeliveryId, Failure, NewDelivery, Outbox, OutboxError, Status};
+use crate::conversation::ConversationKey;
+
+mod scripts;
+use scripts::{CLAIM, COUNTS, DELETE, ENQUEUE, FAILED, LIST, RELEASE, RETRY, RETRY_DEAD};
+
+/// The Redis outbox; clones share one multiplexed connection.
+#[derive(Clone)]
+pub struct RedisOutbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    scripts: [Script; 9],
+}
+
+/// The keys of one upstream's queue.
+struct Keys {
+    base: String,
+}
+
+impl Keys {
+    fn due(&self) -> String {
+        format!("{}:due", self.base)
+    }
+    fn age(&self) -> String {
+        format!("{}:age", self.base)
+    }
+    fn dead(&self) -> String {
+        format!("{}:dead", self.base)
+    }
+    /// The start of every record key; a script adds the id.
+    fn record_prefix(&self) -> String {
+        format!("{}:d:", self.base)
+    }
+    fn record(&self, id: DeliveryId) -> String {
+        format!("{}:d:{id}", self.base)
+    }
+}
+
+fn unavailable(e: &::redis::RedisError) -> OutboxError {
+    OutboxError::Unavailable(e.to_string())
+}
+
+impl RedisOutbox {
+    /// Connects to `url`; keys start with `{prefix:outbox:`. Every command is bounded by
+    /// `timeout`.
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, OutboxError> {
+        let client = ::redis::Client::open(url)
+            .map_err(|e| OutboxError::Unavailable(format!("bad Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn =
+            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+                .await
+                .map_err(|_| OutboxError::Timeout(timeout))?
+                .map_err(|e| OutboxError::Unavailable(format!("connecting: {e}")))?;
+        let scripts = [
+            ENQUEUE, CLAIM, FAILED, RELEASE, RETRY, RETRY_DEAD, DELETE, LIST, COUNTS,
+        ]
+        .map(Script::new);
+        let outbox = Self {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: prefix.to_owned(),
+                timeout,
+                scripts,
+            }),
+        };
+        for script in &outbox.inner.scripts {
+            let mut conn = outbox.inner.conn.clone();
+            outbox.bounded(script.load_async(&mut conn)).await?;
+        }
+        Ok(outbox)
+    }
+
+    fn keys(&self, upstream: &str) -> Keys {
+        Keys {
+            base: format!("{{{}:outbox:{upstream}}}", self.inner.prefix),
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        command: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+    ) -> Result<T, OutboxError> {
+        let timeout = self.inner.timeout;
+        match tokio::time::timeout(timeout, command).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if e.is_timeout() => Err(OutboxError::Timeout(timeout)),
+            Ok(Err(e)) => Err(unavailable(&e)),
+            Err(_) => Err(OutboxError::Timeout(timeout)),
+        }
+    }
+
+    /// Runs script number `which` with `keys` and `args`.
+    async fn run<T: FromRedisValue>(
+        &self,
+        which: usize,
+        keys: &[String],
+        args: &[&[u8]],
+    ) -> Result<T, OutboxError> {
+        let mut invocation = self.inner.scripts[which].prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut conn = self.inner.conn.clone();
+        self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
+    #[cfg(test)]
+    pub(crate) fn inner_conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Every key of this prefix's outboxes, deleted (tests clean up after themselves).
+    #[cfg(test)]
+    pub(crate) async fn remove_upstream(&self, upstream: &str) -> Result<(), OutboxError> {
+        let keys = self.keys(upstream);
+        let pattern = format!("{}*", keys.base.replace('{', "\\{").replace('}', "\\}"));
+        let mut conn = self.inner.conn.clone();
+        let found: Vec<String> = self
+            .bounded(::redis::cmd("KEYS").arg(pattern).query_async(&mut conn))
+            .await?;
+        for key in found {
+            let _: i64 = self
+                .bounded(::redis::cmd("DEL").arg(key).query_async(&mut conn))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+const I_ENQUEUE: usize = 0;
+const I_CLAIM: usize = 1;
+const I_FAILED: usize = 2;
+const I_RELEASE: usize = 3;
+const I_RETRY: usize = 4;
+const I_RETRY_DEAD: usize = 5;
+const I_DELETE: usize = 6;
+const I_LIST: usize = 7;
+const I_COUNTS: usize = 8;
+
+fn num(n: u64) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
+
+impl Outbox for RedisOutbox {
+    async fn enqueue(&self, d: NewDelivery) -> Result<bool, OutboxError> {
+        let id = d.id();
+        let k = self.keys(&d.upstream);
+        let keys = [k.due(), k.age(), k.dead(), k.record(id)];
+        let (idh, key, now) = (id.to_hex(), d.key.to_hex(), num(d.now_ms));
+        let args: [&[u8]; 6] = [
+            idh.as_bytes(),
+            d.event.as_bytes(),
+            key.as_bytes(),
+            d.subscription.as_bytes(),
+            &d.body,
+            &now,
+        ];
+        let queued: i64 = self.run(I_ENQUEUE, &keys, &args).await?;
+        Ok(queued == 1)
+    }
+
+    async fn claim(
+        &self,
+        upstream: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, OutboxError> {
+        let k = self.keys(upstream);
+        let until = num(now_ms.saturating_add(lease_ms));
+        let (now, limit) = (num(now_ms), num(limit as u64));
+        let prefix = k.record_prefix();
+        let args: [&[u8]; 4] = [&now, &until, &limit, prefix.as_bytes()];
+        let found: Value = self.run(I_CLAIM, &[k.due()], &args).await?;
+        records(upstream, found)
+    }
+
+    async fn next_due(&self, upstream: &str) -> Result<Option<u64>, OutboxError> {
+        let mut conn = self.inner.conn.clone();
+        let first: Vec<(String, f64)> = self
+            .bounded(
+                ::redis::cmd("ZRANGE")
+                    .arg(self.keys(upstream).due())
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(first.first().map(|(_, score)| *score as u64))
+    }
+
+    async fn delivered(&self, upstream: &str, id: DeliveryId) -> Result<(), OutboxError> {
+        self.delete(upstream, id).await.map(|_| ())
+    }
+
+    async fn failed(
+        &self,
+        upstream: &str,
+        id: DeliveryId,
+        failure: Failure,
+    ) -> Result<(), OutboxError> {
+        let k = self.keys(upstream);
+        let keys = [k.due(), k.age(), k.dead(), k.record(id)];
+        let (mode, next, error) = match failure {
+            Failure::Retry { next_ms, error } => ("r", next_ms, error),
+            Failure::Dead { error } => ("d", 0, error),
+        };
+        let (idh, next) = (id.to_hex(), num(next));
+        let args: [&[u8]; 4] = [idh.as_bytes(), &next, error.as_bytes(), mode.as_bytes()];
+        let _: i64 = self.run(I_FAILED, &keys, &args).await?;
+        Ok(())
+    }
+
+    async fn release(&self, upstream: &str, id: DeliveryId) -> Result<(), OutboxError> {
+        let k = self.keys(upstream);
+        let now = num(now_ms());
+        let idh = id.to_hex();
+        let args: [&[u8]; 2] = [idh.as_bytes(), &now];
+        let _: i64 = self.run(I_RELEASE, &[k.due(), k.record(id)], &args).await?;
+        Ok(())
+    }
+
+    async fn get(&self, upstream: &str, id: DeliveryId) -> Result<Option<Delivery>, OutboxError> {
+        let mut conn = self.inner.conn.clone();
+        let fields: Vec<Vec<u8>> = self
+            .bounded(
+                ::redis::cmd("HGETALL")
+                    .arg(self.keys(upstream).record(id))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        decode(upstream, id, &fields).map(Some)
+    }
+
+    async fn list(
+        &self,
+        upstream: &str,
+        status: Status,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, OutboxError> {
+        let k = self.keys(upstream);
+        let set = match status {
+            Status::Pending => k.due(),
+            Status::Dead => k.dead(),
+        };
+        let (limit, prefix) = (num(limit as u64), k.record_prefix());
+        let args: [&[u8]; 2] = [&limit, prefix.as_bytes()];
+        let found: Value = self.run(I_LIST, &[set], &args).await?;
+        records(upstream, found)
+    }
+
+    async fn retry(
+        &self,
+        upstream: &str,
+        id: DeliveryId,
+        now_ms: u64,
+    ) -> Result<bool, OutboxError> {
+        let k = self.keys(upstream);
+        let keys = [k.due(), k.age(), k.dead(), k.record(id)];
+        let (idh, now) = (id.to_hex(), num(now_ms));
+        let args: [&[u8]; 2] = [idh.as_bytes(), &now];
+        let found: i64 = self.run(I_RETRY, &keys, &args).await?;
+        Ok(found == 1)
+    }
+
+    async fn retry_dead(&self, upstream: &str, now_ms: u64) -> Result<u64, OutboxError> {
+        let k = self.keys(upstream);
+        let keys = [k.due(), k.age(), k.dead()];
+        let (now, prefix) = (num(now_ms), k.record_prefix());
+        let args: [&[u8]; 2] = [&now, prefix.as_bytes()];
+        let n: u64 = self.run(I_RETRY_DEAD, &keys, &args).await?;
+        Ok(n)
+    }
+
+    async fn delete(&self, upstream: &str, id: DeliveryId) -> Result<bool, OutboxError> {
+        let k = self.keys(upstream);
+        let keys = [k.due(), k.age(), k.dead(), k.record(id)];
+        let idh = id.to_hex();
+        let found: i64 = self.run(I_DELETE, &keys, &[idh.as_bytes()]).await?;
+        Ok(found == 1)
+    }
+
+    async fn counts(&self, upstream: &str) -> Result<Counts, OutboxError> {
+        let k = self.keys(upstream);
+        let (pending, dead, oldest): (u64, u64, Option<u64>) = self
+            .run(I_COUNTS, &[k.due(), k.age(), k.dead()], &[])
+            .await?;
+        Ok(Counts {
+            pending,
+            dead,
+            oldest_queued_ms: oldest,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), OutboxError> {
+        let mut conn = self.inner.conn.clone();
+        let _: String = self
+            .bounded(::redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Wall-clock ms (releases make a claim due "now" by the replicas' shared notion of it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, crate::config::millis)
+}
+
+/// A script's `[id, [field, value, ...], id, ...]` as deliveries.
+fn records(upstream: &str, value: Value) -> Result<Vec<Delivery>, OutboxError> {
+    let Value::Array(items) = value else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut items = items.into_iter();
+    while let (Some(id), Some(fields)) = (items.next(), items.next()) {
+        let id: String = FromRedisValue::from_redis_value(id)
+            .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
+        let fields: Vec<Vec<u8>> = FromRedisValue::from_redis_value(fields)
+            .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
+        let Some(id) = DeliveryId::from_hex(&id) else {
+            return Err(OutboxError::Corrupt(format!("bad delivery id `{id}`")));
+        };
+        if !fields.is_empty() {
+            out.push(decode(upstream, id, &fields)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A record hash's fields (flat: name, value, ...) as a delivery.
+fn decode(upstream: &str, id: DeliveryId, fields: &[Vec<u8>]) -> Result<Delivery, OutboxError> {
+    let corrupt = |what: &str| OutboxError::Corrupt(format!("delivery {id}: {what}"));
+    let field = |name: &str| {
+        fields
+            .chunks(2)
+            .find(|kv| kv[0] == name.as_bytes())
+            .and_then(|kv| kv.get(1))
+    };
+    let text = |name: &str| -> Result<String, OutboxError> {
+        let raw = field(name).ok_or_else(|| corrupt(&format!("no `{name}`")))?;
+        String::from_utf8(raw.clone()).map_err(|_| corrupt(&format!("`{name}` is not text")))
+    };
+    let number = |name: &str| -> Result<u64, OutboxError> {
+        text(name)?
+            .parse()
+            .map_err(|_| corrupt(&format!("`{name}` is not a number")))
+    };
+    let key = ConversationKey::from_hex(&text("k")?).ok_or_else(|| corrupt("bad `k`"))?;
+    Ok(Delivery {
+        id,
+        upstream: upstream.to_owned(),
+        event: text("ev")?,
+        key,
+        subscription: text("sub")?,
+        body: Bytes::from(field("b").cloned().unwrap_or_default()),
+        status: if text("st")? == "d" {
+            Status::Dead
+        } else {
+            Status::Pending
+        },
+        queued_ms: number("q")?,
+        attempts: u32::try_from(number("n")?).unwrap_or(u32::MAX),
+        next_ms: number("nx")?,
+        last_error: field("e").map(|e| String::from_utf8_lossy(e).into_owned()),
+    })
+}
