@@ -143,7 +143,12 @@ impl App {
             // still open and the background forwards share this deadline.
             Instant::now() + config_grace
         });
-        server::serve(webhook, service, shutdown, config_grace, limits).await;
+        let runtime = self.gateway.runtime.clone();
+        let tls: server::TlsSource = Arc::new(move || {
+            let runtime = runtime.load();
+            runtime.config.server.tls.as_ref().map(|t| t.config.clone())
+        });
+        server::serve(webhook, service, shutdown, config_grace, limits, Some(tls)).await;
         let deadline = unready.await.unwrap_or_else(|_| Instant::now());
         self.drain_background(deadline, config_grace).await;
         admin_stop.fire();
@@ -197,6 +202,7 @@ impl App {
                 max_connections: ADMIN_MAX_CONNECTIONS,
                 ..limits
             },
+            None,
         ));
         (admin_stop, admin_task)
     }

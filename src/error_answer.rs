@@ -174,12 +174,49 @@ impl Fallback {
     }
 }
 
+/// Why an admin request's bearer token was refused (`401`, GATEWAY.md 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthorized {
+    /// No `Authorization` header.
+    NoToken,
+    /// An `Authorization` header of another scheme than `Bearer`.
+    NotBearer,
+    /// A bearer token that is neither `admin.token` nor, where it counts, `admin.push_token`.
+    WrongToken,
+    /// `admin.push_token` on an endpoint outside `/push`.
+    PushOnly,
+}
+
+impl Unauthorized {
+    fn message(self) -> &'static str {
+        match self {
+            Self::NoToken => "this endpoint needs an Authorization: Bearer <admin.token> header",
+            Self::NotBearer => "the Authorization header must be Bearer <admin.token>",
+            Self::WrongToken => "the bearer token is not valid here",
+            Self::PushOnly => "admin.push_token opens only the /push endpoints",
+        }
+    }
+
+    /// The `WWW-Authenticate` header (RFC 6750 3): a token that was sent and refused says so.
+    pub fn challenge(self) -> &'static str {
+        match self {
+            Self::NoToken | Self::NotBearer => "Bearer",
+            Self::WrongToken => "Bearer error=\"invalid_token\"",
+            Self::PushOnly => "Bearer error=\"insufficient_scope\"",
+        }
+    }
+}
+
 /// An admin request answered with an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminError {
+    /// The bearer token is missing or wrong.
+    Unauthorized(Unauthorized),
     /// A browser page of another site sent it (`http::origin` says why).
     CrossOrigin(String),
     NotFound,
+    /// `GET /conversations/{key}` of a key the store does not hold (or not a key at all).
+    NoConversation,
     /// The path exists for the other method.
     MethodNotAllowed(&'static str),
     /// The conversation store failed to list.
@@ -193,8 +230,9 @@ pub enum AdminError {
 impl AdminError {
     pub fn status(&self) -> u16 {
         match self {
+            Self::Unauthorized(_) => 401,
             Self::CrossOrigin(_) => 403,
-            Self::NotFound | Self::NoDelivery(_) => 404,
+            Self::NotFound | Self::NoConversation | Self::NoDelivery(_) => 404,
             Self::MethodNotAllowed(_) => 405,
             Self::BadQuery(_) => 400,
             Self::StoreUnavailable(_) => 503,
@@ -203,8 +241,10 @@ impl AdminError {
 
     pub fn code(&self) -> &'static str {
         match self {
+            Self::Unauthorized(_) => "UNAUTHORIZED",
             Self::CrossOrigin(_) => "CROSS_ORIGIN",
             Self::NotFound => "NOT_FOUND",
+            Self::NoConversation => "NO_CONVERSATION",
             Self::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Self::BadQuery(_) => "INVALID_QUERY",
@@ -214,11 +254,15 @@ impl AdminError {
 
     pub fn message(&self) -> Cow<'static, str> {
         match self {
+            Self::Unauthorized(why) => Cow::Borrowed(why.message()),
             Self::CrossOrigin(why) => Cow::Owned(format!(
                 "{why}; the admin endpoints refuse requests from other sites' pages"
             )),
             Self::NotFound => Cow::Borrowed(
                 "admin endpoints: /healthz /readyz /metrics /conversations /deliveries /reload",
+            ),
+            Self::NoConversation => Cow::Borrowed(
+                "no live conversation has this key (32 hex digits, as GET /conversations lists them)",
             ),
             Self::MethodNotAllowed(allow) => Cow::Owned(format!("use {allow}")),
             Self::StoreUnavailable(why) | Self::BadQuery(why) => Cow::Owned(why.clone()),
@@ -233,6 +277,14 @@ impl AdminError {
     pub fn allow(&self) -> Option<&'static str> {
         match self {
             Self::MethodNotAllowed(allow) => Some(allow),
+            _ => None,
+        }
+    }
+
+    /// The `WWW-Authenticate` header of a `401`.
+    pub fn challenge(&self) -> Option<&'static str> {
+        match self {
+            Self::Unauthorized(why) => Some(why.challenge()),
             _ => None,
         }
     }

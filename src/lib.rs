@@ -16,6 +16,7 @@
 //! - [`outbox`]: durable delivery: the queue (embedded redb or Redis) and its workers.
 //! - [`runtime`]: one compiled configuration generation (swapped whole on reload).
 //! - [`config`]: the YAML config file, validated before any port is bound.
+//! - [`tls`]: `server.tls`, the webhook listener's PEM certificate and key for rustls.
 //!
 //! Around them: [`app`] wires the parts and serves; [`gateway`] is the shared handle the
 //! listeners, the pipeline and the reloader hold (store, forwarder, clock, metrics, the
@@ -41,6 +42,7 @@ pub mod shutdown;
 pub mod signature;
 pub mod telemetry;
 pub mod testing;
+pub mod tls;
 pub mod upstream;
 
 pub use app::{App, AppError};

@@ -296,6 +296,13 @@ async fn conversations_lists_live_conversations_without_bodies_or_secrets() {
         "{finished:?}"
     );
     assert!(!text.contains(SECRET) && !text.contains("Cappuccino"));
+    let (_, filtered) = get(&gw, "/conversations?event=addSessionLine&limit=5").await;
+    assert_eq!(
+        serde_json::from_str::<Vec<Value>>(&filtered).unwrap().len(),
+        2
+    );
+    let (_, none) = get(&gw, "/conversations?event=scanCode").await;
+    assert_eq!(none, "[]");
     let (_, limited) = get(&gw, "/conversations?limit=1").await;
     assert_eq!(
         serde_json::from_str::<Vec<Value>>(&limited).unwrap().len(),
@@ -662,4 +669,186 @@ async fn admin_error_answers_are_exact_and_unsigned() {
         r.text().await.unwrap(),
         r#"{"error":{"code":"CROSS_ORIGIN","message":"Sec-Fetch-Site says the request comes from another site; the admin endpoints refuse requests from other sites' pages"}}"#
     );
+}
+
+const TOKENS: &str = "admin:\n  token: ${ADMIN_TOKEN}\n  push_token: push-only\nevents:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {}\n";
+
+async fn with_tokens() -> Gateway {
+    let env = [("ADMIN_TOKEN".to_owned(), "the-admin-token".to_owned())].into();
+    Gateway::start_with_env(TOKENS, &[("rule.rhai", "finish()")], env).await
+}
+
+async fn admin_request(
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    authorization: Option<&str>,
+) -> reqwest::Response {
+    let mut request = client().request(method, gw.admin_url(path));
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn with_admin_token_every_endpoint_but_health_and_readiness_needs_it() {
+    let gw = with_tokens().await;
+    for path in ["/healthz", "/readyz"] {
+        let r = admin_request(&gw, reqwest::Method::GET, path, None).await;
+        assert_eq!(r.status(), 200, "{path} stays open for probes");
+    }
+    for (method, path) in [
+        (reqwest::Method::GET, "/metrics"),
+        (reqwest::Method::GET, "/conversations"),
+        (reqwest::Method::POST, "/reload"),
+        (reqwest::Method::GET, "/nope"),
+    ] {
+        let r = admin_request(&gw, method.clone(), path, None).await;
+        assert_eq!(r.status(), 401, "{path}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        assert!(r.headers().get("x-mplus-signature").is_none());
+        assert_eq!(
+            r.text().await.unwrap(),
+            r#"{"error":{"code":"UNAUTHORIZED","message":"this endpoint needs an Authorization: Bearer <admin.token> header"}}"#
+        );
+        let ok = admin_request(&gw, method, path, Some("Bearer the-admin-token")).await;
+        assert_ne!(ok.status(), 401, "{path} with the token");
+    }
+    let ok = admin_request(
+        &gw,
+        reqwest::Method::GET,
+        "/metrics",
+        Some("bearer  the-admin-token "),
+    )
+    .await;
+    assert_eq!(ok.status(), 200, "the scheme is case-insensitive");
+}
+
+#[tokio::test]
+async fn a_wrong_or_push_only_token_gets_401_with_the_exact_reason() {
+    let gw = with_tokens().await;
+    let cases = [
+        (
+            "Bearer the-admin-tokeN",
+            r#"Bearer error="invalid_token""#,
+            "the bearer token is not valid here",
+        ),
+        (
+            "Basic dGhlLWFkbWluLXRva2Vu",
+            "Bearer",
+            "the Authorization header must be Bearer <admin.token>",
+        ),
+        (
+            "Bearer push-only",
+            r#"Bearer error="insufficient_scope""#,
+            "admin.push_token opens only the /push endpoints",
+        ),
+    ];
+    for (authorization, challenge, message) in cases {
+        let r = admin_request(&gw, reqwest::Method::POST, "/reload", Some(authorization)).await;
+        assert_eq!(r.status(), 401, "{authorization}");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            challenge,
+            "{authorization}"
+        );
+        assert_eq!(
+            r.text().await.unwrap(),
+            format!(r#"{{"error":{{"code":"UNAUTHORIZED","message":"{message}"}}}}"#)
+        );
+    }
+    // The push token passes the door of /push (no endpoint there yet: 404, not 401).
+    let r = admin_request(
+        &gw,
+        reqwest::Method::GET,
+        "/push/shop/1/2",
+        Some("Bearer push-only"),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn one_conversation_by_its_key_shows_attempts_state_and_final_answer() {
+    let gw = Gateway::start(
+        POLLING,
+        &[(
+            "rule.rhai",
+            "state.seen = poll.attempt; if poll.attempt < 2 { keep_polling(\"wait\") } else { finish(\"done\") }",
+        )],
+    )
+    .await;
+    let till = gw.till();
+    till.call_json("addSessionLine", &body(7, 1)).await;
+    let (_, text) = get(&gw, "/conversations").await;
+    let list: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let key = list[0]["key"].as_str().unwrap().to_owned();
+    let (status, text) = get(&gw, &format!("/conversations/{key}")).await;
+    assert_eq!(status, 200, "{text}");
+    let going: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(going["key"], key.as_str());
+    assert_eq!(going["attempts"], 1);
+    assert_eq!(going["finished"], false);
+    assert_eq!(going["state_bytes"], br#"{"seen":1}"#.len());
+    assert_eq!(going["forwards"], json!([]));
+    assert_eq!(going["final_answer"], Value::Null);
+
+    till.call_json("addSessionLine", &body(7, 2)).await;
+    let (_, text) = get(&gw, &format!("/conversations/{key}")).await;
+    let done: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(done["attempts"], 2);
+    assert_eq!(done["finished"], true);
+    assert_eq!(done["final_answer"]["status"], 200);
+    assert_eq!(
+        done["final_answer"]["body"]["polling"],
+        json!({"finished": true, "message": "done"})
+    );
+    assert!(!text.contains(SECRET) && !text.contains("Cappuccino"));
+
+    let missing = r#"{"error":{"code":"NO_CONVERSATION","message":"no live conversation has this key (32 hex digits, as GET /conversations lists them)"}}"#;
+    for path in [
+        "/conversations/00000000000000000000000000000000",
+        "/conversations/not-a-key",
+    ] {
+        assert_eq!(get(&gw, path).await, (404, missing.to_owned()), "{path}");
+    }
+    let r = client()
+        .delete(gw.admin_url(&format!("/conversations/{key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+}
+
+#[tokio::test]
+async fn status_shows_the_generation_and_the_last_reload_with_its_errors() {
+    let gw = Gateway::start(POLLING, &[("rule.rhai", "finish()")]).await;
+    let (status, text) = get(&gw, "/status").await;
+    assert_eq!(status, 200);
+    let fresh: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(fresh["generation"], 1);
+    assert_eq!(fresh["last_reload"], Value::Null);
+    assert!(fresh["loaded_at_ms"].as_u64().unwrap() > 0);
+
+    std::fs::write(gw.dir.path().join("rule.rhai"), "let x = ;").unwrap();
+    let (code, reload) = post_reload(&gw).await;
+    assert_eq!(code, 422);
+    let (_, text) = get(&gw, "/status").await;
+    let failed: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(failed["generation"], 1, "the last good generation goes on");
+    assert_eq!(failed["loaded_at_ms"], fresh["loaded_at_ms"]);
+    let last = &failed["last_reload"];
+    assert_eq!(last["ok"], false);
+    assert_eq!(last["trigger"], "POST /reload");
+    assert_eq!(last["errors"], reload["errors"]);
+
+    std::fs::write(gw.dir.path().join("rule.rhai"), "finish()").unwrap();
+    assert_eq!(post_reload(&gw).await.0, 200);
+    let (_, text) = get(&gw, "/status").await;
+    let ok: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(ok["generation"], 2);
+    assert_eq!(ok["last_reload"]["ok"], true);
+    assert_eq!(ok["last_reload"]["errors"], json!([]));
 }

@@ -247,6 +247,29 @@ fn check_reports_a_bad_config_as_file_key_message() {
 }
 
 #[test]
+fn check_and_serve_refuse_an_admin_listener_off_loopback_without_a_token() {
+    let dir = folder(&[(
+        "pollgate.yaml",
+        &config_text(
+            "127.0.0.1:0",
+            "0.0.0.0:0",
+            "events:\n  \"*\":\n    respond: {}\n",
+        ),
+    )]);
+    let config = dir.path().join("pollgate.yaml");
+    let expected = format!(
+        "{}: admin.token: admin.listen (0.0.0.0:0) is not a loopback address and no admin.token is set; set a token, or listen on 127.0.0.1",
+        config.display()
+    );
+    let r = run(pollgate(&["check", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert_eq!(r.stderr, format!("{expected}\n"), "{r:?}");
+    let r = run(pollgate(&["serve", "--config", config.to_str().unwrap()]));
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stderr.contains(&expected), "{r:?}");
+}
+
+#[test]
 fn check_reports_a_yaml_mistake_with_line_and_column() {
     let dir = folder(&[(
         "pollgate.yaml",
@@ -286,9 +309,9 @@ fn check_reports_typos_wrong_values_missing_variables_and_rule_errors_in_one_run
     assert_eq!(
         r.stderr,
         format!(
-            "{file}:2:3: server: unknown field `listn`, expected one of `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`\n\
+            "{file}:2:3: server: unknown field `listn`, expected one of `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`, `tls`\n\
              {file}: subscriptions.shop.secret: environment variable MPLUS_SECRET is not set (set it, or write ${{MPLUS_SECRET:-default}})\n\
-             {file}:6:5: subscriptions.shop: unknown field `encodng`, expected `secret` or `encoding`\n\
+             {file}:6:5: subscriptions.shop: unknown field `encodng`, expected one of `secret`, `previous_secrets`, `encoding`\n\
              {}:2:12: Unexpected ';'\n\
              {}:2:13: forward(\"codez\"): unknown upstream `codez` (not under `upstreams:`)\n\
              {file}:15:5: upstreams.approvals.timeout: `10` is not a duration: give a unit, like 10s or 10ms\n\

@@ -50,6 +50,10 @@ pub struct SimulateArgs {
     /// Give up (exit 1) after this many calls without `finished: true`.
     #[arg(long, default_value_t = 30)]
     pub max_polls: u32,
+    /// For an https:// URL: trust only the CA certificates in this PEM file (e.g. a private
+    /// CA that signed server.tls.cert).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
 }
 
 /// Runs the simulation; prints the exchange to `out` and the error, if any, to stderr
@@ -71,11 +75,13 @@ async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
     let url = format!("{}/{}", args.url.trim_end_matches('/'), args.event);
     let signature = secret.sign(&body);
     crate::upstream::install_crypto_provider();
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())?;
+        .no_proxy();
+    if let Some(ca) = &args.ca {
+        client = client.tls_certs_only(ca_certificates(ca)?);
+    }
+    let client = client.build().map_err(|e| e.to_string())?;
     for poll in 1..=args.max_polls {
         let _ = writeln!(out, "-> POST {url} (call {poll})");
         let response = client
@@ -103,6 +109,24 @@ async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
         }
     }
     Err(format!("not finished after --max-polls {}", args.max_polls))
+}
+
+/// The certificates of a `--ca` PEM file: at least one, or why not.
+fn ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read --ca {}: {e}", path.display()))?;
+    let certs: Vec<reqwest::Certificate> = CertificateDer::pem_slice_iter(&pem)
+        .filter_map(Result::ok)
+        .filter_map(|der| reqwest::Certificate::from_der(&der).ok())
+        .collect();
+    if certs.is_empty() {
+        return Err(format!(
+            "--ca {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// The body to send: `--body` (made fresh with `--fresh`) or the event's example.

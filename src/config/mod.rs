@@ -13,6 +13,7 @@ pub(crate) mod raw;
 mod report;
 #[cfg(test)]
 mod tests;
+mod token;
 mod tree;
 mod units;
 mod validate;
@@ -27,9 +28,10 @@ pub use env::{expand, process_env, EnvError};
 pub use key_part::KeyPart;
 pub use limits::Limits;
 pub use problem::{Problem, Problems};
+pub use token::Token;
 pub use units::{millis, parse_duration, parse_size};
 
-use crate::signature::Secret;
+use crate::signature::{Secret, SignatureError};
 
 /// The base64 demo secret of the shipped example config and of the team's shared `mplus` signature vectors (copied to `tests/fixtures/mplus`).
 pub const DEMO_SECRET_KEY: &[u8] = b"demo-secret-for-pollgate-examples";
@@ -96,20 +98,55 @@ pub struct Server {
     pub max_connections: usize,
     /// Request bodies being read, all calls together (GATEWAY.md 12).
     pub max_buffered_bytes: u64,
+    /// `server.tls`: HTTPS with this certificate and key; `None`: plain HTTP.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// `admin.token`: required by every endpoint but `/healthz` and `/readyz` (and the
+    /// console page itself). Always set when `listen` is not a loopback address.
+    pub token: Option<Token>,
+    /// `admin.push_token`: opens the `/push` endpoints only.
+    pub push_token: Option<Token>,
 }
 
 /// A till subscription: its id (the `X-Mplus-Subscription-Id` value) and secret.
 #[derive(Debug)]
 pub struct Subscription {
     pub id: String,
+    /// Signs forwards, and answers to calls that could not be verified.
     pub secret: Secret,
+    /// Still accepted when verifying calls, during a rotation (GATEWAY.md 10).
+    pub previous_secrets: Vec<Secret>,
     /// True when the secret is the shipped demo secret.
     pub is_demo: bool,
+}
+
+impl Subscription {
+    /// Checks a call's `X-Mplus-Signature` against `secret`, then each previous secret;
+    /// the index of the one that matched (0: `secret`, i: `previous_secrets[i - 1]`), whose
+    /// secret signs the answer. A mismatch of all is the current secret's error.
+    pub fn verify(&self, header: &[u8], body: &[u8]) -> Result<usize, SignatureError> {
+        let current = self.secret.verify(header, body);
+        if current.is_ok() || self.previous_secrets.is_empty() {
+            return current.map(|()| 0);
+        }
+        self.previous_secrets
+            .iter()
+            .position(|s| s.verify(header, body).is_ok())
+            .map(|i| i + 1)
+            .ok_or(SignatureError::Mismatch)
+    }
+
+    /// The secret at an index [`Subscription::verify`] returned; the current one otherwise.
+    pub fn signer(&self, index: usize) -> &Secret {
+        index
+            .checked_sub(1)
+            .and_then(|i| self.previous_secrets.get(i))
+            .unwrap_or(&self.secret)
+    }
 }
 
 /// How one event (or `"*"`) is answered.

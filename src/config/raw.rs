@@ -59,6 +59,15 @@ pub(crate) struct RawServer {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_buffered_bytes: RawSize,
+    pub tls: Option<RawTls>,
+}
+
+/// `server.tls`: PEM files, relative to the config file's folder.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub cert: String,
+    pub key: String,
 }
 
 /// A size as written: a number of bytes, or text like `64MiB` (checked in [`super::load`],
@@ -84,6 +93,7 @@ impl Default for RawServer {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_buffered_bytes: RawSize::Bytes(64 * 1024 * 1024),
+            tls: None,
         }
     }
 }
@@ -92,12 +102,18 @@ impl Default for RawServer {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawAdmin {
     pub listen: String,
+    /// Bearer token for every admin endpoint but `/healthz` and `/readyz`.
+    pub token: Option<String>,
+    /// Bearer token for the `/push` endpoints only.
+    pub push_token: Option<String>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9090".into(),
+            token: None,
+            push_token: None,
         }
     }
 }
@@ -106,6 +122,9 @@ impl Default for RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSubscription {
     pub secret: String,
+    /// Secrets still accepted while tills move to `secret` (rotation).
+    #[serde(default)]
+    pub previous_secrets: Vec<String>,
     #[serde(default)]
     pub encoding: Encoding,
 }

@@ -624,7 +624,7 @@ upstreams:
         problems(text),
         vec![
             format!("{FILE}:1:1: unknown field `servr`, expected one of `server`, `admin`, `subscriptions`, `events`, `upstreams`, `state`, `limits`, `watch`, `outbox`"),
-            format!("{FILE}:6:5: subscriptions.shop: unknown field `encodng`, expected `secret` or `encoding`"),
+            format!("{FILE}:6:5: subscriptions.shop: unknown field `encodng`, expected one of `secret`, `previous_secrets`, `encoding`"),
             format!("{FILE}:10:5: upstreams.backend: unknown field `retry`, expected one of `url`, `timeout`, `retries`, `secret`, `encoding`, `max_connections`, `max_reply_bytes`, `durable`"),
         ]
     );
@@ -676,7 +676,7 @@ upstreams:
     assert_eq!(
         err.to_string().lines().collect::<Vec<_>>(),
         vec![
-            format!("{f}:2:3: server: unknown field `listn`, expected one of `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`"),
+            format!("{f}:2:3: server: unknown field `listn`, expected one of `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`, `tls`"),
             format!("{f}:3:3: server.shutdown_grace: `10` is not a duration: give a unit, like 10s or 10ms"),
             format!("{f}: subscriptions.shop.secret: environment variable MPLUS_SECRET is not set (set it, or write ${{MPLUS_SECRET:-default}})"),
             format!("{}:1:9: syntax error", scan.display()),
@@ -721,7 +721,7 @@ fn an_empty_section_holds_the_defaults_and_a_section_that_is_not_a_mapping_is_re
     let text = with_subscription("server: fast\n");
     assert_eq!(
         problem(&text),
-        format!("{FILE}:4:1: server: invalid type: string \"fast\", expected a section with the keys `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`")
+        format!("{FILE}:4:1: server: invalid type: string \"fast\", expected a section with the keys `listen`, `base_path`, `max_body_bytes`, `request_timeout`, `shutdown_grace`, `access_log`, `header_timeout`, `body_timeout`, `idle_timeout`, `max_connections`, `max_buffered_bytes`, `tls`")
     );
     assert_eq!(
         problem("- server\n- subscriptions\n"),
@@ -799,4 +799,58 @@ fn max_conversations_is_read_for_the_memory_store() {
             max_conversations: 2500
         }
     );
+}
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let text = with_subscription("admin:\n  listen: 0.0.0.0:9090\n");
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}: admin.token: admin.listen (0.0.0.0:9090) is not a loopback address and no admin.token is set; set a token, or listen on 127.0.0.1")
+    );
+    let empty = with_subscription("admin:\n  listen: \"[::]:9090\"\n  token: ${UNSET:-}\n");
+    assert_eq!(
+        problem(&empty),
+        format!("{FILE}: admin.token: admin.listen ([::]:9090) is not a loopback address and no admin.token is set; set a token, or listen on 127.0.0.1")
+    );
+    let set = with_subscription("admin:\n  listen: 0.0.0.0:9090\n  token: ${SET}\n");
+    let config = parse(&set).unwrap();
+    let token = config.admin.token.as_ref().unwrap();
+    assert!(token.matches(b"value"));
+    assert!(
+        !format!("{config:?}").contains("value"),
+        "the token is never in Debug output"
+    );
+}
+
+#[test]
+fn admin_tokens_are_optional_on_loopback() {
+    let config = parse(&with_subscription(
+        "admin:\n  listen: 127.0.0.1:9090\n  push_token: p\n",
+    ))
+    .unwrap();
+    assert!(config.admin.token.is_none());
+    assert!(config.admin.push_token.as_ref().unwrap().matches(b"p"));
+    let ipv6 = parse(&with_subscription("admin:\n  listen: \"[::1]:9090\"\n")).unwrap();
+    assert!(ipv6.admin.token.is_none());
+}
+
+#[test]
+fn previous_secrets_are_decoded_like_the_secret_each_problem_under_its_index() {
+    let text = "subscriptions:\n  shop:\n    secret: bmV3\n    previous_secrets: [b2xk, \"not base64!\", \"\"]\n";
+    assert_eq!(
+        problems(text),
+        vec![
+            format!("{FILE}: subscriptions.shop.previous_secrets[1]: secret is not valid base64 (set `encoding: utf8` to use the text as it is)"),
+            format!("{FILE}: subscriptions.shop.previous_secrets[2]: secret is empty"),
+        ]
+    );
+    let ok = "subscriptions:\n  shop:\n    secret: new\n    encoding: utf8\n    previous_secrets: [old]\n";
+    let config = parse(ok).unwrap();
+    let shop = &config.subscriptions["shop"];
+    let signed_old = crate::signature::Secret::from_key(b"old").sign(b"{}");
+    assert_eq!(shop.verify(signed_old.as_bytes(), b"{}"), Ok(1));
+    assert_eq!(shop.signer(1).sign(b"{}"), signed_old);
+    let signed_new = shop.secret.sign(b"{}");
+    assert_eq!(shop.verify(signed_new.as_bytes(), b"{}"), Ok(0));
 }

@@ -7,17 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response};
 use http_body_util::Full;
 use serde::Serialize;
 
 mod deliveries;
 
+use super::conversation_detail::Detail;
 use super::json_response;
-use super::origin;
 use super::overload::BodyBudget;
-use crate::conversation::ConversationStore;
+use super::{bearer, origin};
+use crate::conversation::{ConversationKey, ConversationStore};
 use crate::error_answer::AdminError;
 use crate::gateway::Gateway;
 use crate::reload::Reloader;
@@ -46,19 +47,32 @@ pub async fn handle<B>(
         return Ok(error(&AdminError::CrossOrigin(refusal.to_string())));
     }
     let path = req.uri().path();
+    let runtime = state.gateway.runtime.load();
+    if let Err(refused) = bearer::check(&runtime.config.admin, path, req.headers()) {
+        return Ok(error(&AdminError::Unauthorized(refused)));
+    }
+    drop(runtime);
     let response = match (req.method(), path) {
+        (&Method::GET, "/") => super::console::page(),
+        (&Method::GET, "/status") => json(200, &state.reloader.status()),
         (&Method::GET, "/healthz") => json(200, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(&state).await,
         (&Method::GET, "/metrics") => metrics(&state).await,
         (&Method::GET, "/conversations") => conversations(&state, req.uri().query()).await,
         (&Method::POST, "/reload") => reload(&state).await,
+        (&Method::GET, _) if path.starts_with("/conversations/") => {
+            conversation(&state, &path["/conversations/".len()..]).await
+        }
         (method, p) if p == "/deliveries" || p.starts_with("/deliveries/") => {
             deliveries::route(&state, method, p, req.uri().query()).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/conversations") => {
+        (_, "/" | "/status" | "/healthz" | "/readyz" | "/metrics" | "/conversations") => {
             error(&AdminError::MethodNotAllowed("GET"))
         }
         (_, "/reload") => error(&AdminError::MethodNotAllowed("POST")),
+        (_, _) if path.starts_with("/conversations/") => {
+            error(&AdminError::MethodNotAllowed("GET"))
+        }
         _ => error(&AdminError::NotFound),
     };
     Ok(response)
@@ -75,6 +89,11 @@ pub(super) fn error(error: &AdminError) -> Response<Full<Bytes>> {
         response
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    if let Some(challenge) = error.challenge() {
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     }
     response
 }
@@ -136,9 +155,41 @@ async fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
 
 async fn conversations(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
     let limit = list_limit(query);
+    let event = query_value(query, "event");
+    // With a filter, the newest MAX_LIST_LIMIT are filtered, then cut to `limit`.
+    let fetch = if event.is_some() {
+        MAX_LIST_LIMIT
+    } else {
+        limit
+    };
     let gateway = &state.gateway;
-    match gateway.store.list(gateway.clock.now_ms(), limit).await {
-        Ok(list) => json(200, &list),
+    match gateway.store.list(gateway.clock.now_ms(), fetch).await {
+        Ok(mut list) => {
+            if let Some(event) = event {
+                list.retain(|c| c.event == event);
+                list.truncate(limit);
+            }
+            json(200, &list)
+        }
+        Err(e) => error(&AdminError::StoreUnavailable(e.to_string())),
+    }
+}
+
+/// The value of `?name=value` (event names are `[A-Za-z0-9_.-]`, never percent-encoded).
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+async fn conversation(state: &AdminState, key: &str) -> Response<Full<Bytes>> {
+    let Some(parsed) = ConversationKey::from_hex(key) else {
+        return error(&AdminError::NoConversation);
+    };
+    let gateway = &state.gateway;
+    match gateway.store.load(parsed).await {
+        Ok(Some(snapshot)) => json(200, &Detail::new(parsed, &snapshot, gateway.clock.now_ms())),
+        Ok(None) => error(&AdminError::NoConversation),
         Err(e) => error(&AdminError::StoreUnavailable(e.to_string())),
     }
 }
@@ -167,6 +218,16 @@ async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_are_found_by_their_whole_name() {
+        assert_eq!(
+            query_value(Some("limit=5&event=scanCode"), "event"),
+            Some("scanCode")
+        );
+        assert_eq!(query_value(Some("events=x"), "event"), None);
+        assert_eq!(query_value(None, "event"), None);
+    }
 
     #[test]
     fn the_list_limit_is_capped_at_1000() {

@@ -3,7 +3,10 @@
 //! ([`connection`]), the body budget ([`overload`]) and graceful shutdown.
 
 pub mod admin;
+mod bearer;
 pub mod connection;
+mod console;
+mod conversation_detail;
 pub mod layers;
 pub mod origin;
 pub mod overload;
@@ -26,18 +29,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::{Service, ServiceExt};
 
-use crate::config::Subscription;
 use crate::shutdown::Shutdown;
-use crate::signature::SIGNATURE_HEADER;
+use crate::signature::{Secret, SIGNATURE_HEADER};
 use connection::{ConnLimits, Phase, Tracked, Watched};
 
-/// A JSON answer, signed with the subscription's secret when there is one.
-pub fn json_response(
-    status: u16,
-    body: Bytes,
-    signer: Option<&Subscription>,
-) -> Response<Full<Bytes>> {
-    let signature = signer.map(|s| s.secret.sign(&body));
+/// A JSON answer, signed with `signer` when there is one (a subscription's secret).
+pub fn json_response(status: u16, body: Bytes, signer: Option<&Secret>) -> Response<Full<Bytes>> {
+    let signature = signer.map(|s| s.sign(&body));
     let mut response = Response::new(Full::new(body));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -56,14 +54,20 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// The TLS config a new connection is served with, read per connection so that a reload's
+/// certificate takes effect for the next one; `None` from it: plain HTTP.
+pub type TlsSource = Arc<dyn Fn() -> Option<Arc<rustls::ServerConfig>> + Send + Sync>;
+
 /// Accepts connections until `shutdown`, at most `limits.max_connections` at once (at the
 /// cap, new ones wait in the kernel's backlog), then lets open calls finish within `grace`.
+/// With `tls`, each connection's handshake comes first, within `limits.header_timeout`.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     mut shutdown: Shutdown,
     grace: Duration,
     limits: ConnLimits,
+    tls: Option<TlsSource>,
 ) where
     S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
         + Clone
@@ -91,16 +95,15 @@ pub async fn serve<S>(
             () = shutdown.wait() => break,
         };
         let _ = stream.set_nodelay(true);
-        let phase = Phase::new();
-        let io = TokioIo::new(Watched::new(stream, phase.clone()));
-        let service = tracked(service.clone(), phase.clone());
-        let connection = graceful.watch(builder.serve_connection(io, service));
+        let tls = tls.as_ref().and_then(|source| source());
+        let conn = Conn {
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            limits,
+        };
+        let service = service.clone();
         tokio::spawn(async move {
-            match connection::bounded(connection, &phase, limits).await {
-                Some(Err(e)) => tracing::debug!("connection ended: {e}"),
-                Some(Ok(())) => {}
-                None => tracing::debug!("connection closed: header or idle timeout"),
-            }
+            conn.run(stream, tls, service).await;
             drop(slot);
         });
     }
@@ -112,6 +115,58 @@ pub async fn serve<S>(
         tracing::warn!(
             "calls still open after the shutdown grace period ({grace:?}); closing them"
         );
+    }
+}
+
+/// What one accepted connection is served with.
+struct Conn {
+    builder: http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: ConnLimits,
+}
+
+impl Conn {
+    /// The TLS handshake (when `tls`), then the connection's calls, within its bounds.
+    async fn run<S>(self, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, service: S)
+    where
+        S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        // The header timeout runs from here, so a slow handshake eats into it.
+        let phase = Phase::new();
+        let Some(config) = tls else {
+            return self.serve(stream, phase, service).await;
+        };
+        let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+        match tokio::time::timeout(self.limits.header_timeout, handshake).await {
+            Ok(Ok(stream)) => self.serve(stream, phase, service).await,
+            Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!("TLS handshake not done within the header timeout"),
+        }
+    }
+
+    async fn serve<IO, S>(self, io: IO, phase: Arc<Phase>, service: S)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let io = TokioIo::new(Watched::new(io, phase.clone()));
+        let service = tracked(service, phase.clone());
+        let connection = self
+            .watcher
+            .watch(self.builder.serve_connection(io, service));
+        match connection::bounded(connection, &phase, self.limits).await {
+            Some(Err(e)) => tracing::debug!("connection ended: {e}"),
+            Some(Ok(())) => {}
+            None => tracing::debug!("connection closed: header or idle timeout"),
+        }
     }
 }
 

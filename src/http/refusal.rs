@@ -13,7 +13,9 @@ use crate::error_answer::Refusal;
 use crate::pipeline::CallNote;
 
 pub(super) fn refused(refusal: Refusal, to: &Addressee) -> Response<Full<Bytes>> {
-    let mut response = json_response(refusal.status(), refusal.body(), to.subscription.as_deref());
+    // A refused call was not verified: signed with the subscription's current secret.
+    let signer = to.subscription.as_deref().map(|s| &s.secret);
+    let mut response = json_response(refusal.status(), refusal.body(), signer);
     let headers = response.headers_mut();
     if refusal.closes_connection() {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));

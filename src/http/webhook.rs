@@ -87,8 +87,9 @@ where
         Addressee::of(rt, &parts.method, parts.uri.path(), &parts.headers)
     });
     let response = match call(&gateway, &budget, &to, &parts, body).await {
-        Ok((sub, answer)) => {
-            let mut response = json_response(answer.status, answer.body, Some(&sub));
+        Ok((sub, signer, answer)) => {
+            let signer = sub.signer(signer);
+            let mut response = json_response(answer.status, answer.body, Some(signer));
             let record = to.record(answer.outcome, answer.note);
             response.extensions_mut().insert(record);
             response
@@ -99,14 +100,15 @@ where
 }
 
 /// Routes a request, reads its body between the pipeline's checks before and after it,
-/// and has the pipeline answer it; the answer and the subscription that signs it.
+/// and has the pipeline answer it; the answer, the subscription and which of its secrets
+/// signs it.
 async fn call<B>(
     gateway: &Gateway,
     budget: &BodyBudget,
     to: &Addressee,
     parts: &Parts,
     body: B,
-) -> Result<(Arc<Subscription>, Answer), Refusal>
+) -> Result<(Arc<Subscription>, usize, Answer), Refusal>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -137,7 +139,8 @@ where
     drop(reservation);
     let verified = verified?;
     let sub = verified.subscription().clone();
-    Ok((sub, pipeline::answer(gateway, rt, verified).await))
+    let signer = verified.signer();
+    Ok((sub, signer, pipeline::answer(gateway, rt, verified).await))
 }
 
 /// Why a call's body could not be read in full.

@@ -33,6 +33,8 @@ pub struct Verified {
     pub(super) event_name: String,
     pub(super) raw: Bytes,
     pub(super) body: Map,
+    /// Which of the subscription's secrets verified the call ([`Subscription::verify`]).
+    pub(super) signer: usize,
 }
 
 impl Verified {
@@ -42,6 +44,12 @@ impl Verified {
 
     pub fn event_name(&self) -> &str {
         &self.event_name
+    }
+
+    /// Which of the subscription's secrets verified the call: its answer is signed with it
+    /// ([`Subscription::signer`]), so a till still on a previous secret can check it.
+    pub fn signer(&self) -> usize {
+        self.signer
     }
 }
 
@@ -98,8 +106,8 @@ pub fn check_body(head: Head, headers: &HeaderMap, raw: Bytes) -> Result<Verifie
     let signature = headers
         .get(SIGNATURE_HEADER)
         .map_or(&b""[..], |v| v.as_bytes());
-    head.subscription
-        .secret
+    let signer = head
+        .subscription
         .verify(signature, &raw)
         .map_err(Refusal::InvalidSignature)?;
     let content_type = headers.get(CONTENT_TYPE).ok_or(Refusal::NoContentType)?;
@@ -127,5 +135,6 @@ pub fn check_body(head: Head, headers: &HeaderMap, raw: Bytes) -> Result<Verifie
         event_name: head.event_name,
         raw,
         body,
+        signer,
     })
 }

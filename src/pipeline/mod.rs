@@ -60,6 +60,7 @@ pub async fn answer(gateway: &Gateway, rt: &Runtime, verified: Verified) -> Answ
         event_name,
         raw,
         body,
+        ..
     } = verified;
     let Some(event) = rt.event(&event_name) else {
         let empty = Bytes::from_static(b"{}");

@@ -36,6 +36,10 @@ impl Inputs {
                 files.push(path.clone());
             }
         }
+        if let Some(tls) = &config.server.tls {
+            files.push(tls.cert.clone());
+            files.push(tls.key.clone());
+        }
         files.sort();
         files.dedup();
         Self::from_files(files)

@@ -8,12 +8,14 @@
 //! skipped: no new generation, nothing counted (`POST /reload` and SIGHUP always reload).
 
 mod inputs;
+mod last;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use inputs::{Fingerprint, Inputs};
+pub use last::{LastReload, ReloadStatus};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -37,6 +39,7 @@ pub struct Reloader {
     /// guards the fingerprint of the running generation's inputs (`None`: not known, so
     /// the next change reloads); a tokio lock, as it is held across the build.
     running: Arc<Mutex<Option<Fingerprint>>>,
+    history: last::History,
 }
 
 /// What [`Reloader::reload_if_changed`] did.
@@ -51,12 +54,19 @@ pub enum Reloaded {
 impl Reloader {
     pub fn new(gateway: Gateway, path: PathBuf, env: Env) -> Self {
         let fingerprint = Inputs::of(&gateway.runtime.load().config).fingerprint();
+        let history = last::History::new(gateway.clock.now_ms());
         Self {
+            history,
             gateway,
             path,
             env,
             running: Arc::new(Mutex::new(Some(fingerprint))),
         }
+    }
+
+    /// The generation in use, when it was loaded, and the last reload.
+    pub fn status(&self) -> ReloadStatus {
+        self.history.status(self.gateway.runtime.load().generation)
     }
 
     /// Loads, validates and compiles the config again; swaps it in when all is well.
@@ -124,11 +134,13 @@ impl Reloader {
                 self.gateway.runtime.store(Arc::new(runtime));
                 self.gateway.metrics.reload(true);
                 self.gateway.metrics.set_generation(generation);
+                self.record(trigger, &[]);
                 tracing::info!(trigger, generation, "config reloaded");
                 Ok(Reloaded::New(generation))
             }
             Err(problems) => {
                 self.gateway.metrics.reload(false);
+                self.record(trigger, &problems.0);
                 for problem in &problems.0 {
                     tracing::error!(
                         trigger,
@@ -138,6 +150,15 @@ impl Reloader {
                 Err(problems)
             }
         }
+    }
+
+    fn record(&self, trigger: &str, problems: &[crate::config::Problem]) {
+        self.history.record(LastReload {
+            at_ms: self.gateway.clock.now_ms(),
+            trigger: trigger.to_owned(),
+            ok: problems.is_empty(),
+            errors: problems.iter().map(ToString::to_string).collect(),
+        });
     }
 
     /// Reloads on SIGHUP until shutdown. The handler is installed before this returns,

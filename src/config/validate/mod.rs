@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::raw::{RawConfig, RawServer, RawSize, RawSubscription};
+use super::raw::{RawAdmin, RawConfig, RawServer, RawSize, RawSubscription, RawTls};
 use super::units::parse_size;
-use super::{Admin, Config, Limits, Problem, Server, Subscription, DEMO_SECRET_KEY};
+use super::{Admin, Config, Limits, Problem, Server, Subscription, Token, DEMO_SECRET_KEY};
 use crate::signature::{Encoding, Secret};
 
 pub(super) struct Validator<'a> {
@@ -78,6 +78,28 @@ impl Validator<'_> {
         }
     }
 
+    /// `admin:`; off loopback without `admin.token` the endpoints would be open to the
+    /// network, so that is a problem, not a warning.
+    fn admin(&mut self, raw: &RawAdmin) -> Option<Admin> {
+        let listen = self.address("admin.listen", &raw.listen)?;
+        let token = raw.token.as_deref().and_then(Token::new);
+        let push_token = raw.push_token.as_deref().and_then(Token::new);
+        if token.is_none() && !listen.ip().is_loopback() {
+            self.problem(
+                "admin.token",
+                format!(
+                    "admin.listen ({listen}) is not a loopback address and no admin.token is set; set a token, or listen on 127.0.0.1"
+                ),
+            );
+            return None;
+        }
+        Some(Admin {
+            listen,
+            token,
+            push_token,
+        })
+    }
+
     fn secret(&mut self, key: &str, text: &str, encoding: Encoding) -> Option<Secret> {
         match Secret::decode(text, encoding) {
             Ok(secret) => Some(secret),
@@ -91,9 +113,10 @@ impl Validator<'_> {
     /// The config, when `raw` has no problem of its own (they are in `self.problems`).
     pub(super) fn validate(&mut self, raw: RawConfig) -> Option<Config> {
         let listen = self.address("server.listen", &raw.server.listen);
-        let admin = self.address("admin.listen", &raw.admin.listen);
+        let admin = self.admin(&raw.admin);
         let base_path = self.base_path(&raw.server.base_path);
         let max_buffered_bytes = self.server_limits(&raw.server);
+        let tls = self.tls(raw.server.tls.as_ref());
         let subscriptions = self.subscriptions(&raw.subscriptions);
         let upstreams = self.upstreams(raw.upstreams);
         let events = self.events(raw.events, &upstreams);
@@ -104,8 +127,14 @@ impl Validator<'_> {
         if !self.problems.is_empty() {
             return None;
         }
-        let (Some(listen), Some(admin), Some(base_path), Some(state), Some(max_buffered_bytes)) =
-            (listen, admin, base_path, state, max_buffered_bytes)
+        let (
+            Some(listen),
+            Some(admin),
+            Some(base_path),
+            Some(state),
+            Some(max_buffered_bytes),
+            Some(tls),
+        ) = (listen, admin, base_path, state, max_buffered_bytes, tls)
         else {
             // A problem was recorded here, or while typing (and not repeated here).
             return None;
@@ -113,8 +142,11 @@ impl Validator<'_> {
         Some(Config {
             path: self.file.to_path_buf(),
             dir: self.dir.clone(),
-            server: server(&raw.server, listen, base_path, max_buffered_bytes),
-            admin: Admin { listen: admin },
+            server: Server {
+                tls,
+                ..server(&raw.server, listen, base_path, max_buffered_bytes)
+            },
+            admin,
             subscriptions,
             events,
             upstreams,
@@ -132,18 +164,29 @@ impl Validator<'_> {
         let mut subscriptions = HashMap::new();
         for (id, sub) in raw {
             let key = format!("subscriptions.{id}.secret");
-            if let Some(secret) = self.secret(&key, &sub.secret, sub.encoding) {
-                let is_demo = secret.has_key(DEMO_SECRET_KEY);
-                let id = id.clone();
-                subscriptions.insert(
-                    id.clone(),
-                    Arc::new(Subscription {
-                        id,
-                        secret,
-                        is_demo,
-                    }),
-                );
-            }
+            let secret = self.secret(&key, &sub.secret, sub.encoding);
+            let previous: Vec<Option<Secret>> = (sub.previous_secrets.iter().enumerate())
+                .map(|(i, text)| {
+                    let key = format!("subscriptions.{id}.previous_secrets[{i}]");
+                    self.secret(&key, text, sub.encoding)
+                })
+                .collect();
+            let (Some(secret), Some(previous_secrets)) =
+                (secret, previous.into_iter().collect::<Option<Vec<_>>>())
+            else {
+                continue;
+            };
+            let is_demo = secret.has_key(DEMO_SECRET_KEY);
+            let id = id.clone();
+            subscriptions.insert(
+                id.clone(),
+                Arc::new(Subscription {
+                    id,
+                    secret,
+                    previous_secrets,
+                    is_demo,
+                }),
+            );
         }
         if raw.is_empty() && !self.lost_inside("subscriptions") {
             self.problem(
@@ -196,6 +239,21 @@ impl Validator<'_> {
         }
     }
 
+    /// `server.tls`, read and checked now (`Some(None)`: plain HTTP).
+    fn tls(&mut self, raw: Option<&RawTls>) -> Option<Option<crate::tls::Tls>> {
+        let Some(raw) = raw else {
+            return Some(None);
+        };
+        let (cert, key) = (self.dir.join(&raw.cert), self.dir.join(&raw.key));
+        match crate::tls::load(&cert, &key) {
+            Ok(tls) => Some(Some(tls)),
+            Err(e) => {
+                self.problem(e.config_key(), e.to_string());
+                None
+            }
+        }
+    }
+
     fn base_path(&mut self, value: &str) -> Option<String> {
         let trimmed = value.trim_end_matches('/');
         if !value.starts_with('/') || trimmed.contains("//") || trimmed.contains(['?', '#']) {
@@ -235,5 +293,6 @@ fn server(
         idle_timeout: raw.idle_timeout,
         max_connections: raw.max_connections,
         max_buffered_bytes,
+        tls: None,
     }
 }
