@@ -361,6 +361,9 @@ compose_check() {
       fail "compose: 127.0.0.1:$p is taken on this machine; docker/compose.yaml publishes it"
     fi
   done
+  # The compose file requires the admin listener's bearer token, as an operator sets it.
+  POLLGATE_ADMIN_TOKEN="smoke-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  export POLLGATE_ADMIN_TOKEN
   compose=(timeout 120 podman-compose -f compose.yaml)
   compose_up=1
   (cd docker && "${compose[@]}" up -d --no-build >"$work/compose.log" 2>&1) \
@@ -374,6 +377,12 @@ compose_check() {
     fail "compose: /readyz said '$ready'"
   fi
   say "compose: pollgate, redis and demo-backend up; /readyz $ready"
+  local locked
+  locked=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://127.0.0.1:9090/conversations)
+  [ "$locked" = 401 ] || fail "compose: GET /conversations without the token answered $locked, not 401"
+  curl -fsS --max-time 5 -o /dev/null -H "Authorization: Bearer $POLLGATE_ADMIN_TOKEN" \
+    http://127.0.0.1:9090/conversations || fail "compose: GET /conversations with the token failed"
+  say "compose: the admin listener wants its token (401 without it, 200 with it)"
   # The example of docker/compose.yaml and docker/README.md, word for word: a 399.00 payment
   # forwarded to the demo back end (by name, on the compose network), state in Redis.
   # `podman exec` on the service's container, not `podman-compose exec`: 1.0.3 passes each
