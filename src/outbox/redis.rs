@@ -17,7 +17,17 @@
 //! settles its claims, so they come due again when the lease ends and another replica
 //! sends them (same `Idempotency-Key`). Deliveries have no TTL: they stay until delivered
 //! or deleted (dead ones too), which is the point.
+//!
+//! # Acknowledgements in batches
+//!
+//! [`Outbox::delivered`] is the one call per delivery on a busy queue (claims come in
+//! batches already). Its calls go to one task that takes every acknowledgement waiting,
+//! removes them with one [`DELIVERED_MANY`] script per upstream, and answers each once
+//! Redis has run it: while one script is on its way the next acknowledgements gather, so a
+//! fast drain costs a script per many deliveries, not one each, and a lone one waits for
+//! nobody.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +39,13 @@ use super::{Counts, Delivery, DeliveryId, Failure, NewDelivery, Outbox, OutboxEr
 use crate::conversation::ConversationKey;
 
 mod scripts;
-use scripts::{CLAIM, COUNTS, DELETE, ENQUEUE, FAILED, LIST, RELEASE, RETRY, RETRY_DEAD};
+use scripts::{
+    CLAIM, COUNTS, DELETE, DELIVERED_MANY, ENQUEUE, FAILED, LIST, RELEASE, RETRY, RETRY_DEAD,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// At most this many acknowledgements go into one script.
+const MAX_ACKS: usize = 512;
 
 /// The Redis outbox; clones share one multiplexed connection.
 #[derive(Clone)]
@@ -42,6 +58,87 @@ struct Inner {
     prefix: String,
     timeout: Duration,
     scripts: [Script; 9],
+    acks: mpsc::UnboundedSender<Ack>,
+    /// Acknowledging scripts run so far.
+    #[cfg_attr(not(test), allow(dead_code))]
+    ack_scripts: Arc<AtomicU64>,
+}
+
+/// One delivered delivery waiting for [`Acker`] to remove it.
+struct Ack {
+    upstream: String,
+    id: DeliveryId,
+    done: oneshot::Sender<Result<(), OutboxError>>,
+}
+
+/// The task that removes delivered deliveries in batches; ends with the outbox's last
+/// handle.
+struct Acker {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    script: Script,
+    scripts_run: Arc<AtomicU64>,
+}
+
+impl Acker {
+    async fn run(self, mut acks: mpsc::UnboundedReceiver<Ack>) {
+        while let Some(first) = acks.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_ACKS {
+                match acks.try_recv() {
+                    Ok(ack) => batch.push(ack),
+                    Err(_) => break,
+                }
+            }
+            let mut by_upstream: Vec<(String, Vec<Ack>)> = Vec::new();
+            for ack in batch {
+                match by_upstream.iter_mut().find(|(u, _)| *u == ack.upstream) {
+                    Some((_, group)) => group.push(ack),
+                    None => by_upstream.push((ack.upstream.clone(), vec![ack])),
+                }
+            }
+            for (upstream, group) in by_upstream {
+                let result = self.remove(&upstream, &group).await;
+                for ack in group {
+                    let _ = ack.done.send(result.clone());
+                }
+            }
+        }
+    }
+
+    async fn remove(&self, upstream: &str, group: &[Ack]) -> Result<(), OutboxError> {
+        let k = Keys {
+            base: base(&self.prefix, upstream),
+        };
+        let mut invocation = self.script.prepare_invoke();
+        invocation.key(k.due()).key(k.age()).key(k.dead());
+        invocation.arg(k.record_prefix());
+        for ack in group {
+            invocation.arg(ack.id.to_hex());
+        }
+        let mut conn = self.conn.clone();
+        self.scripts_run.fetch_add(1, Ordering::Relaxed);
+        let _: i64 = bounded(self.timeout, invocation.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+}
+
+/// The hash tag of one upstream's queue.
+fn base(prefix: &str, upstream: &str) -> String {
+    format!("{{{prefix}:outbox:{upstream}}}")
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    command: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+) -> Result<T, OutboxError> {
+    match tokio::time::timeout(timeout, command).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) if e.is_timeout() => Err(OutboxError::Timeout(timeout)),
+        Ok(Err(e)) => Err(unavailable(&e)),
+        Err(_) => Err(OutboxError::Timeout(timeout)),
+    }
 }
 
 /// The keys of one upstream's queue.
@@ -93,24 +190,35 @@ impl RedisOutbox {
             ENQUEUE, CLAIM, FAILED, RELEASE, RETRY, RETRY_DEAD, DELETE, LIST, COUNTS,
         ]
         .map(Script::new);
+        let acker = Acker {
+            conn: conn.clone(),
+            prefix: prefix.to_owned(),
+            timeout,
+            script: Script::new(DELIVERED_MANY),
+            scripts_run: Arc::default(),
+        };
+        let (acks, waiting) = mpsc::unbounded_channel();
         let outbox = Self {
             inner: Arc::new(Inner {
                 conn,
                 prefix: prefix.to_owned(),
                 timeout,
                 scripts,
+                acks,
+                ack_scripts: acker.scripts_run.clone(),
             }),
         };
-        for script in &outbox.inner.scripts {
+        for script in outbox.inner.scripts.iter().chain([&acker.script]) {
             let mut conn = outbox.inner.conn.clone();
             outbox.bounded(script.load_async(&mut conn)).await?;
         }
+        tokio::spawn(acker.run(waiting));
         Ok(outbox)
     }
 
     fn keys(&self, upstream: &str) -> Keys {
         Keys {
-            base: format!("{{{}:outbox:{upstream}}}", self.inner.prefix),
+            base: base(&self.inner.prefix, upstream),
         }
     }
 
@@ -118,13 +226,7 @@ impl RedisOutbox {
         &self,
         command: impl std::future::Future<Output = ::redis::RedisResult<T>>,
     ) -> Result<T, OutboxError> {
-        let timeout = self.inner.timeout;
-        match tokio::time::timeout(timeout, command).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if e.is_timeout() => Err(OutboxError::Timeout(timeout)),
-            Ok(Err(e)) => Err(unavailable(&e)),
-            Err(_) => Err(OutboxError::Timeout(timeout)),
-        }
+        bounded(self.inner.timeout, command).await
     }
 
     /// Runs script number `which` with `keys` and `args`.
@@ -143,6 +245,12 @@ impl RedisOutbox {
         }
         let mut conn = self.inner.conn.clone();
         self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
+    /// The acknowledging scripts run so far (each removes a batch of delivered ones).
+    #[cfg(test)]
+    pub(crate) fn ack_scripts(&self) -> u64 {
+        self.inner.ack_scripts.load(Ordering::Relaxed)
     }
 
     #[cfg(test)]
@@ -232,7 +340,15 @@ impl Outbox for RedisOutbox {
     }
 
     async fn delivered(&self, upstream: &str, id: DeliveryId) -> Result<(), OutboxError> {
-        self.delete(upstream, id).await.map(|_| ())
+        let (done, answer) = oneshot::channel();
+        let ack = Ack {
+            upstream: upstream.to_owned(),
+            id,
+            done,
+        };
+        let stopped = || OutboxError::Unavailable("the acknowledging task stopped".into());
+        self.inner.acks.send(ack).map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     async fn failed(

@@ -76,3 +76,56 @@ async fn redis_outbox_keys_share_one_hash_tag_per_upstream() {
     );
     outbox.remove_upstream("erp").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outbox_acknowledges_concurrent_deliveries_in_few_scripts_and_all_of_them() {
+    let Some((outbox, _)) = test_redis().await else {
+        return;
+    };
+    let (up, other) = ("erp", "crm");
+    for _ in 0..300 {
+        outbox.enqueue(new(up, super::T0)).await.unwrap();
+    }
+    outbox.enqueue(new(other, super::T0)).await.unwrap();
+    outbox.enqueue(new(other, super::T0)).await.unwrap();
+    let mut claimed = outbox
+        .claim(up, super::T0, super::LEASE, 1000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 300);
+    claimed.extend(
+        outbox
+            .claim(other, super::T0, super::LEASE, 1)
+            .await
+            .unwrap(),
+    );
+    // Two upstreams' acknowledgements at once: each goes to its own queue.
+    let calls: Vec<_> = claimed
+        .into_iter()
+        .map(|d| {
+            let o = outbox.clone();
+            tokio::spawn(async move { o.delivered(&d.upstream, d.id).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        outbox.counts(up).await.unwrap(),
+        crate::outbox::Counts::default()
+    );
+    let left = outbox.counts(other).await.unwrap();
+    assert_eq!((left.pending, left.dead), (1, 0));
+    let scripts = outbox.ack_scripts();
+    assert!(scripts < 100, "{scripts} scripts for 301 acknowledgements");
+    // Acknowledging one again (a retried settle) is harmless.
+    let again = outbox
+        .claim(other, super::T0, super::LEASE, 1)
+        .await
+        .unwrap();
+    outbox.delivered(other, again[0].id).await.unwrap();
+    outbox.delivered(other, again[0].id).await.unwrap();
+    assert_eq!(outbox.counts(other).await.unwrap().pending, 0);
+    outbox.remove_upstream(up).await.unwrap();
+    outbox.remove_upstream(other).await.unwrap();
+}

@@ -3,8 +3,8 @@
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
-use super::tables::{change_one, id_bytes, index_name, load, put};
-use super::{storage, EmbeddedOutbox, Index, IndexTable, RecordTable, DELIVERIES};
+use super::tables::{change_at, change_one, index_name, insert_new, load};
+use super::{storage, EmbeddedOutbox, Index, IndexTable, RecordTable, RECORDS};
 use crate::outbox::{
     Counts, Delivery, DeliveryId, Failure, NewDelivery, Outbox, OutboxError, Status,
 };
@@ -24,25 +24,21 @@ fn read_index(
 }
 
 fn read_records(txn: &ReadTransaction) -> Result<Option<RecordTable>, OutboxError> {
-    match txn.open_table(DELIVERIES) {
+    match txn.open_table(RECORDS) {
         Ok(table) => Ok(Some(table)),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
         Err(e) => Err(storage(e)),
     }
 }
 
-fn id_of(raw: &[u8]) -> Option<DeliveryId> {
-    <[u8; 16]>::try_from(raw).ok().map(DeliveryId::from_bytes)
-}
-
 impl EmbeddedOutbox {
-    /// Ids in the index `kind/upstream` in key order, with their key time, while `keep`
-    /// says so (it sees each and decides whether to go on).
+    /// Sequence numbers in the index `kind:upstream` in key order, with their key time,
+    /// while `keep` says so (it sees each and decides whether to go on).
     fn scan(
         &self,
         kind: &str,
         upstream: &str,
-        mut keep: impl FnMut(u64, DeliveryId) -> bool,
+        mut keep: impl FnMut(u64, u64) -> bool,
     ) -> Result<(), OutboxError> {
         let txn = self.read()?;
         let Some(index) = read_index(&txn, kind, upstream)? else {
@@ -50,24 +46,22 @@ impl EmbeddedOutbox {
         };
         for entry in index.iter().map_err(storage)? {
             let (key, _) = entry.map_err(storage)?;
-            let (at, raw) = key.value();
-            if let Some(id) = id_of(raw) {
-                if !keep(at, id) {
-                    break;
-                }
+            let (at, seq) = key.value();
+            if !keep(at, seq) {
+                break;
             }
         }
         Ok(())
     }
 
-    fn load_many(&self, ids: &[DeliveryId]) -> Result<Vec<Delivery>, OutboxError> {
+    fn load_many(&self, seqs: &[u64]) -> Result<Vec<Delivery>, OutboxError> {
         let txn = self.read()?;
         let Some(records) = read_records(&txn)? else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(d) = load(&records, *id)? {
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(d) = load(&records, *seq)? {
                 out.push(d);
             }
         }
@@ -78,17 +72,7 @@ impl EmbeddedOutbox {
 impl Outbox for EmbeddedOutbox {
     async fn enqueue(&self, delivery: NewDelivery) -> Result<bool, OutboxError> {
         let d = Delivery::new(delivery);
-        let queued = self
-            .write(move |tables| {
-                let raw = id_bytes(d.id);
-                let exists = tables.records()?.get(&raw[..]).map_err(storage)?.is_some();
-                if exists {
-                    return Ok(0);
-                }
-                put(tables, &d)?;
-                Ok(1)
-            })
-            .await?;
+        let queued = self.write(move |tables| insert_new(tables, &d)).await?;
         Ok(queued == 1)
     }
 
@@ -99,27 +83,27 @@ impl Outbox for EmbeddedOutbox {
         lease_ms: u64,
         limit: usize,
     ) -> Result<Vec<Delivery>, OutboxError> {
-        let mut ids = Vec::new();
+        let mut seqs = Vec::new();
         {
             let mut claims = self.claims();
-            self.scan("due", upstream, |at, id| {
-                if at > now_ms || ids.len() >= limit {
+            self.scan("due", upstream, |at, seq| {
+                if at > now_ms || seqs.len() >= limit {
                     return false;
                 }
-                if claims.get(&id).is_none_or(|until| *until <= now_ms) {
-                    claims.insert(id, now_ms.saturating_add(lease_ms));
-                    ids.push(id);
+                if claims.get(&seq).is_none_or(|until| *until <= now_ms) {
+                    claims.insert(seq, now_ms.saturating_add(lease_ms));
+                    seqs.push(seq);
                 }
                 true
             })?;
         }
-        self.load_many(&ids)
+        self.load_many(&seqs)
     }
 
     async fn next_due(&self, upstream: &str) -> Result<Option<u64>, OutboxError> {
         let claims = self.claims().clone();
         let mut next: Option<u64> = None;
-        self.scan("due", upstream, |at, id| match claims.get(&id) {
+        self.scan("due", upstream, |at, seq| match claims.get(&seq) {
             // Claimed: due again when the claim ends (if it is not settled first).
             Some(until) => {
                 next = Some(next.map_or(*until, |n| n.min(*until)));
@@ -134,10 +118,11 @@ impl Outbox for EmbeddedOutbox {
     }
 
     async fn delivered(&self, _upstream: &str, id: DeliveryId) -> Result<(), OutboxError> {
+        let seq = self.seq_of(id);
         let result = self
             .write(move |tables| change_one(tables, id, |_| None))
             .await;
-        self.unclaim(id);
+        self.unclaim(seq);
         result.map(|_| ())
     }
 
@@ -147,6 +132,7 @@ impl Outbox for EmbeddedOutbox {
         id: DeliveryId,
         failure: Failure,
     ) -> Result<(), OutboxError> {
+        let seq = self.seq_of(id);
         let result = self
             .write(move |tables| {
                 change_one(tables, id, |mut d| {
@@ -165,17 +151,20 @@ impl Outbox for EmbeddedOutbox {
                 })
             })
             .await;
-        self.unclaim(id);
+        self.unclaim(seq);
         result.map(|_| ())
     }
 
     async fn release(&self, _upstream: &str, id: DeliveryId) -> Result<(), OutboxError> {
-        self.unclaim(id);
+        self.unclaim(self.seq_of(id));
         Ok(())
     }
 
     async fn get(&self, _upstream: &str, id: DeliveryId) -> Result<Option<Delivery>, OutboxError> {
-        Ok(self.load_many(&[id])?.pop())
+        match self.seq_of(id) {
+            Some(seq) => Ok(self.load_many(&[seq])?.pop()),
+            None => Ok(None),
+        }
     }
 
     async fn list(
@@ -188,13 +177,13 @@ impl Outbox for EmbeddedOutbox {
             Status::Pending => "due",
             Status::Dead => "dead",
         };
-        let mut ids = Vec::new();
-        self.scan(kind, upstream, |_, id| {
-            ids.push(id);
-            ids.len() < limit
+        let mut seqs = Vec::new();
+        self.scan(kind, upstream, |_, seq| {
+            seqs.push(seq);
+            seqs.len() < limit
         })?;
-        ids.truncate(limit);
-        self.load_many(&ids)
+        seqs.truncate(limit);
+        self.load_many(&seqs)
     }
 
     async fn retry(
@@ -215,15 +204,15 @@ impl Outbox for EmbeddedOutbox {
     }
 
     async fn retry_dead(&self, upstream: &str, now_ms: u64) -> Result<u64, OutboxError> {
-        let mut ids = Vec::new();
-        self.scan("dead", upstream, |_, id| {
-            ids.push(id);
+        let mut seqs = Vec::new();
+        self.scan("dead", upstream, |_, seq| {
+            seqs.push(seq);
             true
         })?;
         self.write(move |tables| {
             let mut n = 0;
-            for id in ids {
-                n += change_one(tables, id, |mut d| {
+            for seq in seqs {
+                n += change_at(tables, seq, |mut d| {
                     (d.status == Status::Dead).then(|| {
                         d.revive(now_ms);
                         d
@@ -236,10 +225,11 @@ impl Outbox for EmbeddedOutbox {
     }
 
     async fn delete(&self, _upstream: &str, id: DeliveryId) -> Result<bool, OutboxError> {
+        let seq = self.seq_of(id);
         let found = self
             .write(move |tables| change_one(tables, id, |_| None))
             .await?;
-        self.unclaim(id);
+        self.unclaim(seq);
         Ok(found == 1)
     }
 

@@ -88,6 +88,20 @@ redis.call('DEL', KEYS[4])
 return 1
 ";
 
+/// KEYS: due, age, dead. ARGV: record prefix, then ids. Each one forgotten (delivered);
+/// how many were there.
+pub(super) const DELIVERED_MANY: &str = r"
+local n = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
+  n = n + redis.call('DEL', ARGV[1] .. id)
+end
+return n
+";
+
 /// KEYS: a sorted set (due or dead). ARGV: limit, record prefix. `[id, fields, ...]`.
 pub(super) const LIST: &str = r"
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)

@@ -1,0 +1,139 @@
+//! What only the embedded outbox has: records in queueing order, and the id map rebuilt
+//! from them when the file is opened again.
+
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::tables::split;
+use super::{EmbeddedOutbox, RECORDS};
+use crate::conversation::conformance::fresh_key;
+use crate::outbox::{DeliveryId, Failure, NewDelivery, Outbox, Status};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn new(upstream: &str, now_ms: u64) -> NewDelivery {
+    NewDelivery {
+        upstream: upstream.to_owned(),
+        event: "completeSession".into(),
+        key: fresh_key(),
+        subscription: "shop".into(),
+        body: Bytes::from_static(b"{}"),
+        now_ms,
+    }
+}
+
+/// The ids of the records table, in key order.
+fn stored_ids(outbox: &EmbeddedOutbox) -> Vec<DeliveryId> {
+    let txn = outbox.inner.db.begin_read().unwrap();
+    let table = txn.open_table(RECORDS).unwrap();
+    table
+        .iter()
+        .unwrap()
+        .map(|e| split(e.unwrap().1.value()).unwrap().0)
+        .collect()
+}
+
+/// Opens `path`, waiting for the last handle's writer to let go of the file.
+async fn reopen(path: &std::path::Path) -> EmbeddedOutbox {
+    for _ in 0..200 {
+        if let Ok(outbox) = EmbeddedOutbox::open(path) {
+            return outbox;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    EmbeddedOutbox::open(path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_stored_in_queueing_order_whatever_their_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = EmbeddedOutbox::open(dir.path()).unwrap();
+    let mut queued = Vec::new();
+    for i in 0..50 {
+        let d = new("erp", T0 + 100 - i);
+        queued.push(d.id());
+        assert!(outbox.enqueue(d).await.unwrap());
+    }
+    assert_eq!(stored_ids(&outbox), queued);
+    // A change keeps a delivery's place; a new one goes after every other.
+    let claimed = outbox.claim("erp", T0 + 100, 1000, 1).await.unwrap();
+    let retry = Failure::Retry {
+        next_ms: T0 + 500,
+        error: "503".into(),
+    };
+    outbox.failed("erp", claimed[0].id, retry).await.unwrap();
+    outbox.delivered("erp", queued[10]).await.unwrap();
+    let last = new("erp", T0);
+    outbox.enqueue(last.clone()).await.unwrap();
+    queued.remove(10);
+    queued.push(last.id());
+    assert_eq!(stored_ids(&outbox), queued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_outbox_knows_every_delivery_by_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox");
+    let (a, b, c) = (new("erp", T0), new("erp", T0 + 1), new("crm", T0 + 2));
+    {
+        let outbox = EmbeddedOutbox::open(&path).unwrap();
+        for d in [&a, &b, &c] {
+            assert!(outbox.enqueue(d.clone()).await.unwrap());
+        }
+        outbox.delivered("erp", a.id()).await.unwrap();
+        let claimed = outbox.claim("crm", T0 + 2, 1000, 10).await.unwrap();
+        let dead = Failure::Dead {
+            error: "422".into(),
+        };
+        outbox.failed("crm", claimed[0].id, dead).await.unwrap();
+    }
+    let outbox = reopen(&path).await;
+    assert!(outbox.get("erp", a.id()).await.unwrap().is_none());
+    assert_eq!(
+        outbox.get("erp", b.id()).await.unwrap().unwrap().status,
+        Status::Pending
+    );
+    assert_eq!(
+        outbox.get("crm", c.id()).await.unwrap().unwrap().status,
+        Status::Dead
+    );
+    // Idempotence survives the restart, and new records never take an old one's place.
+    assert!(!outbox.enqueue(b.clone()).await.unwrap());
+    assert!(!outbox.enqueue(c.clone()).await.unwrap());
+    assert!(
+        outbox.enqueue(a.clone()).await.unwrap(),
+        "delivered, so new"
+    );
+    let d = new("erp", T0 + 3);
+    assert!(outbox.enqueue(d.clone()).await.unwrap());
+    assert_eq!(stored_ids(&outbox), [b.id(), c.id(), a.id(), d.id()]);
+    let due: Vec<_> = outbox
+        .claim("erp", T0 + 10, 1000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(due, [a.id(), b.id(), d.id()], "oldest due first");
+    assert!(outbox.delete("crm", c.id()).await.unwrap());
+    assert_eq!(outbox.counts("crm").await.unwrap().dead, 0);
+}
+
+#[tokio::test]
+async fn a_file_of_the_unreleased_id_keyed_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("outbox.redb");
+    {
+        let db = redb::Database::create(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        let old: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("deliveries");
+        txn.open_table(old).unwrap();
+        txn.commit().unwrap();
+    }
+    let Err(e) = EmbeddedOutbox::open(dir.path()) else {
+        panic!("opened a file of the old layout");
+    };
+    assert!(e.to_string().contains("unreleased"), "{e}");
+}
