@@ -44,20 +44,19 @@ pub fn parse_wanted(body: &[u8], wanted: &Wanted) -> Result<Map, BodyError> {
 
 /// Strict JSON into a [`Dynamic`] of the parts `wanted` names, as [`from_json`] builds them.
 fn picked(bytes: &[u8], wanted: &Wanted) -> Result<Dynamic, serde_json::Error> {
-    if *wanted == Wanted::All {
-        return from_json(bytes);
-    }
-    let pick = |mut de: serde_json::Deserializer<_>| {
+    fn read<'de, R: serde_json::de::Read<'de>>(
+        mut de: serde_json::Deserializer<R>,
+        wanted: &Wanted,
+    ) -> Result<Dynamic, serde_json::Error> {
         let value = Pick(wanted).deserialize(&mut de)?;
         de.end()?;
         Ok(value)
-    };
+    }
+    // One UTF-8 check of the whole body costs less than serde_json's check of every string;
+    // a body that is not UTF-8 takes the byte path, which reports it exactly as before.
     match std::str::from_utf8(bytes) {
-        Ok(text) => pick(serde_json::Deserializer::new(serde_json::de::StrRead::new(
-            text,
-        ))),
-        // Not UTF-8, so not JSON: the error the whole body's reading gives.
-        Err(_) => from_json(bytes),
+        Ok(text) => read(serde_json::Deserializer::from_str(text), wanted),
+        Err(_) => read(serde_json::Deserializer::from_slice(bytes), wanted),
     }
 }
 
@@ -66,13 +65,7 @@ fn picked(bytes: &[u8], wanted: &Wanted) -> Result<Dynamic, serde_json::Error> {
 /// keys last-wins), built directly instead of through Rhai's own `Deserialize`, which copies
 /// every key into a `String` and then rebuilds every map it has just built.
 pub fn from_json(bytes: &[u8]) -> Result<Dynamic, serde_json::Error> {
-    // One UTF-8 check of the whole body costs less than serde_json's check of every string;
-    // a body that is not UTF-8 takes the byte path, which reports it exactly as before.
-    match std::str::from_utf8(bytes) {
-        Ok(text) => serde_json::from_str::<Json>(text),
-        Err(_) => serde_json::from_slice::<Json>(bytes),
-    }
-    .map(|json| json.0)
+    picked(bytes, &Wanted::All)
 }
 
 /// A JSON value as the [`Dynamic`] a rule sees.
@@ -80,7 +73,9 @@ struct Json(Dynamic);
 
 impl<'de> Deserialize<'de> for Json {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(JsonVisitor).map(Json)
+        deserializer
+            .deserialize_any(JsonVisitor(&Wanted::All))
+            .map(Json)
     }
 }
 
@@ -91,69 +86,7 @@ impl<'de> DeserializeSeed<'de> for Pick<'_> {
     type Value = Dynamic;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Dynamic, D::Error> {
-        match self.0 {
-            Wanted::All => deserializer.deserialize_any(JsonVisitor),
-            Wanted::Fields(_) => deserializer.deserialize_any(PickVisitor(self.0)),
-        }
-    }
-}
-
-/// [`JsonVisitor`], except that an object keeps only its wanted keys.
-struct PickVisitor<'w>(&'w Wanted);
-
-impl<'de> Visitor<'de> for PickVisitor<'_> {
-    type Value = Dynamic;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        JsonVisitor.expecting(f)
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Dynamic, E> {
-        JsonVisitor.visit_bool(v)
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Dynamic, E> {
-        JsonVisitor.visit_i64(v)
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dynamic, E> {
-        JsonVisitor.visit_u64(v)
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Dynamic, E> {
-        JsonVisitor.visit_f64(v)
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dynamic, E> {
-        JsonVisitor.visit_str(v)
-    }
-
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Dynamic, E> {
-        JsonVisitor.visit_string(v)
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Dynamic, E> {
-        JsonVisitor.visit_unit()
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Dynamic, A::Error> {
-        JsonVisitor.visit_seq(seq)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Dynamic, A::Error> {
-        let mut map = Map::new();
-        while let Some(Key(key)) = access.next_key()? {
-            match self.0.field(&key) {
-                Some(wanted) => {
-                    let value = access.next_value_seed(Pick(wanted))?;
-                    map.insert(key, value);
-                }
-                None => {
-                    access.next_value::<Skip>()?;
-                }
-            }
-        }
-        Ok(Dynamic::from_map(map))
+        deserializer.deserialize_any(JsonVisitor(self.0))
     }
 }
 
@@ -237,9 +170,11 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
-struct JsonVisitor;
+/// Builds a JSON value; of an object, only the keys its [`Wanted`] names (arrays and other
+/// values whole).
+struct JsonVisitor<'w>(&'w Wanted);
 
-impl<'de> Visitor<'de> for JsonVisitor {
+impl<'de> Visitor<'de> for JsonVisitor<'_> {
     type Value = Dynamic;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -286,8 +221,15 @@ impl<'de> Visitor<'de> for JsonVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Dynamic, A::Error> {
         let mut map = Map::new();
         while let Some(Key(key)) = access.next_key()? {
-            let Json(value) = access.next_value()?;
-            map.insert(key, value);
+            match self.0.field(&key) {
+                Some(wanted) => {
+                    let value = access.next_value_seed(Pick(wanted))?;
+                    map.insert(key, value);
+                }
+                None => {
+                    access.next_value::<Skip>()?;
+                }
+            }
         }
         Ok(Dynamic::from_map(map))
     }
@@ -467,5 +409,34 @@ mod tests {
         assert!(matches!(parse(b"[1,2,3]"), Err(BodyError::NotAnObject)));
         assert!(matches!(parse(b"\"text\""), Err(BodyError::NotAnObject)));
         assert!(matches!(parse(b""), Err(BodyError::InvalidJson(_))));
+    }
+
+    #[test]
+    fn a_part_not_built_is_still_checked_as_the_whole_body_is() {
+        let wanted = Wanted::path(&["a"]);
+        // Out of range, a bad escape, a control character, not UTF-8: in a part the call
+        // does not build, each is refused with the very error of the whole body's reading.
+        for body in [
+            &br#"{"a": 1, "skipped": 1e999}"#[..],
+            br#"{"a": 1, "skipped": "\q"}"#,
+            b"{\"a\": 1, \"skipped\": \"\x01\"}",
+            b"{\"a\": 1, \"skipped\": \"\xff\"}",
+        ] {
+            let whole = parse(body).expect_err("refused whole");
+            assert!(matches!(whole, BodyError::InvalidJson(_)), "{whole:?}");
+            assert_eq!(
+                parse_wanted(body, &wanted).expect_err("refused in part"),
+                whole
+            );
+        }
+        let part = parse_wanted(
+            br#"{"a": {"b": 1, "c": [2]}, "skipped": {"x": 1e300}}"#,
+            &wanted,
+        )
+        .expect("valid");
+        assert_eq!(
+            serde_json::to_string(&Dynamic::from_map(part)).unwrap(),
+            r#"{"a":{"b":1,"c":[2]}}"#
+        );
     }
 }

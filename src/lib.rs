@@ -35,6 +35,7 @@ pub mod gateway;
 pub mod http;
 pub mod outbox;
 pub mod pipeline;
+mod redis_connection;
 pub mod reload;
 pub mod rules;
 pub mod runtime;

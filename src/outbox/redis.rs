@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use ::redis::{FromRedisValue, Script, Value};
 use bytes::Bytes;
 
@@ -165,6 +165,8 @@ impl Keys {
     }
 }
 
+use crate::redis_connection::ConnectError;
+
 fn unavailable(e: &::redis::RedisError) -> OutboxError {
     OutboxError::Unavailable(e.to_string())
 }
@@ -173,19 +175,12 @@ impl RedisOutbox {
     /// Connects to `url`; keys start with `{prefix:outbox:`. Every command is bounded by
     /// `timeout`.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, OutboxError> {
-        let client = ::redis::Client::open(url)
-            .map_err(|e| OutboxError::Unavailable(format!("bad Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-                .await
-                .map_err(|_| OutboxError::Timeout(timeout))?
-                .map_err(|e| OutboxError::Unavailable(format!("connecting: {e}")))?;
+        let conn = crate::redis_connection::connect(url, timeout)
+            .await
+            .map_err(|e| match e {
+                ConnectError::TimedOut(t) => OutboxError::Timeout(t),
+                other => OutboxError::Unavailable(other.to_string()),
+            })?;
         let scripts = [
             ENQUEUE, CLAIM, FAILED, RELEASE, RETRY, RETRY_DEAD, DELETE, LIST, COUNTS,
         ]

@@ -87,17 +87,9 @@ impl Deliverer {
     /// delivered at once); workers stop claiming at `stop`.
     pub fn start(&self, stop: Shutdown) {
         *lock(&self.inner.stop) = Some(stop);
-        let names: Vec<String> = self
-            .inner
-            .runtime
-            .load()
-            .config
-            .upstreams
-            .keys()
-            .cloned()
-            .collect();
-        for name in names {
-            self.wake(&name);
+        let names = self.inner.runtime.load().upstream_names.clone();
+        for name in names.iter() {
+            self.wake(name);
         }
     }
 
@@ -132,24 +124,16 @@ impl Deliverer {
 
     /// Sets the delivery gauges of every configured upstream (for `/metrics`).
     pub async fn observe(&self) {
-        let names: Vec<String> = self
-            .inner
-            .runtime
-            .load()
-            .config
-            .upstreams
-            .keys()
-            .cloned()
-            .collect();
+        let names = self.inner.runtime.load().upstream_names.clone();
         let now = self.inner.clock.now_ms();
-        for name in names {
-            if let Ok(counts) = self.inner.queue.counts(&name).await {
+        for name in names.iter() {
+            if let Ok(counts) = self.inner.queue.counts(name).await {
                 let oldest = counts
                     .oldest_queued_ms
                     .map_or(0.0, |q| now.saturating_sub(q) as f64 / 1000.0);
                 self.inner
                     .metrics
-                    .set_deliveries(&name, counts.pending, counts.dead, oldest);
+                    .set_deliveries(name, counts.pending, counts.dead, oldest);
             }
         }
     }

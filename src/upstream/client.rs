@@ -228,14 +228,9 @@ impl Pool {
         let mut response = match self.request(out).send().await {
             Ok(r) => r,
             Err(e) => {
-                let what = if e.is_connect() {
-                    "cannot connect"
-                } else {
-                    "request failed"
-                };
                 return Attempted::Failed {
-                    error: format!("{what}: {}", root_cause(&e)),
-                };
+                    error: send_error(&e),
+                }
             }
         };
         let status = response.status().as_u16();
@@ -262,15 +257,10 @@ impl Pool {
         let mut response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
-                let what = if e.is_connect() {
-                    "cannot connect"
-                } else {
-                    "request failed"
-                };
                 return Attempt::Failed {
-                    error: format!("{what}: {}", root_cause(&e)),
+                    error: send_error(&e),
                     retry: true,
-                };
+                }
             }
         };
         let status = response.status().as_u16();
@@ -307,6 +297,16 @@ impl Pool {
         });
         Attempt::Answer { status, body }
     }
+}
+
+/// Why a request got no answer, as a delivery's or forward's error says it.
+fn send_error(e: &reqwest::Error) -> String {
+    let what = if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    format!("{what}: {}", root_cause(e))
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

@@ -48,7 +48,7 @@ mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use ::redis::{FromRedisValue, RedisResult, Script, ToRedisArgs};
 
 use super::{ConversationKey, StoreError};
@@ -101,28 +101,9 @@ impl RedisStore {
         ttl: Duration,
         timeout: Duration,
     ) -> Result<RedisStore, StoreError> {
-        let client = ::redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?;
-        // One quick retry absorbs a blip; beyond that, fail the command and let the next
-        // one trigger a fresh reconnect rather than queueing calls behind a long backoff.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            match tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-                .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return Err(StoreError::Unavailable(format!("connecting: {e}"))),
-                Err(_) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "no connection within {timeout:?}"
-                    )))
-                }
-            };
+        let conn = crate::redis_connection::connect(url, timeout)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conn,
