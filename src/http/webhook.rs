@@ -140,7 +140,10 @@ where
     let verified = verified?;
     let sub = verified.subscription().clone();
     let signer = verified.signer();
-    Ok((sub, signer, pipeline::answer(gateway, rt, verified).await))
+    // Boxed: held inline, the pipeline's future (4 KB, measured) is copied with every
+    // future around it (layers, hyper's dispatcher), several times a call.
+    let answer = Box::pin(pipeline::answer(gateway, rt, verified));
+    Ok((sub, signer, answer.await))
 }
 
 /// Why a call's body could not be read in full.

@@ -131,7 +131,7 @@ impl Call<'_> {
             return Ok(false);
         }
         let until = self.started + hold;
-        if let Some(newer) = self.gateway.forwarder.wait(self.key, until).await? {
+        if let Some(newer) = Box::pin(self.gateway.forwarder.wait(self.key, until)).await? {
             snapshot.forwards = newer.forwards;
         }
         Ok(true)

@@ -67,8 +67,9 @@ pub async fn answer(gateway: &Gateway, rt: &Runtime, verified: Verified) -> Answ
         return Answer::json(200, empty, Outcome::Unconfigured, CallNote::default());
     };
     if evaluate::is_error_request(&body) {
-        return evaluate::error_request(gateway, rt, event, &subscription.id, &event_name, body)
-            .await;
+        let error =
+            evaluate::error_request(gateway, rt, event, &subscription.id, &event_name, body);
+        return Box::pin(error).await;
     }
     let key = ConversationKey::derive(&rt.config.state.key, &subscription.id, &event_name, &body);
     let blocking = is_blocking(&body);
@@ -99,6 +100,9 @@ fn is_blocking(body: &rhai::Map) -> bool {
 impl Call<'_> {
     /// One decision: the polling timeout, forwards and `hold`, then the rule (again after
     /// another `hold` if the rule asked for a new forward).
+    ///
+    /// The stages most calls never reach (queueing, starting a forward) are boxed where
+    /// they are awaited, so their futures do not swell the future every call carries.
     async fn decide(
         &self,
         snapshot: &mut Snapshot,
@@ -115,26 +119,23 @@ impl Call<'_> {
         let mut queued = Vec::new();
         if let Some(upstream) = &self.event.config.forward {
             if durable {
-                if self.queue(upstream, self.raw.clone(), snapshot).await? {
+                if Box::pin(self.queue(upstream, self.raw.clone(), snapshot)).await? {
                     queued.push(upstream.clone());
                 }
             } else if forwards::due(snapshot, upstream, now) {
-                self.start_forward(upstream, self.raw.clone(), snapshot)
-                    .await?;
+                Box::pin(self.start_forward(upstream, self.raw.clone(), snapshot)).await?;
             }
         }
         self.hold(snapshot).await?;
         let (mut decision, requested) = self.evaluate(snapshot, body, elapsed_ms).await;
         if durable {
-            return self
-                .queue_requested(decision, requested, queued, snapshot)
-                .await;
+            let rest = self.queue_requested(decision, requested, queued, snapshot);
+            return Box::pin(rest).await;
         }
         if let Some(requested) = requested {
             for request in requested {
                 let bytes = request.body.map_or_else(|| self.raw.clone(), Bytes::from);
-                self.start_forward(&request.upstream, bytes, snapshot)
-                    .await?;
+                Box::pin(self.start_forward(&request.upstream, bytes, snapshot)).await?;
             }
             if self.hold(snapshot).await? {
                 (decision, _) = self.evaluate(snapshot, body, elapsed_ms).await;
