@@ -229,16 +229,24 @@ impl Browser {
     }
 }
 
-impl Browser {
-    /// Ends the session (the driver closes the browser), then the driver.
-    pub async fn quit(self) {
-        self.send("DELETE", "", None).await;
-    }
-}
-
 impl Drop for Browser {
+    /// Ends the session, so the driver closes its browser (killing the driver alone would
+    /// leave chromium running), then stops the driver this test started, by its handle.
+    /// Blocking and by hand: a drop cannot await, and it runs after a failed assertion too.
     fn drop(&mut self) {
-        // The driver takes its browser down with it; this process started it, by its handle.
+        use std::io::{Read as _, Write as _};
+        let url = self.base.strip_prefix("http://").unwrap_or_default();
+        if let Some((addr, path)) = url.split_once('/') {
+            if let Ok(mut conn) = std::net::TcpStream::connect(addr) {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(20)));
+                let request = format!(
+                    "DELETE /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = conn.write_all(request.as_bytes());
+                // The answer comes once the session (and its browser) is gone.
+                let _ = conn.read(&mut [0; 512]);
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
