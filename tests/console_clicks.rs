@@ -71,14 +71,7 @@ async fn an_operator_enters_the_token_reads_the_tills_and_retries_a_dead_deliver
     if !have_browser() {
         return;
     }
-    let erp = MockUpstream::start(|n| {
-        if n == 0 {
-            MockReply::json(422, json!({"error": "unknown article"}))
-        } else {
-            MockReply::json(200, json!({}))
-        }
-    })
-    .await;
+    let erp = MockUpstream::start(MockReply::unprocessable_once).await;
     let stock = MockUpstream::start(|_| MockReply::json(503, json!({}))).await;
     let env = [("TOKEN".to_owned(), TOKEN.to_owned())].into();
     let gw = Gateway::start_with_env(
@@ -119,21 +112,19 @@ async fn an_operator_enters_the_token_reads_the_tills_and_retries_a_dead_deliver
     browser.goto(&gw.admin_url("/")).await;
     // The page loads without the token, finds its data requests refused and asks.
     let token = browser.find("#token").await;
-    browser
-        .wait_for("the token prompt", || async {
-            browser.displayed(&token).await.then_some(())
-        })
-        .await;
+    eventually("the token prompt", || async {
+        browser.displayed(&token).await.then_some(())
+    })
+    .await;
     assert!(!browser.displayed(&browser.find("#console").await).await);
     browser.type_text(&token, TOKEN).await;
     browser
         .click(&browser.find("#login-form button").await)
         .await;
-    browser
-        .wait_for("the data", || async {
-            (browser.execute("return document.body.dataset.loaded").await == "yes").then_some(())
-        })
-        .await;
+    eventually("the data", || async {
+        (browser.execute("return document.body.dataset.loaded").await == "yes").then_some(())
+    })
+    .await;
     assert!(!browser.displayed(&browser.find("#login").await).await);
 
     // The tills, each conversation's last decision and message.
@@ -184,11 +175,10 @@ async fn an_operator_enters_the_token_reads_the_tills_and_retries_a_dead_deliver
     // A click on a conversation opens its detail.
     browser.click(&browser.find(&row).await).await;
     let detail_key = browser.find("#detail-key").await;
-    browser
-        .wait_for("the detail", || async {
-            (browser.text(&detail_key).await == key).then_some(())
-        })
-        .await;
+    eventually("the detail", || async {
+        (browser.text(&detail_key).await == key).then_some(())
+    })
+    .await;
     let detail = browser.text(&browser.find("#detail-json").await).await;
     assert!(detail.contains("\"subscription\": \"shop\""), "{detail}");
 
@@ -230,11 +220,10 @@ async fn an_operator_enters_the_token_reads_the_tills_and_retries_a_dead_deliver
     browser.click(&retry).await;
     let note = browser.find("#delivery-note").await;
     let said = format!("delivery {id} to erp: pending");
-    browser
-        .wait_for("the retry's note", || async {
-            (browser.text(&note).await == said).then_some(())
-        })
-        .await;
+    eventually("the retry's note", || async {
+        (browser.text(&note).await == said).then_some(())
+    })
+    .await;
     eventually("sent again", || async { (erp.count() == 2).then_some(()) }).await;
     let sent = erp.requests();
     assert_eq!(
@@ -250,11 +239,39 @@ async fn an_operator_enters_the_token_reads_the_tills_and_retries_a_dead_deliver
         erp_left.as_array()?.is_empty().then_some(())
     })
     .await;
+    eventually("the dead row gone from the page", || async {
+        browser.find_all(&dead_row).await.is_empty().then_some(())
+    })
+    .await;
+
+    // The till filter: a bad value is refused with the gateway's own words, a good one
+    // keeps that till's conversations.
+    let filter = browser.find("#filter-till").await;
+    browser.type_text(&filter, "12/x").await;
     browser
-        .wait_for("the dead row gone from the page", || async {
-            browser.find_all(&dead_row).await.is_empty().then_some(())
-        })
+        .click(&browser.find("#filter-form button").await)
         .await;
+    let problem = browser.find("#problem").await;
+    let refused = "/conversations: till: `12/x` is not BRANCH/WORKPLACE or BRANCH (whole numbers, e.g. till=12/3)";
+    eventually("the refusal", || async {
+        (browser.text(&problem).await == refused).then_some(())
+    })
+    .await;
+    browser
+        .execute("document.getElementById('filter-till').value = ''")
+        .await;
+    browser.type_text(&filter, "12/3").await;
+    browser
+        .click(&browser.find("#filter-form button").await)
+        .await;
+    eventually("the till's three conversations", || async {
+        let count = browser.text(&browser.find("#conv-count").await).await;
+        (count == "(3)" && browser.text(&problem).await.is_empty()).then_some(())
+    })
+    .await;
+    for row in browser.find_all("#conversations td.till").await {
+        assert_eq!(browser.text(&row).await, "12/3");
+    }
 }
 
 /// The first cells of the page's row for conversation `key`, without the age (it moves).

@@ -53,10 +53,15 @@ impl Call<'_> {
             let Some(update) = update else {
                 return answer;
             };
-            match store
+            let saved = store
                 .commit(self.key, snapshot.version, update, clock.now_ms())
-                .await
-            {
+                .await;
+            if answer.outcome == Outcome::RuleError {
+                // Only what a fail-safe answer said is recorded, at best: whatever the
+                // store answers, the answer is the fail-safe one and the rule ran once.
+                return answer;
+            }
+            match saved {
                 Ok(Commit::Saved) => return answer,
                 Ok(Commit::Conflict(newer)) => {
                     snapshot = Snapshot { attempt, ..newer };

@@ -154,32 +154,13 @@ impl Browser {
             .collect()
     }
 
-    /// The first element matching `selector`, waiting for it up to a deadline.
+    /// The first element matching `selector`, waiting for it up to a deadline (the page
+    /// refreshes itself every few seconds).
     pub async fn find(&self, selector: &str) -> Element {
-        self.wait_for(&format!("an element `{selector}`"), || async {
+        super::eventually(&format!("an element `{selector}`"), || async {
             self.find_all(selector).await.into_iter().next()
         })
         .await
-    }
-
-    /// Polls `check` until it gives `Some`, within a deadline (the page refreshes itself
-    /// every few seconds).
-    pub async fn wait_for<T, F, Fut>(&self, what: &str, mut check: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(found) = check().await {
-                return found;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     pub async fn text(&self, element: &Element) -> String {
