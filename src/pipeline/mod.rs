@@ -204,3 +204,39 @@ fn timed_out(message: &str) -> Decision {
         state: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender(branch: Dynamic, workplace: Dynamic) -> rhai::Map {
+        let mut sender = rhai::Map::new();
+        sender.insert("branchNumber".into(), branch);
+        sender.insert("workplaceNumber".into(), workplace);
+        let mut body = rhai::Map::new();
+        body.insert("sender".into(), Dynamic::from_map(sender));
+        body
+    }
+
+    #[test]
+    fn a_till_is_the_senders_whole_numbers_that_fit_a_u32() {
+        let t = |b: Dynamic, w: Dynamic| {
+            let till = till(&sender(b, w));
+            (till.branch, till.workplace)
+        };
+        assert_eq!(
+            t(Dynamic::from_int(12), Dynamic::from_int(3)),
+            (Some(12), Some(3))
+        );
+        assert_eq!(
+            t(Dynamic::from_float(12.0), Dynamic::from_float(3.5)),
+            (Some(12), None)
+        );
+        assert_eq!(
+            t(Dynamic::from_int(-1), Dynamic::from_int(1 << 32)),
+            (None, None)
+        );
+        assert_eq!(t("12".into(), Dynamic::UNIT), (None, None));
+        assert_eq!(till(&rhai::Map::new()), Till::default());
+    }
+}

@@ -9,6 +9,10 @@
 //! conversation takes the place of the oldest finished one ([`finished`] finds it without a
 //! scan); with none finished it is refused with [`StoreError::Full`]. Conversations still
 //! going on are never evicted, so a flood of new ones cannot break a till mid-conversation.
+//!
+//! What many conversations share (their origin: event, subscription, till; their last
+//! decision with its messages) is kept once per shard ([`intern`]), so a conversation's
+//! entry holds two pointers for it (GATEWAY.md 7: under 512 B per live conversation).
 
 mod finished;
 mod intern;
