@@ -272,15 +272,29 @@ async fn conversations_lists_live_conversations_without_bodies_or_secrets() {
             [
                 "age_ms",
                 "attempts",
+                "customer_message",
+                "decision",
                 "event",
                 "finished",
                 "idle_ms",
                 "key",
-                "pending_forwards"
+                "message",
+                "pending_forwards",
+                "subscription",
+                "till"
             ]
         );
         assert_eq!(c["event"], "addSessionLine");
+        assert_eq!(c["subscription"], "shop");
+        assert_eq!(c["till"], json!({"branch": 3, "workplace": 2}));
+        assert_eq!(c["customer_message"], Value::Null);
         assert_eq!(c["key"].as_str().unwrap().len(), 32);
+        let said = (c["finished"] == true).then_some(("finished", "done"));
+        let (decision, message) = said.unwrap_or(("keep_polling", "wait"));
+        assert_eq!(
+            (c["decision"].as_str(), c["message"].as_str()),
+            (Some(decision), Some(message))
+        );
     }
     let finished: Vec<(u64, bool)> = list
         .iter()
@@ -788,6 +802,12 @@ async fn one_conversation_by_its_key_shows_attempts_state_and_final_answer() {
     assert_eq!(status, 200, "{text}");
     let going: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(going["key"], key.as_str());
+    assert_eq!(going["event"], "addSessionLine");
+    assert_eq!(going["subscription"], "shop");
+    assert_eq!(going["till"], json!({"branch": 3, "workplace": 2}));
+    assert_eq!(going["decision"], "keep_polling");
+    assert_eq!(going["message"], "wait");
+    assert_eq!(going["customer_message"], Value::Null);
     assert_eq!(going["attempts"], 1);
     assert_eq!(going["finished"], false);
     assert_eq!(going["state_bytes"], br#"{"seen":1}"#.len());
@@ -799,6 +819,10 @@ async fn one_conversation_by_its_key_shows_attempts_state_and_final_answer() {
     let done: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(done["attempts"], 2);
     assert_eq!(done["finished"], true);
+    assert_eq!(
+        (&done["decision"], &done["message"]),
+        (&json!("finished"), &json!("done"))
+    );
     assert_eq!(done["final_answer"]["status"], 200);
     assert_eq!(
         done["final_answer"]["body"]["polling"],

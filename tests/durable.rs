@@ -157,14 +157,7 @@ async fn a_429_with_retry_after_is_retried_no_sooner_than_it_asks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_422_is_dead_at_once_and_kept_until_an_operator_retries_it() {
-    let erp = MockUpstream::start(|n| {
-        if n == 0 {
-            MockReply::json(422, json!({"error": "unknown article"}))
-        } else {
-            MockReply::json(200, json!({}))
-        }
-    })
-    .await;
+    let erp = MockUpstream::start(MockReply::unprocessable_once).await;
     let gw = Gateway::start(&config(&erp.url(), "20ms", "50ms", "1h"), &[]).await;
     gw.till()
         .call_json("completeSession", &complete(3, true))

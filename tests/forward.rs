@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use pollgate::conversation::ConversationKey;
+use pollgate::conversation::{ConversationKey, Opening};
 use pollgate::signature::{Encoding, Secret};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -472,7 +472,7 @@ async fn a_forward_whose_sender_died_is_resent_once_its_lease_ran_out() {
     // hour, so no machine is slow enough to see it run out before this test says so.
     let (store, clock) = (&gw.gateway.store, gw.gateway.clock);
     store
-        .begin(key, "addSessionLine", clock.now_ms())
+        .begin(key, Opening::event("addSessionLine"), clock.now_ms())
         .await
         .unwrap();
     assert!(store

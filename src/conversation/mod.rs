@@ -22,7 +22,10 @@ pub use key::ConversationKey;
 pub use memory::MemoryStore;
 // The parts are config (`state.key`); re-exported beside the key they make.
 pub use crate::config::KeyPart;
-pub use record::{Commit, FinalAnswer, ForwardState, Snapshot, Summary, Update};
+pub use record::{
+    Commit, FinalAnswer, ForwardState, LastSaid, Opening, Origin, Said, Snapshot, Summary, Till,
+    Update, MAX_SAID_BYTES,
+};
 pub use redis::RedisStore;
 pub use reply::Reply;
 
@@ -54,12 +57,12 @@ impl StoreError {
 
 /// Where conversations live. Implementations must make each method atomic per conversation.
 pub trait ConversationStore: Send + Sync + 'static {
-    /// Counts a new call: creates the conversation if needed, adds one to its attempts,
-    /// refreshes its TTL, and returns it as it now is.
+    /// Counts a new call: creates the conversation if needed (with `opening` as its
+    /// origin), adds one to its attempts, refreshes its TTL, and returns it as it now is.
     fn begin(
         &self,
         key: ConversationKey,
-        event: &str,
+        opening: Opening<'_>,
         now_ms: u64,
     ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
 
@@ -116,6 +119,9 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// How many conversations are live.
     fn count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// How many live conversations have not finished (`pollgate_conversations_active`).
+    fn active(&self, now_ms: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Whether the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -152,10 +158,10 @@ impl ConversationStore for Store {
     async fn begin(
         &self,
         key: ConversationKey,
-        event: &str,
+        opening: Opening<'_>,
         now_ms: u64,
     ) -> Result<Snapshot, StoreError> {
-        dispatch!(self, s => s.begin(key, event, now_ms))
+        dispatch!(self, s => s.begin(key, opening, now_ms))
     }
 
     async fn load(&self, key: ConversationKey) -> Result<Option<Snapshot>, StoreError> {
@@ -206,6 +212,10 @@ impl ConversationStore for Store {
 
     async fn count(&self) -> Result<u64, StoreError> {
         dispatch!(self, s => s.count())
+    }
+
+    async fn active(&self, now_ms: u64) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.active(now_ms))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -18,7 +18,7 @@ use super::conversation_detail::Detail;
 use super::json_response;
 use super::overload::BodyBudget;
 use super::{bearer, origin};
-use crate::conversation::{ConversationKey, ConversationStore};
+use crate::conversation::{ConversationKey, ConversationStore, Till};
 use crate::error_answer::AdminError;
 use crate::gateway::Gateway;
 use crate::reload::Reloader;
@@ -138,7 +138,8 @@ async fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
 
 async fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
     let gateway = &state.gateway;
-    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), gateway.store.count()).await {
+    let active = gateway.store.active(gateway.clock.now_ms());
+    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), active).await {
         gateway.metrics.set_conversations(n);
     }
     gateway.metrics.set_buffered_bytes(state.budget.in_use());
@@ -156,8 +157,13 @@ async fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
 async fn conversations(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
     let limit = list_limit(query);
     let event = query_value(query, "event");
+    let till = match query_value(query, "till").map(TillFilter::parse) {
+        None => None,
+        Some(Ok(till)) => Some(till),
+        Some(Err(e)) => return error(&e),
+    };
     // With a filter, the newest MAX_LIST_LIMIT are filtered, then cut to `limit`.
-    let fetch = if event.is_some() {
+    let fetch = if event.is_some() || till.is_some() {
         MAX_LIST_LIMIT
     } else {
         limit
@@ -165,13 +171,45 @@ async fn conversations(state: &AdminState, query: Option<&str>) -> Response<Full
     let gateway = &state.gateway;
     match gateway.store.list(gateway.clock.now_ms(), fetch).await {
         Ok(mut list) => {
-            if let Some(event) = event {
-                list.retain(|c| c.event == event);
-                list.truncate(limit);
-            }
+            list.retain(|c| {
+                event.is_none_or(|e| c.event == e) && till.is_none_or(|t| t.keeps(c.till))
+            });
+            list.truncate(limit);
             json(200, &list)
         }
         Err(e) => error(&AdminError::StoreUnavailable(e.to_string())),
+    }
+}
+
+/// `?till=BRANCH/WORKPLACE` (one till) or `?till=BRANCH` (every till of a branch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TillFilter {
+    branch: u32,
+    workplace: Option<u32>,
+}
+
+impl TillFilter {
+    fn parse(text: &str) -> Result<Self, AdminError> {
+        let number = |t: &str| {
+            (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| t.parse::<u32>().ok())
+                .flatten()
+        };
+        let (branch, workplace) = match text.split_once('/') {
+            None => (number(text), Some(None)),
+            Some((b, w)) => (number(b), number(w).map(Some)),
+        };
+        match (branch, workplace) {
+            (Some(branch), Some(workplace)) => Ok(Self { branch, workplace }),
+            _ => Err(AdminError::BadQuery(format!(
+                "till: `{}` is not BRANCH/WORKPLACE or BRANCH (whole numbers, e.g. till=12/3)",
+                crate::telemetry::escape::loggable(text, 64)
+            ))),
+        }
+    }
+
+    fn keeps(self, till: Till) -> bool {
+        till.branch == Some(self.branch) && self.workplace.is_none_or(|w| till.workplace == Some(w))
     }
 }
 
@@ -227,6 +265,34 @@ mod tests {
         );
         assert_eq!(query_value(Some("events=x"), "event"), None);
         assert_eq!(query_value(None, "event"), None);
+    }
+
+    #[test]
+    fn a_till_filter_is_branch_and_workplace_or_a_whole_branch() {
+        let one = TillFilter::parse("12/3").unwrap();
+        let branch = TillFilter::parse("12").unwrap();
+        let till = |b, w| Till {
+            branch: Some(b),
+            workplace: Some(w),
+        };
+        assert!(one.keeps(till(12, 3)));
+        assert!(!one.keeps(till(12, 4)));
+        assert!(!one.keeps(till(1, 3)));
+        assert!(branch.keeps(till(12, 4)));
+        assert!(!branch.keeps(Till::default()));
+        for bad in [
+            "",
+            "x",
+            "12/",
+            "/3",
+            "12/3/4",
+            "-1/2",
+            "+1",
+            "4294967296/1",
+            "1 /2",
+        ] {
+            assert!(TillFilter::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,19 +1,26 @@
 //! `GET /conversations/{key}` (GATEWAY.md 10): one conversation as JSON, from what the store
-//! keeps of it: attempts, age, the size of the rule's state, each forward and its reply's
-//! outcome, and the final answer once finished. Never secrets, signatures or the call's body.
+//! keeps of it: its event, subscription and till, attempts, age, the last decision and its
+//! messages, the size of the rule's state, each forward and its reply's outcome, and the
+//! final answer once finished. Never secrets, signatures or the call's body.
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::conversation::{ConversationKey, ForwardState, Snapshot};
+use crate::conversation::{ConversationKey, ForwardState, LastSaid, Snapshot, Till};
 
 /// One conversation as the admin listener shows it.
 #[derive(Debug, Serialize)]
 pub(super) struct Detail {
     key: String,
+    event: String,
+    subscription: String,
+    till: Till,
     attempts: u32,
     age_ms: u64,
     finished: bool,
+    /// As in `GET /conversations`: the last decision and its messages, `null` if none.
+    #[serde(flatten)]
+    last: LastSaid,
     /// Bytes of the rule's `state` map as stored (0 while empty).
     state_bytes: usize,
     forwards: Vec<Forward>,
@@ -56,8 +63,13 @@ impl Detail {
             body: serde_json::from_slice(&answer.body)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer.body).into())),
         });
+        let origin = &snapshot.origin;
         Self {
             key: key.to_hex(),
+            event: origin.event.to_string(),
+            subscription: origin.subscription.to_string(),
+            till: origin.till,
+            last: snapshot.said.as_deref().into(),
             attempts: snapshot.attempt,
             age_ms: now_ms.saturating_sub(snapshot.first_seen_ms),
             finished: snapshot.finished.is_some(),

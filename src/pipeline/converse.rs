@@ -9,7 +9,9 @@ use rhai::{Dynamic, Map};
 
 use super::shape::{encode_state, fail_safe, to_json, Decision};
 use super::{forwards, Answer, Call, CallNote};
-use crate::conversation::{Commit, ConversationStore, FinalAnswer, Snapshot, StoreError, Update};
+use crate::conversation::{
+    Commit, ConversationStore, FinalAnswer, Opening, Said, Snapshot, StoreError, Update,
+};
 use crate::error_answer::Fallback;
 use crate::telemetry::Outcome;
 
@@ -22,7 +24,12 @@ impl Call<'_> {
     pub(super) async fn converse(&self, body: Map) -> Answer {
         let store = &self.gateway.store;
         let clock = &self.gateway.clock;
-        let mut snapshot = match store.begin(self.key, self.name, clock.now_ms()).await {
+        let opening = Opening {
+            event: self.name,
+            subscription: self.subscription,
+            till: self.till,
+        };
+        let mut snapshot = match store.begin(self.key, opening, clock.now_ms()).await {
             Ok(snapshot) => snapshot,
             Err(e) => return self.store_failure(&e),
         };
@@ -46,10 +53,15 @@ impl Call<'_> {
             let Some(update) = update else {
                 return answer;
             };
-            match store
+            let saved = store
                 .commit(self.key, snapshot.version, update, clock.now_ms())
-                .await
-            {
+                .await;
+            if answer.outcome == Outcome::RuleError {
+                // Only what a fail-safe answer said is recorded, at best: whatever the
+                // store answers, the answer is the fail-safe one and the rule ran once.
+                return answer;
+            }
+            match saved {
                 Ok(Commit::Saved) => return answer,
                 Ok(Commit::Conflict(newer)) => {
                     snapshot = Snapshot { attempt, ..newer };
@@ -62,10 +74,12 @@ impl Call<'_> {
         self.store_failure(&StoreError::Corrupt("too many concurrent updates".into()))
     }
 
-    /// The decision as the answer to send and, unless it must not be remembered, the
-    /// update that records it.
+    /// The decision as the answer to send and the update that records it: a fail-safe
+    /// answer records only that the rule failed (what it said), never state or a final
+    /// answer, so a retry after a fix runs the rule again.
     fn settle(&self, decision: Decision, note: CallNote) -> (Answer, Option<Update>) {
         let event = self.event;
+        let said = said(decision.outcome, &decision.body);
         let bytes = to_json(decision.body);
         let state = decision.state.map(|s| encode_state(&s));
         let limit = self.rt.config.limits.max_answer_bytes;
@@ -77,15 +91,15 @@ impl Call<'_> {
             tracing::error!(event = %event.config.name, key = %self.key, answer = bytes.len(), state = state_len, "rule result over limits.max_answer_bytes ({limit})");
             event.metrics.rule(Duration::ZERO, true);
             let fail = fail_safe(event);
+            let said = self::said(fail.outcome, &fail.body);
             return (
                 Answer::json(fail.status, to_json(fail.body), fail.outcome, note),
-                None,
+                Some(Update::said(said)),
             );
         }
         let answer = Answer::json(decision.status, bytes.clone(), decision.outcome, note);
         if decision.outcome == Outcome::RuleError {
-            // Fail-safe answers are not remembered: a retry after a fix runs the rule again.
-            return (answer, None);
+            return (answer, Some(Update::said(said)));
         }
         let update = Update {
             state,
@@ -93,6 +107,7 @@ impl Call<'_> {
                 status: decision.status,
                 body: bytes,
             }),
+            said: Some(said),
         };
         (answer, Some(update))
     }
@@ -120,4 +135,26 @@ impl Call<'_> {
         let body = to_json(fallback.body(event.polling.is_some()));
         Answer::json(200, body, fallback.outcome(), note)
     }
+}
+
+/// What an answer said: `outcome`'s name with the cashier's `message` and `customerMessage`
+/// of its `polling` object, else of the first top-level object that has them (`scanCode`,
+/// a rejection's `error`).
+fn said(outcome: Outcome, body: &Map) -> Said {
+    let text = |object: &Map, name: &str| {
+        object
+            .get(name)
+            .and_then(|v| v.clone().into_immutable_string().ok())
+    };
+    let messages = |object: &Map| {
+        let (m, c) = (text(object, "message"), text(object, "customerMessage"));
+        (m.is_some() || c.is_some()).then(|| (m.unwrap_or_default(), c.unwrap_or_default()))
+    };
+    let polling = body.get("polling").and_then(|p| p.read_lock::<Map>());
+    let found = polling.as_deref().and_then(messages).or_else(|| {
+        body.values()
+            .find_map(|v| v.read_lock::<Map>().as_deref().and_then(messages))
+    });
+    let (message, customer) = found.unwrap_or_default();
+    Said::new(outcome, &message, &customer)
 }

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 pub use answer::{Answer, CallNote};
 pub use checks::{body_reads, check_body, check_head, subscription, Head, Verified};
 
-use crate::conversation::{ConversationKey, Snapshot, StoreError};
+use crate::conversation::{ConversationKey, Snapshot, StoreError, Till};
 use crate::gateway::Gateway;
 use crate::rules::{finish_answer, ForwardRequest};
 use crate::runtime::{CompiledEvent, Runtime};
@@ -47,6 +47,8 @@ struct Call<'a> {
     /// The body as it came: forwarded byte for byte.
     raw: Bytes,
     key: ConversationKey,
+    /// `sender.branchNumber` and `sender.workplaceNumber`, for the admin listing.
+    till: Till,
     started: Instant,
     /// False when the till does not wait for the answer (`event.eventBlocking: false`):
     /// answered at once, never held (GATEWAY.md 5).
@@ -73,6 +75,7 @@ pub async fn answer(gateway: &Gateway, rt: &Runtime, verified: Verified) -> Answ
     }
     let key = ConversationKey::derive(&rt.config.state.key, &subscription.id, &event_name, &body);
     let blocking = is_blocking(&body);
+    let till = till(&body);
     let call = Call {
         gateway,
         rt,
@@ -81,10 +84,32 @@ pub async fn answer(gateway: &Gateway, rt: &Runtime, verified: Verified) -> Answ
         subscription: &subscription.id,
         raw,
         key,
+        till,
         started: Instant::now(),
         blocking,
     };
     call.converse(body).await
+}
+
+/// The till a call comes from (MPLUS.md 3): `sender.branchNumber` and
+/// `sender.workplaceNumber`, each kept when it is a whole number that fits a `u32`.
+fn till(body: &rhai::Map) -> Till {
+    let Some(sender) = body.get("sender").and_then(|s| s.as_map_ref().ok()) else {
+        return Till::default();
+    };
+    let number = |name: &str| {
+        let value = sender.get(name)?;
+        let n = value.as_int().ok().or_else(|| {
+            // `12.0` from a lenient parse of `12.0` is still branch 12.
+            let f = value.as_float().ok()?;
+            (f.fract() == 0.0 && f.abs() < 1e15).then_some(f as i64)
+        })?;
+        u32::try_from(n).ok()
+    };
+    Till {
+        branch: number("branchNumber"),
+        workplace: number("workplaceNumber"),
+    }
 }
 
 /// Whether the till waits for the answer: anything but `event.eventBlocking: false`.
@@ -178,5 +203,41 @@ fn timed_out(message: &str) -> Decision {
         outcome: Outcome::TimedOut,
         finished: true,
         state: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender(branch: Dynamic, workplace: Dynamic) -> rhai::Map {
+        let mut sender = rhai::Map::new();
+        sender.insert("branchNumber".into(), branch);
+        sender.insert("workplaceNumber".into(), workplace);
+        let mut body = rhai::Map::new();
+        body.insert("sender".into(), Dynamic::from_map(sender));
+        body
+    }
+
+    #[test]
+    fn a_till_is_the_senders_whole_numbers_that_fit_a_u32() {
+        let t = |b: Dynamic, w: Dynamic| {
+            let till = till(&sender(b, w));
+            (till.branch, till.workplace)
+        };
+        assert_eq!(
+            t(Dynamic::from_int(12), Dynamic::from_int(3)),
+            (Some(12), Some(3))
+        );
+        assert_eq!(
+            t(Dynamic::from_float(12.0), Dynamic::from_float(3.5)),
+            (Some(12), None)
+        );
+        assert_eq!(
+            t(Dynamic::from_int(-1), Dynamic::from_int(1 << 32)),
+            (None, None)
+        );
+        assert_eq!(t("12".into(), Dynamic::UNIT), (None, None));
+        assert_eq!(till(&rhai::Map::new()), Till::default());
     }
 }

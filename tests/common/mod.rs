@@ -27,6 +27,7 @@ mod upstream;
 // Not every test binary uses the mock upstream.
 #[allow(unused_imports)]
 pub use upstream::*;
+pub mod webdriver;
 
 /// The shipped demo secret (base64 of "demo-secret-for-pollgate-examples").
 pub const SECRET: &str = "ZGVtby1zZWNyZXQtZm9yLXBvbGxnYXRlLWV4YW1wbGVz";

@@ -48,6 +48,17 @@ pub struct MockReply {
 }
 
 impl MockReply {
+    /// A back end that refuses its first request with a 422 (which makes a durable
+    /// delivery dead at once) and takes every later one: a dead delivery an operator can
+    /// retry.
+    pub fn unprocessable_once(n: usize) -> Self {
+        if n == 0 {
+            Self::json(422, serde_json::json!({"error": "unknown article"}))
+        } else {
+            Self::json(200, serde_json::json!({}))
+        }
+    }
+
     pub fn json(status: u16, body: Value) -> Self {
         Self::raw(status, serde_json::to_vec(&body).unwrap())
     }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::{fresh_key, state, T0};
-use crate::conversation::{Commit, ConversationStore, FinalAnswer, Update};
+use crate::conversation::{Commit, ConversationStore, FinalAnswer, Opening, Update};
 
 pub(super) async fn load_without_begin_is_none<S: ConversationStore>(store: &S) {
     assert!(store.load(fresh_key()).await.unwrap().is_none());
@@ -12,7 +12,10 @@ pub(super) async fn load_without_begin_is_none<S: ConversationStore>(store: &S) 
 pub(super) async fn begin_counts_attempts_and_keeps_first_seen<S: ConversationStore>(store: &S) {
     let key = fresh_key();
     for (attempt, now) in [(1, T0), (2, T0 + 1_000), (3, T0 + 2_500)] {
-        let s = store.begin(key, "addSessionLine", now).await.unwrap();
+        let s = store
+            .begin(key, Opening::event("addSessionLine"), now)
+            .await
+            .unwrap();
         assert_eq!(s.attempt, attempt);
         assert_eq!(s.first_seen_ms, T0, "first_seen stays at the first call");
         assert_eq!(s.version, 0, "begin does not bump the version");
@@ -26,10 +29,11 @@ pub(super) async fn commit_with_current_version_saves_state_and_answer<S: Conver
     store: &S,
 ) {
     let key = fresh_key();
-    let s = store.begin(key, "e", T0).await.unwrap();
+    let s = store.begin(key, Opening::event("e"), T0).await.unwrap();
     let update = Update {
         state: state(r#"{"step":1}"#),
         finished: None,
+        said: None,
     };
     assert!(matches!(
         store.commit(key, s.version, update, T0 + 1).await.unwrap(),
@@ -47,12 +51,13 @@ pub(super) async fn commit_with_current_version_saves_state_and_answer<S: Conver
     let update = Update {
         state: state(r#"{"step":2}"#),
         finished: Some(answer.clone()),
+        said: None,
     };
     assert!(matches!(
         store.commit(key, 1, update, T0 + 2).await.unwrap(),
         Commit::Saved
     ));
-    let s = store.begin(key, "e", T0 + 3).await.unwrap();
+    let s = store.begin(key, Opening::event("e"), T0 + 3).await.unwrap();
     assert_eq!((s.version, s.attempt), (2, 2));
     assert_eq!(s.state.as_deref(), Some(&br#"{"step":2}"#[..]));
     assert_eq!(s.finished, Some(answer));
@@ -64,10 +69,11 @@ pub(super) async fn commit_without_state_leaves_it_and_empty_state_clears_it<
     store: &S,
 ) {
     let key = fresh_key();
-    store.begin(key, "e", T0).await.unwrap();
+    store.begin(key, Opening::event("e"), T0).await.unwrap();
     let set = Update {
         state: state("{\"a\":1}"),
         finished: None,
+        said: None,
     };
     store.commit(key, 0, set, T0).await.unwrap();
     store.commit(key, 1, Update::default(), T0).await.unwrap();
@@ -79,6 +85,7 @@ pub(super) async fn commit_without_state_leaves_it_and_empty_state_clears_it<
     let clear = Update {
         state: Some(None),
         finished: None,
+        said: None,
     };
     store.commit(key, 2, clear, T0).await.unwrap();
     let s = store.load(key).await.unwrap().unwrap();
@@ -87,11 +94,12 @@ pub(super) async fn commit_without_state_leaves_it_and_empty_state_clears_it<
 
 pub(super) async fn stale_commit_conflicts_with_newer_snapshot<S: ConversationStore>(store: &S) {
     let key = fresh_key();
-    let first = store.begin(key, "e", T0).await.unwrap();
-    let second = store.begin(key, "e", T0 + 1).await.unwrap();
+    let first = store.begin(key, Opening::event("e"), T0).await.unwrap();
+    let second = store.begin(key, Opening::event("e"), T0 + 1).await.unwrap();
     let winner = Update {
         state: state(r#"{"by":"second"}"#),
         finished: None,
+        said: None,
     };
     let saved = store
         .commit(key, second.version, winner, T0 + 2)
@@ -105,6 +113,7 @@ pub(super) async fn stale_commit_conflicts_with_newer_snapshot<S: ConversationSt
             status: 500,
             body: Bytes::from_static(b"stale"),
         }),
+        said: None,
     };
     let Commit::Conflict(newer) = store
         .commit(key, first.version, loser, T0 + 3)
@@ -134,6 +143,7 @@ pub(super) async fn commit_on_unknown_conversation_fails<S: ConversationStore>(s
             status: 200,
             body: Bytes::from_static(b"{}"),
         }),
+        said: None,
     };
     let result = store.commit(key, 0, update, T0 + 1).await;
     assert!(result.is_err(), "a commit on an unknown conversation fails");
@@ -142,7 +152,7 @@ pub(super) async fn commit_on_unknown_conversation_fails<S: ConversationStore>(s
         matches!(left, Ok(None)),
         "a commit never creates a conversation, not even part of one: {left:?}"
     );
-    let created = store.begin(key, "e", T0 + 2).await.unwrap();
+    let created = store.begin(key, Opening::event("e"), T0 + 2).await.unwrap();
     assert_eq!(
         (created.attempt, created.version),
         (1, 0),
@@ -157,14 +167,15 @@ pub(super) async fn final_answer_comes_back_byte_for_byte<S: ConversationStore>(
     body.extend_from_slice(b":12:"); // colons after the status must survive too
     for (status, body) in [(200, Bytes::from(body)), (503, Bytes::new())] {
         let key = fresh_key();
-        store.begin(key, "e", T0).await.unwrap();
+        store.begin(key, Opening::event("e"), T0).await.unwrap();
         let answer = FinalAnswer { status, body };
         let update = Update {
             state: None,
             finished: Some(answer.clone()),
+            said: None,
         };
         store.commit(key, 0, update, T0).await.unwrap();
-        let again = store.begin(key, "e", T0 + 1).await.unwrap();
+        let again = store.begin(key, Opening::event("e"), T0 + 1).await.unwrap();
         assert_eq!(again.finished, Some(answer));
         assert!(again.state.is_none());
     }

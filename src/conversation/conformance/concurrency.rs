@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use tokio::task::JoinSet;
 
 use super::{fresh_key, state, T0};
-use crate::conversation::{Commit, ConversationStore, Update};
+use crate::conversation::{Commit, ConversationStore, Opening, Update};
 
 pub(super) async fn concurrent_begins_lose_no_attempt<S: ConversationStore + Clone>(store: &S) {
     const TASKS: u32 = 40;
@@ -13,7 +13,11 @@ pub(super) async fn concurrent_begins_lose_no_attempt<S: ConversationStore + Clo
     let mut tasks = JoinSet::new();
     for i in 0..TASKS {
         let store = store.clone();
-        tasks.spawn(async move { store.begin(key, "e", T0 + u64::from(i)).await });
+        tasks.spawn(async move {
+            store
+                .begin(key, Opening::event("e"), T0 + u64::from(i))
+                .await
+        });
     }
     let mut seen = BTreeSet::new();
     while let Some(result) = tasks.join_next().await {
@@ -33,7 +37,7 @@ pub(super) async fn concurrent_commit_loops_lose_no_update<S: ConversationStore 
     const TASKS: u64 = 8;
     const EACH: u64 = 5;
     let key = fresh_key();
-    store.begin(key, "e", T0).await.unwrap();
+    store.begin(key, Opening::event("e"), T0).await.unwrap();
     let mut tasks = JoinSet::new();
     for _ in 0..TASKS {
         let store = store.clone();
@@ -51,6 +55,7 @@ pub(super) async fn concurrent_commit_loops_lose_no_update<S: ConversationStore 
                     let update = Update {
                         state: state(&next),
                         finished: None,
+                        said: None,
                     };
                     match store
                         .commit(key, current.version, update, T0)

@@ -3,13 +3,13 @@
 use tokio::task::JoinSet;
 
 use super::{fresh_key, lease_of, reply, T0};
-use crate::conversation::{ConversationKey, ConversationStore, ForwardState, Reply};
+use crate::conversation::{ConversationKey, ConversationStore, ForwardState, Opening, Reply};
 
 pub(super) async fn forward_is_claimed_once_by_concurrent_claimers<S: ConversationStore + Clone>(
     store: &S,
 ) {
     let key = fresh_key();
-    store.begin(key, "e", T0).await.unwrap();
+    store.begin(key, Opening::event("e"), T0).await.unwrap();
     let mut tasks = JoinSet::new();
     for _ in 0..20 {
         let store = store.clone();
@@ -29,7 +29,7 @@ pub(super) async fn forward_is_claimed_again_only_after_lease_expires<S: Convers
     store: &S,
 ) {
     let key = fresh_key();
-    store.begin(key, "e", T0).await.unwrap();
+    store.begin(key, Opening::event("e"), T0).await.unwrap();
     let claim = |now, until| store.claim_forward(key, "backend", now, until);
     assert!(claim(T0, T0 + 1_000).await.unwrap());
     assert!(
@@ -142,7 +142,7 @@ pub(super) async fn forwards_of_unknown_conversation_are_not_recorded<S: Convers
 /// A new conversation whose forward to `backend` is claimed at `T0` until `T0 + 1_000`.
 async fn with_claimed_backend<S: ConversationStore>(store: &S) -> ConversationKey {
     let key = fresh_key();
-    store.begin(key, "e", T0).await.unwrap();
+    store.begin(key, Opening::event("e"), T0).await.unwrap();
     assert!(store
         .claim_forward(key, "backend", T0, T0 + 1_000)
         .await

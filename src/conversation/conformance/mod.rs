@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{ConversationKey, ConversationStore, ForwardState, MemoryStore, Reply, Snapshot};
+use super::{
+    ConversationKey, ConversationStore, ForwardState, MemoryStore, Opening, Reply, Snapshot,
+};
 
 /// A point in time the checks count from (ms); Redis TTLs run on the server's own clock.
 const T0: u64 = 1_700_000_000_000;
@@ -38,6 +40,8 @@ pub(crate) async fn run<S: ConversationStore + Clone>(store: &S) {
     concurrency::concurrent_begins_lose_no_attempt(store).await;
     concurrency::concurrent_commit_loops_lose_no_update(store).await;
     listing::list_and_count_see_conversations_newest_first(store).await;
+    listing::origin_and_last_decision_are_kept_read_and_listed(store).await;
+    listing::active_counts_only_unfinished_conversations(store).await;
     store.ping().await.expect("ping");
 }
 
@@ -70,13 +74,19 @@ async fn memory_store_passes_conformance() {
 async fn memory_store_forgets_conversations_after_ttl() {
     let store = MemoryStore::new(Duration::from_millis(1_000));
     let (key, other) = (fresh_key(), fresh_key());
-    store.begin(key, "e", T0).await.unwrap();
-    store.begin(other, "e", T0 + 500).await.unwrap();
+    store.begin(key, Opening::event("e"), T0).await.unwrap();
+    store
+        .begin(other, Opening::event("e"), T0 + 500)
+        .await
+        .unwrap();
     assert_eq!(store.sweep(T0 + 999), 0);
     assert_eq!(store.sweep(T0 + 1_000), 1, "idle for a whole TTL");
     assert!(store.load(key).await.unwrap().is_none());
     assert_eq!(store.count().await.unwrap(), 1);
     // A call after the TTL starts a new conversation, even before a sweep.
-    let s = store.begin(other, "e", T0 + 1_500).await.unwrap();
+    let s = store
+        .begin(other, Opening::event("e"), T0 + 1_500)
+        .await
+        .unwrap();
     assert_eq!((s.attempt, s.first_seen_ms), (1, T0 + 1_500));
 }

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use super::{fresh_key, reply, run, T0};
-use crate::conversation::{ConversationKey, ConversationStore, RedisStore, StoreError, Update};
+use crate::conversation::{
+    ConversationKey, ConversationStore, Opening, RedisStore, StoreError, Update,
+};
 
 /// The Redis under test, or `None` (test skipped) when none answers outside CI.
 async fn test_redis(ttl: Duration) -> Option<RedisStore> {
@@ -61,10 +63,10 @@ async fn redis_every_write_refreshes_the_ttl() {
     let key = fresh_key();
     let fresh = |ms: i64| ms > 5_000 && ms <= TTL_MS;
 
-    store.begin(key, "e", T0).await.unwrap();
+    store.begin(key, Opening::event("e"), T0).await.unwrap();
     assert!(fresh(pttl(&store, key).await), "after begin");
     shorten_ttl(&store, key).await;
-    store.begin(key, "e", T0 + 1).await.unwrap();
+    store.begin(key, Opening::event("e"), T0 + 1).await.unwrap();
     assert!(fresh(pttl(&store, key).await), "after a second begin");
 
     shorten_ttl(&store, key).await;
@@ -102,7 +104,10 @@ async fn redis_keys_follow_the_documented_layout() {
         return;
     };
     let key = fresh_key();
-    store.begin(key, "addSessionLine", T0).await.unwrap();
+    store
+        .begin(key, Opening::event("addSessionLine"), T0)
+        .await
+        .unwrap();
     let name = store.key_name(key);
     assert!(name.starts_with("pollgate-test-") && name.ends_with(&format!(":conv:{key}")));
     let kind: String = store.query(::redis::cmd("TYPE").arg(&name)).await.unwrap();
@@ -150,7 +155,14 @@ async fn redis_store_reconnects_after_losing_its_connection() {
     }
     assert!(answered, "the store reconnected");
     let key = fresh_key();
-    assert_eq!(store.begin(key, "e", T0).await.unwrap().attempt, 1);
+    assert_eq!(
+        store
+            .begin(key, Opening::event("e"), T0)
+            .await
+            .unwrap()
+            .attempt,
+        1
+    );
     let new_id: i64 = store.query(::redis::cmd("CLIENT").arg("ID")).await.unwrap();
     assert_ne!(id, new_id, "a new connection");
     store.remove_all().await.unwrap();

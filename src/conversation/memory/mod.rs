@@ -9,8 +9,13 @@
 //! conversation takes the place of the oldest finished one ([`finished`] finds it without a
 //! scan); with none finished it is refused with [`StoreError::Full`]. Conversations still
 //! going on are never evicted, so a flood of new ones cannot break a till mid-conversation.
+//!
+//! What many conversations share (their origin: event, subscription, till; their last
+//! decision with its messages) is kept once per shard ([`intern`]), so a conversation's
+//! entry holds two pointers for it (GATEWAY.md 7: under 512 B per live conversation).
 
 mod finished;
+mod intern;
 mod shard;
 mod store;
 
@@ -18,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{ConversationKey, StoreError};
+use super::{ConversationKey, Opening, StoreError};
 use crate::config::{millis, DEFAULT_MAX_CONVERSATIONS};
 
 use finished::{FinishedQueue, Seen};
@@ -79,13 +84,14 @@ impl MemoryStore {
         now_ms: u64,
     ) -> Option<&'a mut Entry> {
         let expired = shard
+            .map
             .get(key)
             .is_some_and(|e| e.last_seen_ms.saturating_add(self.inner.ttl_ms) <= now_ms);
         if expired {
-            shard.remove(key);
+            shard.map.remove(key);
             self.inner.held.fetch_sub(1, Ordering::AcqRel);
         }
-        shard.get_mut(key)
+        shard.map.get_mut(key)
     }
 
     /// Takes a slot for a new conversation if the cap allows.
@@ -105,10 +111,11 @@ impl MemoryStore {
         while let Some(item) = self.inner.finished.pop_front() {
             let mut shard = self.shard(&item.key);
             if shard
+                .map
                 .get(&item.key)
                 .is_some_and(|e| e.finished_seq == item.seq)
             {
-                shard.remove(&item.key);
+                shard.map.remove(&item.key);
                 return Ok(());
             }
         }
@@ -119,11 +126,18 @@ impl MemoryStore {
 
     /// Inserts a new conversation into `shard` with a slot already taken, unless a concurrent
     /// call created it while the shard was let go (then the slot is given back).
-    fn insert_new(&self, shard: &mut Shard, key: ConversationKey, event: &str, now_ms: u64) {
+    fn insert_new(
+        &self,
+        shard: &mut Shard,
+        key: ConversationKey,
+        opening: Opening<'_>,
+        now_ms: u64,
+    ) {
         if self.live(shard, &key, now_ms).is_some() {
             self.inner.held.fetch_sub(1, Ordering::AcqRel);
         } else {
-            shard.insert(key, Entry::new(event, now_ms));
+            let entry = shard.entry(opening, now_ms);
+            shard.map.insert(key, entry);
         }
     }
 
@@ -135,13 +149,14 @@ impl MemoryStore {
             let mut shard = shard
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let before = shard.len();
-            shard.retain(|_, e| e.last_seen_ms.saturating_add(ttl) > now_ms);
+            let map = &mut shard.map;
+            let before = map.len();
+            map.retain(|_, e| e.last_seen_ms.saturating_add(ttl) > now_ms);
             // Give memory back after a burst, not on every sweep.
-            if shard.capacity() > 64 && shard.capacity() > 4 * shard.len() {
-                shard.shrink_to_fit();
+            if map.capacity() > 64 && map.capacity() > 4 * map.len() {
+                map.shrink_to_fit();
             }
-            let gone = before - shard.len();
+            let gone = before - map.len();
             self.inner.held.fetch_sub(gone, Ordering::AcqRel);
             dropped += gone;
         }
@@ -150,7 +165,7 @@ impl MemoryStore {
         self.inner
             .finished
             .prune(now_ms.saturating_sub(ttl), |item| {
-                match self.shard(&item.key).get(&item.key) {
+                match self.shard(&item.key).map.get(&item.key) {
                     Some(e) if e.finished_seq == item.seq => Seen::Held {
                         last_seen_ms: e.last_seen_ms,
                     },

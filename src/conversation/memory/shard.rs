@@ -1,5 +1,5 @@
-//! One shard of the memory store: its map, what it keeps of a conversation, and the hasher
-//! that takes the keys' own bits.
+//! One shard of the memory store: its map, what it keeps of a conversation, the values its
+//! conversations share, and the hasher that takes the keys' own bits.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -7,12 +7,35 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::conversation::{ConversationKey, FinalAnswer, ForwardState, Snapshot};
+use super::intern::Interner;
+use crate::conversation::{
+    ConversationKey, FinalAnswer, ForwardState, Opening, Origin, Said, Snapshot,
+};
 
-pub(super) type Shard = HashMap<ConversationKey, Entry, BuildHasherDefault<KeyHasher>>;
+pub(super) type Map = HashMap<ConversationKey, Entry, BuildHasherDefault<KeyHasher>>;
+
+#[derive(Default)]
+pub(super) struct Shard {
+    pub(super) map: Map,
+    origins: Interner<Origin>,
+    said: Interner<Said>,
+}
+
+impl Shard {
+    /// A new conversation's entry, its origin shared with the shard's others.
+    pub(super) fn entry(&mut self, opening: Opening<'_>, now_ms: u64) -> Entry {
+        Entry::new(self.origins.intern(opening.into()), now_ms)
+    }
+
+    /// The shared copy of `said`.
+    pub(super) fn said(&mut self, said: Said) -> Arc<Said> {
+        self.said.intern(said)
+    }
+}
 
 pub(super) struct Entry {
-    pub(super) event: Arc<str>,
+    pub(super) origin: Arc<Origin>,
+    pub(super) said: Option<Arc<Said>>,
     pub(super) first_seen_ms: u64,
     pub(super) last_seen_ms: u64,
     pub(super) version: u64,
@@ -25,9 +48,10 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    pub(super) fn new(event: &str, now_ms: u64) -> Self {
+    fn new(origin: Arc<Origin>, now_ms: u64) -> Self {
         Self {
-            event: event.into(),
+            origin,
+            said: None,
             first_seen_ms: now_ms,
             last_seen_ms: now_ms,
             version: 0,
@@ -47,6 +71,8 @@ impl Entry {
             state: self.state.clone(),
             finished: self.finished.clone(),
             forwards: self.forwards.clone(),
+            origin: Arc::clone(&self.origin),
+            said: self.said.clone(),
         }
     }
 }

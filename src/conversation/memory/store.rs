@@ -8,29 +8,31 @@ use super::shard::Entry;
 use super::MemoryStore;
 use crate::conversation::record::pending;
 use crate::conversation::{
-    Commit, ConversationKey, ConversationStore, ForwardState, Reply, Snapshot, StoreError, Summary,
-    Update,
+    Commit, ConversationKey, ConversationStore, ForwardState, Opening, Reply, Snapshot, StoreError,
+    Summary, Update,
 };
 
 impl ConversationStore for MemoryStore {
     async fn begin(
         &self,
         key: ConversationKey,
-        event: &str,
+        opening: Opening<'_>,
         now_ms: u64,
     ) -> Result<Snapshot, StoreError> {
         let mut shard = self.shard(&key);
         if self.live(&mut shard, &key, now_ms).is_none() {
             if self.take_slot() {
-                shard.insert(key, Entry::new(event, now_ms));
+                let entry = shard.entry(opening, now_ms);
+                shard.map.insert(key, entry);
             } else {
                 drop(shard);
                 self.evict_oldest_finished()?;
                 shard = self.shard(&key);
-                self.insert_new(&mut shard, key, event, now_ms);
+                self.insert_new(&mut shard, key, opening, now_ms);
             }
         }
         let entry = shard
+            .map
             .get_mut(&key)
             .ok_or_else(|| StoreError::Corrupt("entry vanished".into()))?;
         entry.attempts = entry.attempts.saturating_add(1);
@@ -39,7 +41,7 @@ impl ConversationStore for MemoryStore {
     }
 
     async fn load(&self, key: ConversationKey) -> Result<Option<Snapshot>, StoreError> {
-        Ok(self.shard(&key).get(&key).map(Entry::snapshot))
+        Ok(self.shard(&key).map.get(&key).map(Entry::snapshot))
     }
 
     async fn commit(
@@ -50,6 +52,7 @@ impl ConversationStore for MemoryStore {
         now_ms: u64,
     ) -> Result<Commit, StoreError> {
         let mut shard = self.shard(&key);
+        let said = update.said.map(|said| shard.said(said));
         let Some(entry) = self.live(&mut shard, &key, now_ms) else {
             // Expired between begin and commit (a TTL shorter than a call): start afresh.
             return Err(StoreError::expired_during_call());
@@ -61,6 +64,9 @@ impl ConversationStore for MemoryStore {
         entry.last_seen_ms = now_ms;
         if let Some(state) = update.state {
             entry.state = state;
+        }
+        if said.is_some() {
+            entry.said = said;
         }
         let mut newly_finished = None;
         if update.finished.is_some() {
@@ -125,6 +131,7 @@ impl ConversationStore for MemoryStore {
     ) -> Result<bool, StoreError> {
         let mut shard = self.shard(&key);
         let slot = shard
+            .map
             .get_mut(&key)
             .and_then(|e| e.forwards.iter_mut().find(|(name, _)| &**name == upstream));
         match slot {
@@ -143,7 +150,7 @@ impl ConversationStore for MemoryStore {
         reply: &Reply,
     ) -> Result<(), StoreError> {
         let mut shard = self.shard(&key);
-        if let Some(entry) = shard.get_mut(&key) {
+        if let Some(entry) = shard.map.get_mut(&key) {
             let done = ForwardState::Done(Arc::new(reply.clone()));
             match entry
                 .forwards
@@ -164,13 +171,14 @@ impl ConversationStore for MemoryStore {
             let shard = shard
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (key, e) in shard.iter() {
+            for (key, e) in &shard.map {
                 if e.last_seen_ms.saturating_add(ttl) <= now_ms {
                     continue;
                 }
-                let mut s = Summary::new(*key, &e.event, now_ms, e.first_seen_ms, e.last_seen_ms);
+                let mut s = Summary::new(*key, &e.origin, now_ms, e.first_seen_ms, e.last_seen_ms);
                 s.attempts = e.attempts;
                 s.finished = e.finished.is_some();
+                s.last = e.said.as_deref().into();
                 s.pending_forwards = pending(&e.forwards).map(str::to_owned).collect();
                 out.push(s);
             }
@@ -186,10 +194,29 @@ impl ConversationStore for MemoryStore {
             .map(|s| {
                 s.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .map
                     .len()
             })
             .sum();
         Ok(total as u64)
+    }
+
+    /// A walk over every shard, one lock at a time: exact, and cheap beside a scrape's
+    /// interval (a few milliseconds for a million conversations).
+    async fn active(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let ttl = self.inner.ttl_ms;
+        let mut active = 0;
+        for shard in &self.inner.shards {
+            let shard = shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            active += shard
+                .map
+                .values()
+                .filter(|e| e.finished.is_none() && e.last_seen_ms.saturating_add(ttl) > now_ms)
+                .count();
+        }
+        Ok(active as u64)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use super::MemoryStore;
 use crate::conversation::conformance::fresh_key;
 use crate::conversation::{
-    Commit, ConversationKey, ConversationStore, FinalAnswer, StoreError, Update,
+    Commit, ConversationKey, ConversationStore, FinalAnswer, Opening, StoreError, Update,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -24,13 +24,14 @@ fn finishing() -> Update {
             status: 200,
             body: Bytes::from_static(br#"{"polling":{"finished":true}}"#),
         }),
+        said: None,
     }
 }
 
 /// Starts a conversation and finishes it at `now`.
 async fn finished(store: &MemoryStore, now: u64) -> ConversationKey {
     let key = fresh_key();
-    let s = store.begin(key, "e", now).await.unwrap();
+    let s = store.begin(key, Opening::event("e"), now).await.unwrap();
     let saved = store
         .commit(key, s.version, finishing(), now)
         .await
@@ -41,7 +42,7 @@ async fn finished(store: &MemoryStore, now: u64) -> ConversationKey {
 
 async fn going_on(store: &MemoryStore, now: u64) -> ConversationKey {
     let key = fresh_key();
-    store.begin(key, "e", now).await.unwrap();
+    store.begin(key, Opening::event("e"), now).await.unwrap();
     key
 }
 
@@ -89,7 +90,7 @@ async fn with_nothing_finished_a_new_conversation_is_refused_and_the_others_stil
     let store = MemoryStore::bounded(DAY, 2);
     let (a, b) = (going_on(&store, T0).await, going_on(&store, T0).await);
 
-    let refused = store.begin(fresh_key(), "e", T0 + 1).await;
+    let refused = store.begin(fresh_key(), Opening::event("e"), T0 + 1).await;
     assert!(
         matches!(refused, Err(StoreError::Full { max: 2 })),
         "{refused:?}"
@@ -101,17 +102,18 @@ async fn with_nothing_finished_a_new_conversation_is_refused_and_the_others_stil
     );
 
     // Both conversations go on: a second call, a state change, and the final answer.
-    let s = store.begin(a, "e", T0 + 2).await.unwrap();
+    let s = store.begin(a, Opening::event("e"), T0 + 2).await.unwrap();
     assert_eq!(s.attempt, 2);
     let step = Update {
         state: Some(Some(Bytes::from_static(br#"{"step":2}"#))),
         finished: None,
+        said: None,
     };
     assert!(matches!(
         store.commit(a, s.version, step, T0 + 2).await.unwrap(),
         Commit::Saved
     ));
-    let s = store.begin(b, "e", T0 + 3).await.unwrap();
+    let s = store.begin(b, Opening::event("e"), T0 + 3).await.unwrap();
     assert!(matches!(
         store
             .commit(b, s.version, finishing(), T0 + 3)
@@ -133,11 +135,16 @@ async fn a_conversation_reborn_under_the_same_key_is_not_evicted_by_its_old_queu
     let store = MemoryStore::bounded(Duration::from_millis(1_000), 2);
     let key = finished(&store, T0).await;
     // After the TTL the same key is a new conversation that has not finished.
-    let reborn = store.begin(key, "e", T0 + 2_000).await.unwrap();
+    let reborn = store
+        .begin(key, Opening::event("e"), T0 + 2_000)
+        .await
+        .unwrap();
     assert_eq!(reborn.attempt, 1);
     let other = going_on(&store, T0 + 2_000).await;
 
-    let refused = store.begin(fresh_key(), "e", T0 + 2_001).await;
+    let refused = store
+        .begin(fresh_key(), Opening::event("e"), T0 + 2_001)
+        .await;
     assert!(
         matches!(refused, Err(StoreError::Full { .. })),
         "{refused:?}"
@@ -152,7 +159,10 @@ async fn a_finished_conversation_called_again_stays_finished_and_evictable() {
     let done = finished(&store, T0).await;
     let live = going_on(&store, T0 + 1).await;
     // A duplicate replays the answer: still finished, still the one to evict.
-    let again = store.begin(done, "e", T0 + 2).await.unwrap();
+    let again = store
+        .begin(done, Opening::event("e"), T0 + 2)
+        .await
+        .unwrap();
     assert!(again.finished.is_some());
     let new = going_on(&store, T0 + 3).await;
     assert!(!held(&store, done).await && held(&store, live).await && held(&store, new).await);
@@ -166,7 +176,10 @@ async fn sweep_forgets_the_queue_items_of_forgotten_conversations() {
     }
     // Duplicates keep this one alive past the others' TTL.
     let kept = finished(&store, T0).await;
-    store.begin(kept, "e", T0 + 900).await.unwrap();
+    store
+        .begin(kept, Opening::event("e"), T0 + 900)
+        .await
+        .unwrap();
     assert_eq!(store.inner.finished.len(), 2_001);
 
     assert_eq!(store.sweep(T0 + 1_600), 2_000);
@@ -203,7 +216,7 @@ async fn concurrent_new_conversations_never_go_past_the_cap() {
             for i in 0..200u64 {
                 let key = fresh_key();
                 let now = T0 + t * 1_000 + i;
-                match store.begin(key, "e", now).await {
+                match store.begin(key, Opening::event("e"), now).await {
                     // Half of them finish, so there is room to make, and races on it.
                     Ok(s) if i % 2 == 0 => {
                         store
@@ -230,4 +243,40 @@ async fn concurrent_new_conversations_never_go_past_the_cap() {
             "a conversation going on was evicted"
         );
     }
+}
+
+/// GATEWAY.md 7: what many conversations have in common is kept once, not per conversation.
+#[tokio::test]
+async fn conversations_of_one_till_share_their_origin_and_their_last_words() {
+    use crate::conversation::{Said, Till};
+    use crate::telemetry::Outcome;
+    let store = MemoryStore::new(DAY);
+    let opening = Opening {
+        event: "addSessionLine",
+        subscription: "shop",
+        till: Till {
+            branch: Some(12),
+            workplace: Some(3),
+        },
+    };
+    let mut seen = Vec::new();
+    // Enough keys that several land in one shard.
+    for i in 0..256 {
+        let key = fresh_key();
+        let s = store.begin(key, opening, T0 + i).await.unwrap();
+        let said = Update::said(Said::new(Outcome::KeepPolling, "ID check", ""));
+        store.commit(key, s.version, said, T0 + i).await.unwrap();
+        seen.push(store.load(key).await.unwrap().unwrap());
+    }
+    let shared = |a: &crate::conversation::Snapshot, b: &crate::conversation::Snapshot| {
+        std::sync::Arc::ptr_eq(&a.origin, &b.origin)
+            && std::sync::Arc::ptr_eq(a.said.as_ref().unwrap(), b.said.as_ref().unwrap())
+    };
+    let sharing = seen
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| seen[..*i].iter().any(|t| shared(s, t)))
+        .count();
+    // 256 conversations over 64 shards: all but one a shard share a copy.
+    assert!(sharing >= 256 - 64, "only {sharing} share");
 }

@@ -8,8 +8,10 @@ use ::redis::{RedisError, Value};
 use bytes::Bytes;
 
 use crate::conversation::{
-    ConversationKey, FinalAnswer, ForwardState, Reply, Snapshot, StoreError, Summary,
+    ConversationKey, FinalAnswer, ForwardState, Origin, Reply, Said, Snapshot, StoreError, Summary,
+    Till,
 };
+use crate::telemetry::Outcome;
 
 pub(super) fn redis_error(e: &RedisError, timeout: Duration) -> StoreError {
     if e.is_timeout() {
@@ -67,6 +69,41 @@ fn number<T: std::str::FromStr>(text: &[u8], field: &str) -> Result<T, StoreErro
         .ok_or_else(|| corrupt(format!("field `{field}` is not a number")))
 }
 
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
+
+/// A till number: `''` when the call had none.
+fn till_number(text: &[u8], field: &str) -> Result<Option<u32>, StoreError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    number(text, field).map(Some)
+}
+
+/// The `dc`, `ms` and `cm` fields; no `dc` (or an empty one) means no decision yet.
+#[derive(Default)]
+struct SaidFields {
+    decision: Vec<u8>,
+    message: Vec<u8>,
+    customer_message: Vec<u8>,
+}
+
+impl SaidFields {
+    fn decode(&self) -> Result<Option<Said>, StoreError> {
+        if self.decision.is_empty() {
+            return Ok(None);
+        }
+        let decision = Outcome::from_label(&text(&self.decision))
+            .ok_or_else(|| corrupt("field `dc` is not a decision"))?;
+        Ok(Some(Said::new(
+            decision,
+            &text(&self.message),
+            &text(&self.customer_message),
+        )))
+    }
+}
+
 /// An array of bulk strings, as HGETALL and the scripts return them.
 pub(super) fn strings(value: Value) -> Result<Vec<Vec<u8>>, StoreError> {
     let Value::Array(items) = value else {
@@ -100,7 +137,11 @@ pub(super) fn snapshot(record: Value) -> Result<Option<Snapshot>, StoreError> {
         state: None,
         finished: None,
         forwards: Vec::new(),
+        origin: Arc::default(),
+        said: None,
     };
+    let mut origin = Origin::default();
+    let mut said = SaidFields::default();
     let mut fields = fields.into_iter();
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
         match name.as_slice() {
@@ -109,14 +150,23 @@ pub(super) fn snapshot(record: Value) -> Result<Option<Snapshot>, StoreError> {
             b"fs" => first_seen_ms = Some(number(&value, "fs")?),
             b"st" => snapshot.state = Some(Bytes::from(value)),
             b"fa" => snapshot.finished = Some(decode_answer(&value)?),
+            b"ev" => origin.event = text(&value).into(),
+            b"sb" => origin.subscription = text(&value).into(),
+            b"tb" => origin.till.branch = till_number(&value, "tb")?,
+            b"tw" => origin.till.workplace = till_number(&value, "tw")?,
+            b"dc" => said.decision = value,
+            b"ms" => said.message = value,
+            b"cm" => said.customer_message = value,
             other => {
                 if let Some(upstream) = other.strip_prefix(b"fw:") {
                     snapshot.forwards.push(decode_forward(upstream, &value)?);
                 }
-                // `ev`, `ls` and fields from newer versions are not part of a snapshot.
+                // `ls` and fields from newer versions are not part of a snapshot.
             }
         }
     }
+    snapshot.origin = Arc::new(origin);
+    snapshot.said = said.decode()?.map(Arc::new);
     let (Some(version), Some(attempt), Some(first_seen_ms)) = (version, attempt, first_seen_ms)
     else {
         return Err(corrupt("conversation lacks `v`, `n` or `fs`"));
@@ -138,19 +188,33 @@ pub(super) fn summary(
     if row.is_empty() {
         return Ok(None);
     }
-    if row.len() < 5 {
+    if row.len() < 11 {
         return Err(corrupt("short summary row"));
     }
     let mut row = row.into_iter();
     let mut next = || row.next().unwrap_or_default();
-    let event = String::from_utf8_lossy(&next()).into_owned();
+    let event = next();
     let first_seen: u64 = number(&next(), "fs")?;
     let last_seen: u64 = number(&next(), "ls")?;
     let attempts: u32 = number(&next(), "n")?;
     let finished = next() == b"1";
-    let mut s = Summary::new(key, &event, now_ms, first_seen, last_seen);
+    let origin = Origin {
+        event: text(&event).into(),
+        subscription: text(&next()).into(),
+        till: Till {
+            branch: till_number(&next(), "tb")?,
+            workplace: till_number(&next(), "tw")?,
+        },
+    };
+    let said = SaidFields {
+        decision: next(),
+        message: next(),
+        customer_message: next(),
+    };
+    let mut s = Summary::new(key, &origin, now_ms, first_seen, last_seen);
     s.attempts = attempts;
     s.finished = finished;
+    s.last = said.decode()?.as_ref().into();
     s.pending_forwards = row
         .map(|name| String::from_utf8_lossy(&name).into_owned())
         .collect();

@@ -14,6 +14,10 @@
 //! | `st`        | the rule's state (JSON bytes); absent while empty                  |
 //! | `fa`        | final answer: `{status}:` then the body, byte for byte             |
 //! | `fw:{name}` | a forward: `p:{lease_until_ms}` while pending, `d:{reply JSON}` done |
+//! | `sb`        | subscription id, from the first call                               |
+//! | `tb` / `tw` | till: `sender.branchNumber` / `sender.workplaceNumber`; `''` if none |
+//! | `dc`        | the last decision (`keep_polling`, `finished`, ...)                |
+//! | `ms` / `cm` | the last decision's `message` / `customerMessage`; `''` if none    |
 //!
 //! Every write sets `PEXPIRE ttl` in the same script, so no key ever lives without a TTL
 //! and Redis itself forgets idle conversations (no sweeper).
@@ -31,7 +35,7 @@
 //! ([`Script`]), loaded at connect so a broken script fails at startup, and re-loaded by
 //! `EVALSHA`'s `NOSCRIPT` fallback after a Redis restart.
 //!
-//! `list` and `count` walk the keys with `SCAN`, bounded (see each); the admin summaries
+//! `list`, `count` and `active` walk the keys with `SCAN`, bounded (see each); the admin summaries
 //! script reads a page of keys at once, which is fine on the single server (or primary)
 //! that [`ConnectionManager`] talks to (Redis Cluster is not supported).
 //!
@@ -54,7 +58,7 @@ use ::redis::{FromRedisValue, RedisResult, Script, ToRedisArgs};
 use super::{ConversationKey, StoreError};
 use crate::config::millis;
 use decode::redis_error;
-use scripts::{BEGIN, CLAIM, COMMIT, COMPLETE, RENEW, SUMMARIES};
+use scripts::{ACTIVE, BEGIN, CLAIM, COMMIT, COMPLETE, RENEW, SUMMARIES};
 
 /// A Redis-backed store; clones share one multiplexed connection.
 #[derive(Clone)]
@@ -78,6 +82,7 @@ struct Scripts {
     renew: Script,
     complete: Script,
     summaries: Script,
+    active: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -118,6 +123,7 @@ impl RedisStore {
                     renew: Script::new(RENEW),
                     complete: Script::new(COMPLETE),
                     summaries: Script::new(SUMMARIES),
+                    active: Script::new(ACTIVE),
                 },
             }),
         };
@@ -139,6 +145,7 @@ impl RedisStore {
             &s.renew,
             &s.complete,
             &s.summaries,
+            &s.active,
         ] {
             let mut conn = self.inner.conn.clone();
             self.bounded(script.load_async(&mut conn)).await?;

@@ -98,12 +98,39 @@ impl RedisStore {
 
     /// `count`: the keys of at most `COUNT_MAX_CALLS` SCAN calls.
     pub(super) async fn count_keys(&self) -> Result<u64, StoreError> {
+        self.count_pages(|names| async move { Ok(names.len() as u64) })
+            .await
+    }
+
+    /// `active`: like `count_keys`, the keys without a final answer.
+    pub(super) async fn count_active(&self) -> Result<u64, StoreError> {
+        self.count_pages(|names| async move {
+            if names.is_empty() {
+                return Ok(0);
+            }
+            let mut invocation = self.inner.scripts.active.prepare_invoke();
+            for name in &names {
+                invocation.key(name.as_slice());
+            }
+            let mut conn = self.inner.conn.clone();
+            self.bounded(invocation.invoke_async::<u64>(&mut conn))
+                .await
+        })
+        .await
+    }
+
+    /// The sum of `counted` over the pages of at most `COUNT_MAX_CALLS` SCAN calls.
+    async fn count_pages<F, Fut>(&self, counted: F) -> Result<u64, StoreError>
+    where
+        F: Fn(Vec<Vec<u8>>) -> Fut,
+        Fut: std::future::Future<Output = Result<u64, StoreError>>,
+    {
         let pattern = self.pattern();
         let mut total = 0u64;
         let mut cursor = 0;
         for _ in 0..COUNT_MAX_CALLS {
             let (next, names) = self.scan(cursor, &pattern).await?;
-            total += names.len() as u64;
+            total += counted(names).await?;
             cursor = next;
             if cursor == 0 {
                 break;

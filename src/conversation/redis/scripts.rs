@@ -1,11 +1,13 @@
 //! The Lua scripts behind [`super::RedisStore`]: each is one atomic read-decide-write on one
 //! conversation hash, and every write refreshes the key's TTL.
 
-/// Counts one call: creates the conversation if missing. ARGV: event, now_ms, ttl_ms.
+/// Counts one call: creates the conversation if missing. ARGV: event, now_ms, ttl_ms,
+/// subscription, till branch, till workplace (`''` when the call had none).
 pub(super) const BEGIN: &str = r"
 local k = KEYS[1]
 if redis.call('EXISTS', k) == 0 then
-  redis.call('HSET', k, 'ev', ARGV[1], 'fs', ARGV[2], 'ls', ARGV[2], 'v', '0', 'n', '1')
+  redis.call('HSET', k, 'ev', ARGV[1], 'fs', ARGV[2], 'ls', ARGV[2], 'v', '0', 'n', '1',
+    'sb', ARGV[4], 'tb', ARGV[5], 'tw', ARGV[6])
 else
   redis.call('HINCRBY', k, 'n', 1)
   redis.call('HSET', k, 'ls', ARGV[2])
@@ -15,7 +17,8 @@ return redis.call('HGETALL', k)
 ";
 
 /// Compare-and-set on `v`. ARGV: version, now_ms, ttl_ms, state op (`k` keep, `c` clear,
-/// `s` set), state, final answer op (`k` keep, `s` set), final answer.
+/// `s` set), state, final answer op (`k` keep, `s` set), final answer, last decision op
+/// (`k` keep, `s` set), decision, message, customer message.
 /// Returns false if missing, 1 if saved, the whole record on a conflict.
 pub(super) const COMMIT: &str = r"
 local k = KEYS[1]
@@ -30,6 +33,7 @@ elseif ARGV[4] == 'c' then
   redis.call('HDEL', k, 'st')
 end
 if ARGV[6] == 's' then redis.call('HSET', k, 'fa', ARGV[7]) end
+if ARGV[8] == 's' then redis.call('HSET', k, 'dc', ARGV[9], 'ms', ARGV[10], 'cm', ARGV[11]) end
 redis.call('PEXPIRE', k, ARGV[3])
 return 1
 ";
@@ -73,30 +77,40 @@ return 1
 ";
 
 /// One row per key for the admin list, without state or bodies leaving the server:
-/// `{ev, fs, ls, n, finished 0|1, pending forward names...}`, or `{}` if the key is gone.
+/// `{ev, fs, ls, n, finished 0|1, sb, tb, tw, dc, ms, cm, pending forward names...}`, or
+/// `{}` if the key is gone.
 pub(super) const SUMMARIES: &str = r"
 local out = {}
 for i, k in ipairs(KEYS) do
   local row = {}
   if redis.call('TYPE', k).ok == 'hash' then
     local h = redis.call('HGETALL', k)
-    local ev, fs, ls, n, fin = '', '0', '0', '0', '0'
+    local r = {ev = '', fs = '0', ls = '0', n = '0', sb = '', tb = '', tw = '', dc = '', ms = '', cm = ''}
+    local fin = '0'
     local pending = {}
     for j = 1, #h, 2 do
       local f, v = h[j], h[j + 1]
-      if f == 'ev' then ev = v
-      elseif f == 'fs' then fs = v
-      elseif f == 'ls' then ls = v
-      elseif f == 'n' then n = v
+      if r[f] then r[f] = v
       elseif f == 'fa' then fin = '1'
       elseif string.sub(f, 1, 3) == 'fw:' and string.sub(v, 1, 2) == 'p:' then
         pending[#pending + 1] = string.sub(f, 4)
       end
     end
-    row = {ev, fs, ls, n, fin}
+    row = {r.ev, r.fs, r.ls, r.n, fin, r.sb, r.tb, r.tw, r.dc, r.ms, r.cm}
     for _, p in ipairs(pending) do row[#row + 1] = p end
   end
   out[i] = row
 end
 return out
+";
+
+/// How many of KEYS are conversations that have not finished (no `fa`).
+pub(super) const ACTIVE: &str = r"
+local n = 0
+for _, k in ipairs(KEYS) do
+  if redis.call('TYPE', k).ok == 'hash' and redis.call('HEXISTS', k, 'fa') == 0 then
+    n = n + 1
+  end
+end
+return n
 ";

@@ -7,17 +7,26 @@ use bytes::Bytes;
 use super::decode::{corrupt, encode_answer, snapshot};
 use super::RedisStore;
 use crate::conversation::{
-    Commit, ConversationKey, ConversationStore, Reply, Snapshot, StoreError, Summary, Update,
+    Commit, ConversationKey, ConversationStore, Opening, Reply, Snapshot, StoreError, Summary,
+    Update,
 };
 
 impl ConversationStore for RedisStore {
     async fn begin(
         &self,
         key: ConversationKey,
-        event: &str,
+        opening: Opening<'_>,
         now_ms: u64,
     ) -> Result<Snapshot, StoreError> {
-        let args = (event, now_ms, self.inner.ttl_ms);
+        let number = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_default();
+        let args = (
+            opening.event,
+            now_ms,
+            self.inner.ttl_ms,
+            opening.subscription,
+            number(opening.till.branch),
+            number(opening.till.workplace),
+        );
         let record = self.invoke(&self.inner.scripts.begin, key, args).await?;
         snapshot(record)?.ok_or_else(|| corrupt("begin returned nothing"))
     }
@@ -46,6 +55,15 @@ impl ConversationStore for RedisStore {
             None => ("k", Vec::new()),
             Some(answer) => ("s", encode_answer(answer)),
         };
+        let (said_op, decision, message, customer_message) = match &update.said {
+            None => ("k", "", "", ""),
+            Some(said) => (
+                "s",
+                said.decision.label(),
+                &*said.message,
+                &*said.customer_message,
+            ),
+        };
         let ttl_ms = self.inner.ttl_ms;
         let args = (
             version,
@@ -55,6 +73,10 @@ impl ConversationStore for RedisStore {
             &state[..],
             final_op,
             answer,
+            said_op,
+            decision,
+            message,
+            customer_message,
         );
         match self.invoke(&self.inner.scripts.commit, key, args).await? {
             Value::Int(1) => Ok(Commit::Saved),
@@ -123,6 +145,11 @@ impl ConversationStore for RedisStore {
     /// a key SCAN returns twice during a table resize is counted twice.
     async fn count(&self) -> Result<u64, StoreError> {
         self.count_keys().await
+    }
+
+    /// Bounded like `count`; each SCAN page is checked by one script (no `fa` field).
+    async fn active(&self, _now_ms: u64) -> Result<u64, StoreError> {
+        self.count_active().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,7 +1,7 @@
 //! The bounded outcome labels: how a call ended and how a forward ended.
 
 /// How a call ended, as counted in `pollgate_requests_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// A polling conversation finished (this call's answer says `finished: true`).
     Finished,
@@ -97,6 +97,11 @@ impl Outcome {
             outcomes.push(Self::Rejected);
         }
         outcomes
+    }
+
+    /// The outcome whose [`Self::label`] is `label`.
+    pub fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.label() == label)
     }
 
     pub fn label(self) -> &'static str {
