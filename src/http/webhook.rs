@@ -175,6 +175,40 @@ fn event_name<'a>(path: &'a str, base_path: &str) -> Option<&'a str> {
 mod tests {
     use super::event_name;
 
+    /// The future of one webhook call is moved several times a call (the layer's box,
+    /// hyper's dispatcher), so its size is a cost every call pays: the pipeline's stages
+    /// that most calls never reach are boxed, and the pipeline once (measured in a release
+    /// build, the layer's inner future: 15.9 KB before, 1.5 KB after). In this test's debug
+    /// build the handler's future is 1.5 KB, 2.8 KB with the pipeline inline.
+    #[test]
+    fn a_webhook_calls_future_stays_small() {
+        use std::sync::Arc;
+
+        use crate::config::Config;
+        use crate::conversation::{Clock, MemoryStore, Store};
+        use crate::telemetry::Metrics;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("rule.rhai"), "finish(\"ok\", \"\")").expect("rule");
+        let path = dir.path().join("pollgate.yaml");
+        let yaml = "server: {listen: '127.0.0.1:0'}\nadmin: {listen: '127.0.0.1:0'}\n\
+                    subscriptions:\n  s: {secret: 'c2VjcmV0'}\n\
+                    events:\n  addSessionLine: {rule: rule.rhai, polling: {timeout: 1h}}\n";
+        std::fs::write(&path, yaml).expect("config");
+        let config = Config::load(&path, &|_| None).expect("config loads");
+        let ttl = config.state.ttl;
+        let metrics = Arc::new(Metrics::new());
+        let runtime = crate::runtime::Runtime::build(config, &metrics, 1).expect("runtime");
+        let store = Store::Memory(MemoryStore::new(ttl));
+        let gateway = crate::gateway::Gateway::new(runtime, store, Clock::system(), metrics);
+        let request = http::Request::post("/webhooks/addSessionLine")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let call = super::handle(gateway, super::BodyBudget::default(), request);
+        let size = std::mem::size_of_val(&call);
+        assert!(size <= 2048, "a webhook call's future is {size} bytes");
+    }
+
     #[test]
     fn event_name_is_the_one_segment_after_the_base_path() {
         assert_eq!(
