@@ -23,9 +23,12 @@ use pollgate::App;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+mod pki;
 mod redis;
 mod upstream;
 // Not every test binary uses the mock upstream or a private Redis.
+#[allow(unused_imports)]
+pub use pki::*;
 #[allow(unused_imports)]
 pub use redis::*;
 #[allow(unused_imports)]
