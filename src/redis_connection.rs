@@ -70,6 +70,54 @@ enum Link {
     },
 }
 
+impl Link {
+    fn single(
+        server: &RedisServer,
+        certificates: TlsCertificates,
+        timeout: Duration,
+    ) -> RedisResult<Self> {
+        let url = server.urls.first().map_or("", String::as_str);
+        let client = match &server.ca {
+            Some(_) => redis::Client::build_with_tls(url, certificates)?,
+            None => redis::Client::open(url)?,
+        };
+        // One quick retry absorbs a blip; beyond that a command fails and the next one
+        // triggers a fresh reconnect, rather than queueing calls behind a long backoff.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Link::Single {
+            manager: ArcSwap::from_pointee(manager),
+            client,
+            config,
+        })
+    }
+
+    fn cluster(
+        server: &RedisServer,
+        certificates: TlsCertificates,
+        timeout: Duration,
+    ) -> RedisResult<Self> {
+        let mut builder = ClusterClientBuilder::new(server.urls.iter().map(String::as_str))
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            // A redirect or a reconnect within a call; beyond that the call fails and the
+            // next one tries afresh.
+            .retries(2);
+        if server.ca.is_some() {
+            builder = builder.certs(certificates);
+        }
+        Ok(Link::Cluster {
+            connection: ArcSwapOption::empty(),
+            client: builder.build()?,
+        })
+    }
+}
+
 impl RedisConnection {
     /// A connection to `server` for `purpose`, every command bounded by `timeout`; returns
     /// at once, with a task reaching Redis in the background (so inside a Tokio runtime).
@@ -78,52 +126,19 @@ impl RedisConnection {
         purpose: &'static str,
         timeout: Duration,
     ) -> Result<Self, ConnectError> {
-        let shown = server.shown();
-        let failed = |e: RedisError| ConnectError(e.to_string());
         let certificates = TlsCertificates {
             client_tls: None,
             root_cert: server.ca.as_ref().map(|ca| ca.pem.clone()),
         };
         let link = if server.cluster {
-            let mut builder = ClusterClientBuilder::new(server.urls.iter().map(String::as_str))
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
-                // One redirect or reconnect within a call; beyond that the call fails and
-                // the next one tries afresh, rather than queueing calls behind a backoff.
-                .retries(2);
-            if server.ca.is_some() {
-                builder = builder.certs(certificates);
-            }
-            Link::Cluster {
-                connection: ArcSwapOption::empty(),
-                client: builder.build().map_err(failed)?,
-            }
+            Link::cluster(server, certificates, timeout)
         } else {
-            let url = server.urls.first().map_or("", String::as_str);
-            let client = match &server.ca {
-                Some(_) => redis::Client::build_with_tls(url, certificates),
-                None => redis::Client::open(url),
-            }
-            .map_err(failed)?;
-            // One quick retry absorbs a blip; beyond that a command fails and the next one
-            // triggers a fresh reconnect.
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(1)
-                .set_min_delay(Duration::from_millis(50))
-                .set_max_delay(Duration::from_millis(500));
-            let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                .map_err(failed)?;
-            Link::Single {
-                manager: ArcSwap::from_pointee(manager),
-                client,
-                config,
-            }
-        };
+            Link::single(server, certificates, timeout)
+        }
+        .map_err(|e| ConnectError(e.to_string()))?;
         let connection = Self {
             inner: Arc::new(Shared {
-                shown,
+                shown: server.shown(),
                 purpose,
                 timeout,
                 link,

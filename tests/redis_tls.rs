@@ -1,6 +1,6 @@
 //! `rediss://` (GATEWAY.md 11): pollgate reaches a TLS-only redis-server whose certificate a
-//! private CA signed, trusting that CA through `state.ca`, with an ACL user and password in
-//! the URL that never reach the log; a CA that did not sign Redis's certificate is refused,
+//! private CA signed, trusting that CA through `state.ca`, as an ACL user whose password is in
+//! the URL and never reaches the log; a CA that did not sign Redis's certificate is refused,
 //! and `/readyz` says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +14,7 @@ const PASSWORD: &str = "tls-redis-pw-3141";
 fn config(port: u16) -> String {
     format!(
         "events:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {{}}\n\
-         state:\n  store: redis\n  url: rediss://default:{PASSWORD}@127.0.0.1:{port}/0\n  ca: ca.pem\n  prefix: tls\n  timeout: 2s\n"
+         state:\n  store: redis\n  url: rediss://pollgate:{PASSWORD}@127.0.0.1:{port}/0\n  ca: ca.pem\n  prefix: tls\n  timeout: 2s\n"
     )
 }
 
@@ -33,8 +33,13 @@ async fn rediss_with_a_private_ca_carries_conversations_and_an_unknown_ca_is_ref
         &pki.path("ca.pem"),
     )
     .await;
-    redis.require_password(PASSWORD);
     redis.start().await;
+    // An ACL user of its own for pollgate, with a password.
+    let acl = format!(">{PASSWORD}");
+    let made = redis.cli(&[
+        "ACL", "SETUSER", "pollgate", "on", &acl, "~*", "&*", "+@all",
+    ]);
+    assert_eq!(made.as_deref(), Some("OK"));
 
     let ca = pki.read("ca.pem");
     let files = [("rule.rhai", RULE), ("ca.pem", ca.as_str())];
@@ -77,7 +82,7 @@ async fn rediss_with_a_private_ca_carries_conversations_and_an_unknown_ca_is_ref
     assert_eq!(
         why["reason"],
         format!(
-            "outbox unavailable: Redis at rediss://default:***@127.0.0.1:{}/0: invalid peer certificate: BadSignature",
+            "outbox unavailable: Redis at rediss://pollgate:***@127.0.0.1:{}/0: invalid peer certificate: BadSignature",
             redis.port
         )
     );
