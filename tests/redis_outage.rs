@@ -190,3 +190,47 @@ async fn durable_deliveries_wait_for_redis_and_survive_its_restart() {
     assert_eq!(keys.len(), 3);
     assert!(!p.log().contains(PASSWORD));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_password_is_reported_and_pollgate_gets_in_once_redis_accepts_it() {
+    if !redis_installed() {
+        skip_outside_ci("redis-server is not installed");
+        return;
+    }
+    // Redis wants another password than the one pollgate has.
+    let mut redis = PrivateRedis::planned(false).await;
+    redis.require_password("not-the-configured-one");
+    redis.start().await;
+    let config = format!(
+        "events:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {{}}\n{}",
+        state(&redis)
+    );
+    let rule = "keep_polling(`attempt ${poll.attempt}`)";
+    let p = Process::start_in(
+        tempfile::tempdir().unwrap(),
+        &config,
+        &[("rule.rhai", rule)],
+        true,
+    )
+    .await;
+    let (status, why) = readyz(&p).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        why["reason"],
+        format!(
+            "outbox unavailable: Redis at {}: Password authentication failed - AuthenticationFailed",
+            shown(&redis)
+        )
+    );
+    let down = p.till().call_json("addSessionLine", &body(2, 1)).await;
+    assert_eq!(down.message().as_deref(), Some(STORE_DOWN_MESSAGE));
+
+    // The operator fixes Redis's side (this private server's password): pollgate gets in
+    // by itself, without a restart.
+    let set = redis.cli(&["CONFIG", "SET", "requirepass", PASSWORD]);
+    assert_eq!(set.as_deref(), Some("OK"));
+    p.wait_ready().await;
+    let first = until_answered(&p.till(), "addSessionLine", &body(2, 2)).await;
+    assert_eq!(first.message().as_deref(), Some("attempt 1"));
+    assert!(!p.log().contains(PASSWORD), "{}", p.log());
+}
