@@ -51,6 +51,10 @@ stop)
   for p in $ports; do
     [ -f "$dir/$p/redis.pid" ] && kill "$(cat "$dir/$p/redis.pid")" 2>/dev/null || true
   done
+  # Each node writes its append-only file out before it exits: wait for that.
+  for p in $ports; do
+    for _ in $(seq 50); do answers "$p" || break; sleep 0.1; done
+  done
   rm -rf "$dir"
   ;;
 *)
