@@ -19,6 +19,7 @@ use crate::http::layers::CallLayer;
 use crate::http::overload::BodyBudget;
 use crate::http::{self as server, webhook};
 use crate::outbox::{EmbeddedOutbox, OutboxError, Queue, RedisOutbox};
+use crate::redis_connection::RedisConnection;
 use crate::reload::{Env, Reloader};
 use crate::runtime::Runtime;
 use crate::shutdown::{self, Shutdown};
@@ -63,17 +64,19 @@ impl App {
                 Store::Memory(MemoryStore::bounded(config.state.ttl, *max_conversations))
             }
             StoreConfig::Redis {
-                url,
+                server,
                 prefix,
                 timeout,
-            } => Store::Redis(
-                RedisStore::connect(url, prefix, config.state.ttl, *timeout)
-                    .await
-                    .map_err(|source| AppError::Store {
-                        url: crate::config::without_password(url),
-                        source,
-                    })?,
-            ),
+            } => {
+                // No wait for Redis here: pollgate serves (and says why it is not ready)
+                // while Redis is away (GATEWAY.md 11).
+                let conn = RedisConnection::open(server, "the conversation store", *timeout)
+                    .map_err(|e| AppError::Store {
+                        url: server.shown(),
+                        source: StoreError::Unavailable(e.to_string()),
+                    })?;
+                Store::Redis(RedisStore::new(conn, prefix, config.state.ttl))
+            }
         };
         for sub in config.subscriptions.values().filter(|s| s.is_demo) {
             tracing::warn!(
@@ -239,17 +242,16 @@ async fn open_outbox(config: &Config) -> Result<Option<Queue>, AppError> {
     match (&config.state.store, &config.outbox) {
         (
             StoreConfig::Redis {
-                url,
+                server,
                 prefix,
                 timeout,
             },
             _,
-        ) => RedisOutbox::connect(url, prefix, *timeout)
-            .await
-            .map(|q| Some(Queue::Redis(q)))
-            .map_err(|source| AppError::Outbox {
+        ) => RedisConnection::open(server, "the outbox", *timeout)
+            .map(|conn| Some(Queue::Redis(RedisOutbox::new(conn, prefix))))
+            .map_err(|e| AppError::Outbox {
                 key: "state.url",
-                source,
+                source: OutboxError::Unavailable(e.to_string()),
             }),
         (StoreConfig::Memory { .. }, Some(path)) => {
             let path = path.clone();

@@ -14,6 +14,8 @@
 //! - [`rules`]: the Rhai engine, the rule API, limits and evaluation.
 //! - [`upstream`]: the HTTP client to back ends and the background forwards.
 //! - [`outbox`]: durable delivery: the queue (embedded redb or Redis) and its workers.
+//! - `redis_connection`: the one Redis connection type of the Redis store and outbox
+//!   (one Redis, TLS or a cluster), made without waiting for Redis and kept reaching it.
 //! - [`runtime`]: one compiled configuration generation (swapped whole on reload).
 //! - [`config`]: the YAML config file, validated before any port is bound.
 //! - [`tls`]: `server.tls`, the webhook listener's PEM certificate and key for rustls.

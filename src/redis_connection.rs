@@ -1,44 +1,304 @@
-//! How pollgate opens a Redis connection, for the conversation store and the outbox alike.
+//! How pollgate talks to Redis (GATEWAY.md 11), for the conversation store, the outbox and
+//! the push mailboxes alike: one [`RedisConnection`] type, made from `state:`.
+//!
+//! [`RedisConnection::open`] needs no Redis: it builds the client from URLs and certificates
+//! already checked with the config, and [`watch`] reaches Redis in the background, again and
+//! again with a growing pause while it is away. So pollgate starts while Redis is down
+//! (`/readyz` says why it is not ready, tills get the store-failure answer), and carries on
+//! as soon as Redis is back, with no restart. Every failure is told once, naming the URL
+//! (its password shown as `***`, the user name kept: it says which ACL user was refused).
+//!
+//! One Redis (`redis://`, `rediss://`) is reached through a [`ConnectionManager`], which
+//! reconnects after a broken connection; a Redis Cluster through the redis crate's cluster
+//! client, which follows MOVED and ASK redirects and learns the new primary after a
+//! failover. Both are multiplexed: clones share the connection, and the commands of many
+//! calls travel together.
 
-use std::fmt;
+mod nodes;
+mod watch;
+
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
+};
 
-/// Why no connection was made.
-#[derive(Debug)]
-pub(crate) enum ConnectError {
-    BadUrl(String),
-    Connecting(String),
-    TimedOut(Duration),
+use crate::config::RedisServer;
+pub(crate) use nodes::Node;
+
+/// Why no client could be made of the config (URLs and certificates are checked when it is
+/// loaded, so this is rare).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ConnectError(String);
+
+/// A connection to the configured Redis or Redis Cluster; clones share it.
+#[derive(Clone)]
+pub(crate) struct RedisConnection {
+    inner: Arc<Shared>,
 }
 
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BadUrl(e) => write!(f, "bad Redis URL: {e}"),
-            Self::Connecting(e) => write!(f, "connecting: {e}"),
-            Self::TimedOut(timeout) => write!(f, "no connection within {timeout:?}"),
+struct Shared {
+    /// The URLs, passwords hidden, for every message.
+    shown: String,
+    /// What this connection is for (`the conversation store`), for the log.
+    purpose: &'static str,
+    timeout: Duration,
+    link: Link,
+    /// Why Redis did not answer last time [`watch`] looked; `None` while it answers. A std
+    /// mutex: held only to read or replace the text, never across an `.await`.
+    trouble: Mutex<Option<String>>,
+}
+
+enum Link {
+    /// Replaced by [`watch`] when the manager is stuck on a failure it does not retry
+    /// (a refused AUTH), so fixing Redis's side is enough.
+    Single {
+        manager: ArcSwap<ConnectionManager>,
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    },
+    /// Empty until the cluster first answers; [`watch`] fills it.
+    Cluster {
+        connection: ArcSwapOption<ClusterConnection>,
+        client: ClusterClient,
+    },
+}
+
+impl Link {
+    fn single(
+        server: &RedisServer,
+        certificates: TlsCertificates,
+        timeout: Duration,
+    ) -> RedisResult<Self> {
+        let url = server.urls.first().map_or("", String::as_str);
+        let client = match &server.ca {
+            Some(_) => redis::Client::build_with_tls(url, certificates)?,
+            None => redis::Client::open(url)?,
+        };
+        // One quick retry absorbs a blip; beyond that a command fails and the next one
+        // triggers a fresh reconnect, rather than queueing calls behind a long backoff.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Link::Single {
+            manager: ArcSwap::from_pointee(manager),
+            client,
+            config,
+        })
+    }
+
+    fn cluster(
+        server: &RedisServer,
+        certificates: TlsCertificates,
+        timeout: Duration,
+    ) -> RedisResult<Self> {
+        let mut builder = ClusterClientBuilder::new(server.urls.iter().map(String::as_str))
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            // A redirect or a reconnect within a call; beyond that the call fails and the
+            // next one tries afresh.
+            .retries(2);
+        if server.ca.is_some() {
+            builder = builder.certs(certificates);
+        }
+        Ok(Link::Cluster {
+            connection: ArcSwapOption::empty(),
+            client: builder.build()?,
+        })
+    }
+}
+
+impl RedisConnection {
+    /// A connection to `server` for `purpose`, every command bounded by `timeout`; returns
+    /// at once, with a task reaching Redis in the background (so inside a Tokio runtime).
+    pub(crate) fn open(
+        server: &RedisServer,
+        purpose: &'static str,
+        timeout: Duration,
+    ) -> Result<Self, ConnectError> {
+        let certificates = TlsCertificates {
+            client_tls: None,
+            root_cert: server.ca.as_ref().map(|ca| ca.pem.clone()),
+        };
+        let link = if server.cluster {
+            Link::cluster(server, certificates, timeout)
+        } else {
+            Link::single(server, certificates, timeout)
+        }
+        .map_err(|e| ConnectError(e.to_string()))?;
+        let connection = Self {
+            inner: Arc::new(Shared {
+                shown: server.shown(),
+                purpose,
+                timeout,
+                link,
+                trouble: Mutex::new(Some("not connected yet".into())),
+            }),
+        };
+        tokio::spawn(watch::watch(Arc::downgrade(&connection.inner)));
+        Ok(connection)
+    }
+
+    /// `e` as one sentence for a message or `/readyz`: what failed, where.
+    pub(crate) fn explain(&self, e: &RedisError) -> String {
+        format!("Redis at {}: {e}", self.inner.shown)
+    }
+
+    /// Whether this is a Redis Cluster's connection.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.inner.link, Link::Cluster { .. })
+    }
+
+    /// The bound on each command.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// The cluster's connection (`None` for a single Redis), or why there is none yet.
+    fn cluster(&self) -> RedisResult<Option<ClusterConnection>> {
+        match &self.inner.link {
+            Link::Single { .. } => Ok(None),
+            Link::Cluster { connection, .. } => match connection.load().as_deref() {
+                Some(connection) => Ok(Some(connection.clone())),
+                None => Err(self.not_connected()),
+            },
+        }
+    }
+
+    /// The error of a command sent before the cluster ever answered: the last reason.
+    fn not_connected(&self) -> RedisError {
+        let why = self
+            .inner
+            .trouble
+            .lock()
+            .map(|t| t.clone().unwrap_or_default())
+            .unwrap_or_default();
+        RedisError::from((ErrorKind::Io, "no connection yet", why))
+    }
+}
+
+/// Each command goes to the connection of the moment: the manager [`watch`] may have
+/// replaced, or the cluster's once it answered.
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match &self.inner.link {
+            Link::Single { manager, .. } => {
+                let mut manager = ConnectionManager::clone(&manager.load());
+                Box::pin(async move { manager.req_packed_command(cmd).await })
+            }
+            Link::Cluster { .. } => match self.cluster() {
+                Ok(connection) => Box::pin(async move {
+                    let mut connection = connection.ok_or_else(|| self.not_connected())?;
+                    connection.req_packed_command(cmd).await
+                }),
+                Err(e) => Box::pin(std::future::ready(Err(e))),
+            },
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match &self.inner.link {
+            Link::Single { manager, .. } => {
+                let mut manager = ConnectionManager::clone(&manager.load());
+                Box::pin(async move { manager.req_packed_commands(pipeline, offset, count).await })
+            }
+            Link::Cluster { .. } => match self.cluster() {
+                Ok(connection) => Box::pin(async move {
+                    let mut connection = connection.ok_or_else(|| self.not_connected())?;
+                    connection
+                        .req_packed_commands(pipeline, offset, count)
+                        .await
+                }),
+                Err(e) => Box::pin(std::future::ready(Err(e))),
+            },
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.inner.link {
+            Link::Single { manager, .. } => manager.load().get_db(),
+            Link::Cluster { .. } => 0,
         }
     }
 }
 
-/// A connection manager for `url`, made within `timeout`; every command it sends is bounded
-/// by `timeout` too. One quick retry absorbs a blip; beyond that a command fails and the next
-/// one triggers a fresh reconnect, rather than queueing calls behind a long backoff.
-pub(crate) async fn connect(
-    url: &str,
-    timeout: Duration,
-) -> Result<ConnectionManager, ConnectError> {
-    let client = redis::Client::open(url).map_err(|e| ConnectError::BadUrl(e.to_string()))?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500));
-    tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-        .await
-        .map_err(|_| ConnectError::TimedOut(timeout))?
-        .map_err(|e| ConnectError::Connecting(e.to_string()))
+/// The Redis the unit tests use: `POLLGATE_TEST_REDIS` (else the local one), and the
+/// cluster `.ci/run` starts, named by `POLLGATE_TEST_CLUSTER` (`host:port,...`).
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::time::Duration;
+
+    use super::RedisConnection;
+    use crate::config::RedisServer;
+
+    pub(crate) fn single() -> RedisServer {
+        let url = std::env::var("POLLGATE_TEST_REDIS")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        RedisServer {
+            urls: vec![url],
+            cluster: false,
+            ca: None,
+        }
+    }
+
+    pub(crate) fn cluster() -> Option<RedisServer> {
+        let nodes = std::env::var("POLLGATE_TEST_CLUSTER").ok()?;
+        Some(RedisServer {
+            urls: nodes.split(',').map(|n| format!("redis://{n}")).collect(),
+            cluster: true,
+            ca: None,
+        })
+    }
+
+    /// A connection to `server` once it answered a PING (within a few seconds), or why not.
+    pub(crate) async fn answering(server: &RedisServer) -> Result<RedisConnection, String> {
+        let conn = RedisConnection::open(server, "the tests", Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut c = conn.clone();
+            match redis::cmd("PING").query_async::<()>(&mut c).await {
+                Ok(()) => return Ok(conn),
+                Err(e) if tokio::time::Instant::now() > deadline => return Err(conn.explain(&e)),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// [`answering`] for the tests' Redis, or `None` after saying the test is skipped (a
+    /// failure under CI, which provides one).
+    pub(crate) async fn or_skip(
+        server: Option<RedisServer>,
+        what: &str,
+    ) -> Option<RedisConnection> {
+        let why = match server {
+            None => format!("{what}: not configured (POLLGATE_TEST_CLUSTER)"),
+            Some(server) => match answering(&server).await {
+                Ok(conn) => return Some(conn),
+                Err(e) => format!("{what}: {e}"),
+            },
+        };
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but there is no {why} (.ci/run provides it)"
+        );
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "skipped: no {why}");
+        None
+    }
 }

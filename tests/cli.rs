@@ -385,23 +385,39 @@ fn check_types_values_after_substituting_variables() {
 }
 
 #[test]
-fn serve_reports_an_unreachable_redis_once_naming_its_url_without_the_password() {
-    let dir = folder(&[(
-        "pollgate.yaml",
-        &config_text(
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-            "state:\n  store: redis\n  url: redis://pollgate:s3cret@127.0.0.1:1/0\n",
+fn check_names_state_ca_when_the_ca_file_is_missing_or_not_pem() {
+    let dir = folder(&[("not-a-ca.pem", "hello\n")]);
+    for (ca, why) in [
+        (
+            "missing.pem",
+            format!(
+                "cannot read {}: No such file or directory (os error 2)",
+                dir.path().join("missing.pem").display()
+            ),
         ),
-    )]);
-    let config = dir.path().join("pollgate.yaml");
-    let r = run(pollgate(&["serve", "--config", config.to_str().unwrap()]));
-    assert_eq!(r.code(), Some(1), "{r:?}");
-    assert_eq!(
-        r.stderr,
-        "pollgate: cannot use the conversation store at redis://pollgate:***@127.0.0.1:1/0 (state.url): conversation store unavailable: connecting: Connection refused (os error 111)\n",
-        "{r:?}"
-    );
+        (
+            "not-a-ca.pem",
+            format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                dir.path().join("not-a-ca.pem").display()
+            ),
+        ),
+    ] {
+        let text = config_text(
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &format!("state:\n  store: redis\n  url: rediss://pollgate:s3cret@127.0.0.1:1/0\n  ca: {ca}\n"),
+        );
+        let config = dir.path().join("pollgate.yaml");
+        std::fs::write(&config, text).unwrap();
+        let r = run(pollgate(&["check", "--config", config.to_str().unwrap()]));
+        assert_eq!(r.code(), Some(1), "{r:?}");
+        assert_eq!(
+            r.stderr,
+            format!("{}: state.ca: {why}\n", config.display()),
+            "{r:?}"
+        );
+    }
 }
 
 #[test]

@@ -704,10 +704,11 @@ fn compose_runs_pollgate_with_redis_and_the_demo_back_end() {
     let loaded = load(&config, &env);
 
     // Conversations in the redis service; approvals from the demo back end.
-    let Store::Redis { url, .. } = &loaded.state.store else {
+    let Store::Redis { server, .. } = &loaded.state.store else {
         panic!("the compose config keeps conversations in memory, not in {redis_name}")
     };
-    let url = reqwest::Url::parse(url).unwrap();
+    assert_eq!(server.urls.len(), 1, "{server:?}");
+    let url = reqwest::Url::parse(&server.urls[0]).unwrap();
     assert_eq!(url.host_str(), Some(redis_name), "state.url {url}");
     let approvals = &loaded.upstreams["approvals"].url;
     assert_eq!(

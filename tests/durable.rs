@@ -519,75 +519,17 @@ async fn deliveries_go_through_redis_when_conversations_do() {
     assert_eq!(ready.0, 200, "{ready:?}");
 }
 
-/// A Redis of this test's own (killed when dropped), for failures the shared one must not
-/// see.
-struct PrivateRedis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl PrivateRedis {
-    async fn start() -> Option<Self> {
-        let port = common::closed_port().await.port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let redis = Self { child, port };
-        let url = redis.url("default", "");
-        eventually("the private Redis", || {
-            let url = url.clone();
-            async move {
-                redis::Client::open(url.as_str())
-                    .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-                    .ok()
-                    .map(|_| ())
-            }
-        })
-        .await;
-        Some(redis)
-    }
-
-    fn url(&self, user: &str, password: &str) -> String {
-        format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
-    }
-
-    fn command(&self, args: &[&str]) {
-        let client = redis::Client::open(self.url("default", "").as_str()).unwrap();
-        let mut conn = client.get_connection().unwrap();
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        let _: redis::Value = cmd.query(&mut conn).unwrap();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbox_that_cannot_accept_is_a_signed_store_failure_counted_and_shown_in_readyz() {
-    let Some(redis) = PrivateRedis::start().await else {
+    // A Redis of this test's own, for failures the shared one must not see.
+    if !common::redis_installed() {
         common::skip_outside_ci("no redis-server to start a private Redis");
         return;
-    };
+    }
+    let mut redis = common::PrivateRedis::planned(false).await;
+    redis.start().await;
     // This user may touch conversations but not the outbox: every enqueue is refused.
-    redis.command(&[
+    let made = redis.cli(&[
         "ACL",
         "SETUSER",
         "pg",
@@ -596,12 +538,13 @@ async fn an_outbox_that_cannot_accept_is_a_signed_store_failure_counted_and_show
         "~pollgate:conv:*",
         "+@all",
     ]);
+    assert_eq!(made.as_deref(), Some("OK"));
     let erp = MockUpstream::start(|_| MockReply::json(200, json!({}))).await;
     let text = format!(
-        "state:\n  store: redis\n  url: {}\n\
+        "state:\n  store: redis\n  url: redis://pg:pw@127.0.0.1:{}\n\
          upstreams:\n  erp:\n    url: {}\n\
          events:\n  completeSession:\n    forward: erp\n    delivery: durable\n    polling: {{}}\n",
-        redis.url("pg", "pw"),
+        redis.port,
         erp.url()
     );
     let gw = Gateway::start(&text, &[]).await;
@@ -621,7 +564,10 @@ async fn an_outbox_that_cannot_accept_is_a_signed_store_failure_counted_and_show
         (&ready["status"], &ready["outbox"]),
         (&json!("not ready"), &json!("redis"))
     );
-    assert_eq!(ready["reason"], "outbox unavailable: NoPerm: this user has no permissions to access one of the keys used as arguments");
+    assert_eq!(
+        ready["reason"],
+        format!("outbox unavailable: Redis at redis://pg:***@127.0.0.1:{}: NoPerm: this user has no permissions to access one of the keys used as arguments", redis.port)
+    );
     let m = gw.metrics().await;
     assert_eq!(
         common::metric_value(&m, "pollgate_outbox_errors_total"),
@@ -635,7 +581,8 @@ async fn an_outbox_that_cannot_accept_is_a_signed_store_failure_counted_and_show
         1.0
     );
     // Fixed: the till's retry is queued and delivered, and readiness comes back.
-    redis.command(&["ACL", "SETUSER", "pg", "allkeys"]);
+    let fixed = redis.cli(&["ACL", "SETUSER", "pg", "allkeys"]);
+    assert_eq!(fixed.as_deref(), Some("OK"));
     let answer = gw
         .till()
         .call_json("completeSession", &complete(60, true))

@@ -1260,50 +1260,14 @@ async fn demo_backend_refuses_a_forward_signed_with_another_secret() {
 // Several gateways sharing one Redis
 // ---------------------------------------------------------------------------------------
 
-/// A throwaway `redis-server` on 127.0.0.1, killed when dropped.
-struct RedisServer {
-    child: std::process::Child,
-    url: String,
-}
-
-impl RedisServer {
-    async fn start() -> Option<Self> {
-        let port = closed_port().await.port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let server = Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        eventually("redis-server to listen", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
-        Some(server)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_sharing_redis_send_one_forward() {
-    let Some(redis) = RedisServer::start().await else {
+    if !redis_installed() {
         skip_outside_ci("redis-server not found for the shared-store forward test");
         return;
-    };
+    }
+    let mut redis = PrivateRedis::planned(false).await;
+    redis.start().await;
     let (up, gate) = MockUpstream::start_gated(|_| {
         MockReply::json(
             200,
@@ -1314,7 +1278,7 @@ async fn two_gateways_sharing_redis_send_one_forward() {
     let config = format!(
         "{}state:\n  store: redis\n  url: {}\n  prefix: forward-test\n",
         polling_forward(&up.url(), None, &[]),
-        redis.url
+        redis.url()
     );
     let (a, b) = (
         Gateway::start(&config, &[]).await,

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -207,84 +206,14 @@ async fn killing_the_replica_that_sends_a_forward_lets_the_other_resend_it_and_f
     );
 }
 
-/// A private redis-server on a free port, stopped when dropped.
-struct PrivateRedis {
-    child: Child,
-    port: u16,
-}
-
-impl PrivateRedis {
-    async fn start(port: u16) -> Option<Self> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let r = Self { child, port };
-        let url = r.url();
-        eventually("the private redis-server to answer", || {
-            let url = url.clone();
-            async move {
-                let client = redis::Client::open(url).ok()?;
-                client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .ok()
-                    .map(|_| ())
-            }
-        })
-        .await;
-        Some(r)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the server process (SIGSTOP): connections stay open and nothing answers until
-    /// [`PrivateRedis::thaw`], however long the test takes to look.
-    fn freeze(&self) {
-        self.signal("STOP");
-    }
-
-    /// Lets a frozen server go on (SIGCONT).
-    fn thaw(&self) {
-        self.signal("CONT");
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} redis-server");
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn redis_trouble_is_a_signed_answer_and_conversations_continue_when_it_returns() {
-    let port = closed_port().await.port();
-    let Some(redis) = PrivateRedis::start(port).await else {
+    if !redis_installed() {
         skip_outside_ci("redis-server is not installed");
         return;
-    };
+    }
+    let mut redis = PrivateRedis::planned(false).await;
+    redis.start().await;
     let rule = "keep_polling(`attempt ${poll.attempt}`)";
     let config = format!(
         "events:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {{}}\n{}",
@@ -343,15 +272,13 @@ async fn redis_trouble_is_a_signed_answer_and_conversations_continue_when_it_ret
     assert!(attempt >= 2, "attempts carried on: {attempt}");
 
     // Redis stopped and started again (it keeps nothing on disk): calls work again.
-    drop(redis);
+    redis.kill();
     let down = till.call_json("addSessionLine", &body(10, 1)).await;
     assert_eq!(
         down.message().as_deref(),
         Some(pollgate::error_answer::STORE_DOWN_MESSAGE)
     );
-    let _redis = PrivateRedis::start(port)
-        .await
-        .expect("redis-server restarts");
+    redis.start().await;
     let back = eventually("calls to work after Redis restarted", || {
         let till = till.clone();
         async move {

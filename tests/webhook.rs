@@ -1174,3 +1174,28 @@ async fn an_answer_or_state_over_max_answer_bytes_gets_the_fail_safe() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_call_that_keeps_polling_with_the_state_as_it_was_writes_nothing() {
+    use pollgate::conversation::{ConversationKey, ConversationStore};
+    // The state changes on the second call only.
+    let rule = "if poll.attempt == 2 { state.seen = true } keep_polling(`attempt ${poll.attempt}`)";
+    let gw = Gateway::start(
+        "events:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {}\n",
+        &[("rule.rhai", rule)],
+    )
+    .await;
+    let till = gw.till();
+    let store = &gw.gateway.store;
+    let mut versions = Vec::new();
+    for n in 1..=4 {
+        let a = till.call_json("addSessionLine", &body(3, n)).await;
+        assert_eq!(a.message(), Some(format!("attempt {n}")));
+        let listed = store.list(gw.gateway.clock.now_ms(), 10).await.unwrap();
+        let key = ConversationKey::from_hex(&listed[0].key).unwrap();
+        let snapshot = store.load(key).await.unwrap().unwrap();
+        versions.push((snapshot.attempt, snapshot.version));
+    }
+    // Attempts are counted on every call; only the call that changed the state wrote.
+    assert_eq!(versions, [(1, 0), (2, 1), (3, 1), (4, 1)]);
+}

@@ -19,6 +19,7 @@ mod units;
 mod validate;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -249,11 +250,46 @@ pub enum Store {
         max_conversations: usize,
     },
     Redis {
-        url: String,
+        server: RedisServer,
         prefix: String,
         /// Bound on each Redis command, so Redis trouble is an answer, not a hang.
         timeout: Duration,
     },
+}
+
+/// Where Redis is (`state.url`, `state.cluster`, `state.ca`; GATEWAY.md 11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisServer {
+    /// One `redis://` or `rediss://` URL; with `cluster`, the nodes the cluster is learnt
+    /// from (any one that answers will do).
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    /// `state.ca`: a private CA trusted for `rediss://` instead of the system's roots.
+    pub ca: Option<RedisCa>,
+}
+
+/// A CA certificate file, read and checked when the config is loaded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisCa {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+}
+
+impl fmt::Debug for RedisCa {
+    // The path is what an operator recognises; the bytes are noise.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCa")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisServer {
+    /// The URLs for messages and logs, each password shown as `***`.
+    pub fn shown(&self) -> String {
+        let shown: Vec<String> = self.urls.iter().map(|u| without_password(u)).collect();
+        shown.join(", ")
+    }
 }
 
 /// Checks one rule file while a config with problems is loaded, so that its problems are

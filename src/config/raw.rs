@@ -253,7 +253,9 @@ fn default_max_reply_bytes() -> usize {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawState {
     pub store: StoreKind,
-    pub url: Option<String>,
+    pub url: Option<RawUrls>,
+    pub cluster: bool,
+    pub ca: Option<String>,
     pub prefix: String,
     #[serde(deserialize_with = "duration")]
     pub ttl: Duration,
@@ -268,6 +270,8 @@ impl Default for RawState {
         Self {
             store: StoreKind::Memory,
             url: None,
+            cluster: false,
+            ca: None,
             prefix: "pollgate".into(),
             ttl: Duration::from_secs(15 * 60),
             key: None,
@@ -275,6 +279,14 @@ impl Default for RawState {
             max_conversations: super::DEFAULT_MAX_CONVERSATIONS,
         }
     }
+}
+
+/// `state.url`: one URL, or (with `state.cluster: true`) the nodes of a Redis Cluster.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawUrls {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

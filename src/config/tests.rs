@@ -301,7 +301,106 @@ fn redis_store_with_a_non_redis_url_is_refused() {
     let text = with_subscription("state:\n  store: redis\n  url: http://127.0.0.1:6379\n");
     assert_eq!(
         problem(&text),
-        format!("{FILE}: state.url: `http://127.0.0.1:6379` is not a redis:// URL")
+        format!("{FILE}: state.url: `http://127.0.0.1:6379` is not a redis:// or rediss:// URL")
+    );
+}
+
+#[test]
+fn a_rediss_url_with_a_private_ca_loads_the_ca_relative_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+    std::fs::write(dir.path().join("ca.pem"), pem).unwrap();
+    let path = dir.path().join("pollgate.yaml");
+    let text = with_subscription(
+        "state:\n  store: redis\n  url: rediss://pollgate:s3cret@redis.internal:6380/0\n  ca: ca.pem\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path, &|_| None).unwrap();
+    let Store::Redis { server, .. } = &config.state.store else {
+        panic!("{:?}", config.state.store)
+    };
+    let ca = server.ca.as_ref().unwrap();
+    assert_eq!(
+        (ca.path.clone(), ca.pem.clone()),
+        (dir.path().join("ca.pem"), pem.as_bytes().to_vec())
+    );
+    assert_eq!(
+        server.shown(),
+        "rediss://pollgate:***@redis.internal:6380/0"
+    );
+}
+
+#[test]
+fn a_missing_or_non_pem_ca_is_refused_naming_state_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.txt"), "not a certificate\n").unwrap();
+    let path = dir.path().join("pollgate.yaml");
+    for (ca, why) in [
+        (
+            "missing.pem",
+            format!(
+                "cannot read {}: No such file or directory (os error 2)",
+                dir.path().join("missing.pem").display()
+            ),
+        ),
+        (
+            "ca.txt",
+            format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                dir.path().join("ca.txt").display()
+            ),
+        ),
+    ] {
+        let text = with_subscription(&format!(
+            "state:\n  store: redis\n  url: rediss://127.0.0.1:6380\n  ca: {ca}\n"
+        ));
+        std::fs::write(&path, text).unwrap();
+        let e = Config::load(&path, &|_| None).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: state.ca: {why}", path.display()));
+    }
+}
+
+#[test]
+fn a_ca_without_rediss_and_cluster_keys_without_redis_are_refused() {
+    let text =
+        with_subscription("state:\n  store: redis\n  url: redis://127.0.0.1:6379\n  ca: ca.pem\n");
+    assert_eq!(
+        problem(&text),
+        format!(
+            "{FILE}: state.ca: trusts a CA for rediss:// URLs, and state.url is redis:// (no TLS)"
+        )
+    );
+    let text = with_subscription("state:\n  cluster: true\n");
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}: state.cluster: needs `store: redis`")
+    );
+}
+
+#[test]
+fn a_list_of_urls_is_a_cluster_and_each_node_is_checked() {
+    let text = with_subscription(
+        "state:\n  store: redis\n  url: [redis://127.0.0.1:7000, redis://127.0.0.1:7001]\n",
+    );
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}: state.url: a list of URLs is the nodes of a Redis Cluster: add `cluster: true`, or give one URL")
+    );
+    let text = with_subscription(
+        "state:\n  store: redis\n  cluster: true\n  url: [redis://127.0.0.1:7000, 127.0.0.1:7001]\n",
+    );
+    assert_eq!(
+        problem(&text),
+        format!("{FILE}: state.url[1]: `127.0.0.1:7001` is not a redis:// or rediss:// URL")
+    );
+    let text = with_subscription(
+        "state:\n  store: redis\n  cluster: true\n  url: [redis://127.0.0.1:7000, redis://127.0.0.1:7001]\n",
+    );
+    let state = parse(&text).unwrap().state;
+    assert!(
+        matches!(&state.store, Store::Redis { server, .. } if server.cluster && server.urls == ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]),
+        "{:?}",
+        state.store
     );
 }
 
@@ -313,7 +412,7 @@ fn redis_store_with_url_and_prefix_loads() {
     let state = parse(&text).unwrap().state;
     assert_eq!(state.ttl, Duration::from_secs(600));
     assert!(
-        matches!(&state.store, Store::Redis { url, prefix, .. } if url == "redis://127.0.0.1:6379" && prefix == "value"),
+        matches!(&state.store, Store::Redis { server, prefix, .. } if server.urls == ["redis://127.0.0.1:6379"] && !server.cluster && server.ca.is_none() && prefix == "value"),
         "{:?}",
         state.store
     );
@@ -581,7 +680,7 @@ fn a_wrong_value_from_the_environment_is_not_shown() {
         .to_string();
     assert_eq!(
         shown,
-        format!("{FILE}: state.url: `${{REDIS_URL}}` is not a redis:// URL (the value from the environment is not shown)")
+        format!("{FILE}: state.url: `${{REDIS_URL}}` is not a redis:// or rediss:// URL (the value from the environment is not shown)")
     );
     assert!(!shown.contains("hunter2"));
 }

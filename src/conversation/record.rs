@@ -173,6 +173,27 @@ impl Update {
     }
 }
 
+impl Update {
+    /// Whether writing this would change `snapshot` (beyond its version): a call that keeps
+    /// polling with the state as it was has nothing to write, so it saves the store a round
+    /// trip. Every field is named, so a new one must say whether it changes the record.
+    pub fn changes(&self, snapshot: &Snapshot) -> bool {
+        let Update {
+            state,
+            finished,
+            said,
+        } = self;
+        finished.is_some()
+            || state
+                .as_ref()
+                .is_some_and(|new| new.as_deref() != snapshot.state.as_deref())
+            // What the console shows as the last decision and message.
+            || said
+                .as_ref()
+                .is_some_and(|new| snapshot.said.as_deref() != Some(new))
+    }
+}
+
 /// The result of a compare-and-set.
 #[derive(Debug)]
 pub enum Commit {

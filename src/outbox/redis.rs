@@ -3,7 +3,7 @@
 //! # Key layout
 //!
 //! Every key of one upstream's queue shares the hash tag `{prefix:outbox:U}`, so a script
-//! touches one slot (ready for Redis Cluster):
+//! touches one slot, and on a Redis Cluster the upstreams' queues spread over the primaries:
 //!
 //! | key                          | what                                               |
 //! |------------------------------|----------------------------------------------------|
@@ -29,14 +29,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::{FromRedisValue, Script, Value};
 use bytes::Bytes;
 
 use super::{Counts, Delivery, DeliveryId, Failure, NewDelivery, Outbox, OutboxError, Status};
 use crate::conversation::ConversationKey;
+use crate::redis_connection::RedisConnection;
 
 mod scripts;
 use scripts::{
@@ -54,9 +53,8 @@ pub struct RedisOutbox {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
-    timeout: Duration,
     scripts: [Script; 9],
     acks: mpsc::UnboundedSender<Ack>,
     /// Acknowledging scripts run so far.
@@ -74,9 +72,8 @@ struct Ack {
 /// The task that removes delivered deliveries in batches; ends with the outbox's last
 /// handle.
 struct Acker {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
-    timeout: Duration,
     script: Script,
     scripts_run: Arc<AtomicU64>,
 }
@@ -119,7 +116,7 @@ impl Acker {
         }
         let mut conn = self.conn.clone();
         self.scripts_run.fetch_add(1, Ordering::Relaxed);
-        let _: i64 = bounded(self.timeout, invocation.invoke_async(&mut conn)).await?;
+        let _: i64 = bounded(&self.conn, invocation.invoke_async(&mut conn)).await?;
         Ok(())
     }
 }
@@ -129,14 +126,16 @@ fn base(prefix: &str, upstream: &str) -> String {
     format!("{{{prefix}:outbox:{upstream}}}")
 }
 
+/// One command under `conn`'s timeout, its errors naming the URL.
 async fn bounded<T>(
-    timeout: Duration,
+    conn: &RedisConnection,
     command: impl std::future::Future<Output = ::redis::RedisResult<T>>,
 ) -> Result<T, OutboxError> {
+    let timeout = conn.timeout();
     match tokio::time::timeout(timeout, command).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) if e.is_timeout() => Err(OutboxError::Timeout(timeout)),
-        Ok(Err(e)) => Err(unavailable(&e)),
+        Ok(Err(e)) => Err(OutboxError::Unavailable(conn.explain(&e))),
         Err(_) => Err(OutboxError::Timeout(timeout)),
     }
 }
@@ -165,22 +164,10 @@ impl Keys {
     }
 }
 
-use crate::redis_connection::ConnectError;
-
-fn unavailable(e: &::redis::RedisError) -> OutboxError {
-    OutboxError::Unavailable(e.to_string())
-}
-
 impl RedisOutbox {
-    /// Connects to `url`; keys start with `{prefix:outbox:`. Every command is bounded by
-    /// `timeout`.
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, OutboxError> {
-        let conn = crate::redis_connection::connect(url, timeout)
-            .await
-            .map_err(|e| match e {
-                ConnectError::TimedOut(t) => OutboxError::Timeout(t),
-                other => OutboxError::Unavailable(other.to_string()),
-            })?;
+    /// An outbox on `conn` (whose timeout bounds every command); keys start with
+    /// `{prefix:outbox:`. Needs no Redis yet: scripts load on first use.
+    pub(crate) fn new(conn: RedisConnection, prefix: &str) -> Self {
         let scripts = [
             ENQUEUE, CLAIM, FAILED, RELEASE, RETRY, RETRY_DEAD, DELETE, LIST, COUNTS,
         ]
@@ -188,7 +175,6 @@ impl RedisOutbox {
         let acker = Acker {
             conn: conn.clone(),
             prefix: prefix.to_owned(),
-            timeout,
             script: Script::new(DELIVERED_MANY),
             scripts_run: Arc::default(),
         };
@@ -197,18 +183,13 @@ impl RedisOutbox {
             inner: Arc::new(Inner {
                 conn,
                 prefix: prefix.to_owned(),
-                timeout,
                 scripts,
                 acks,
                 ack_scripts: acker.scripts_run.clone(),
             }),
         };
-        for script in outbox.inner.scripts.iter().chain([&acker.script]) {
-            let mut conn = outbox.inner.conn.clone();
-            outbox.bounded(script.load_async(&mut conn)).await?;
-        }
         tokio::spawn(acker.run(waiting));
-        Ok(outbox)
+        outbox
     }
 
     fn keys(&self, upstream: &str) -> Keys {
@@ -221,7 +202,7 @@ impl RedisOutbox {
         &self,
         command: impl std::future::Future<Output = ::redis::RedisResult<T>>,
     ) -> Result<T, OutboxError> {
-        bounded(self.inner.timeout, command).await
+        bounded(&self.inner.conn, command).await
     }
 
     /// Runs script number `which` with `keys` and `args`.
@@ -249,7 +230,7 @@ impl RedisOutbox {
     }
 
     #[cfg(test)]
-    pub(crate) fn inner_conn(&self) -> ConnectionManager {
+    pub(crate) fn inner_conn(&self) -> RedisConnection {
         self.inner.conn.clone()
     }
 

@@ -50,7 +50,10 @@ impl Call<'_> {
             };
             note.forward = forwards::note(&snapshot);
             let (answer, update) = self.settle(decision, note);
-            let Some(update) = update else {
+            // Nothing to remember (the state as it was, not finished): no write, so no
+            // compare-and-set either. Attempts were counted by `begin`; a call that changes
+            // something still writes by compare-and-set and decides again on a conflict.
+            let Some(update) = update.filter(|u| u.changes(&snapshot)) else {
                 return answer;
             };
             let saved = store

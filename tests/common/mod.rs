@@ -23,8 +23,14 @@ use pollgate::App;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+mod pki;
+mod redis;
 mod upstream;
-// Not every test binary uses the mock upstream.
+// Not every test binary uses the mock upstream or a private Redis.
+#[allow(unused_imports)]
+pub use pki::*;
+#[allow(unused_imports)]
+pub use redis::*;
 #[allow(unused_imports)]
 pub use upstream::*;
 pub mod webdriver;
@@ -439,6 +445,18 @@ impl Process {
         files: &[(&str, &str)],
         log: bool,
     ) -> Self {
+        let p = Self::spawn_in(dir, config, files, log).await;
+        p.wait_ready().await;
+        p
+    }
+
+    /// The child started, not waited for.
+    async fn spawn_in(
+        dir: tempfile::TempDir,
+        config: &str,
+        files: &[(&str, &str)],
+        log: bool,
+    ) -> Self {
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
@@ -466,13 +484,35 @@ impl Process {
             .stderr(stderr)
             .spawn()
             .unwrap();
-        let p = Self {
+        Self {
             child,
             addr: format!("127.0.0.1:{port}"),
             admin: format!("127.0.0.1:{admin}"),
             dir,
-        };
+        }
+    }
+
+    /// Like [`Process::serve_in`], waiting only until the admin listener answers (ready or
+    /// not): for a start while something it needs is missing.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        config: &str,
+        files: &[(&str, &str)],
+        log: bool,
+    ) -> Self {
+        let p = Self::spawn_in(dir, config, files, log).await;
         let url = format!("http://{}/readyz", p.admin);
+        eventually("pollgate serve to answer /readyz", || {
+            let url = url.clone();
+            async move { client().get(url).send().await.ok().map(|_| ()) }
+        })
+        .await;
+        p
+    }
+
+    /// Polls /readyz until 200, with a deadline.
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.admin);
         eventually("pollgate serve to be ready", || {
             let url = url.clone();
             async move {
@@ -486,7 +526,6 @@ impl Process {
             }
         })
         .await;
-        p
     }
 
     /// A till calling this process.

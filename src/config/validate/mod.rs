@@ -4,6 +4,7 @@
 
 mod events;
 mod outbox;
+mod redis;
 mod state;
 mod upstreams;
 

@@ -5,8 +5,11 @@ use crate::config::raw::{RawState, StoreKind};
 use crate::config::{KeyPart, State, Store};
 
 impl Validator<'_> {
-    pub(super) fn state(&mut self, raw: RawState) -> Option<State> {
-        let key = self.key_parts(raw.key);
+    pub(super) fn state(&mut self, mut raw: RawState) -> Option<State> {
+        if raw.store == StoreKind::Memory {
+            self.redis_only(&raw);
+        }
+        let key = self.key_parts(raw.key.take());
         if raw.ttl.is_zero() {
             self.problem("state.ttl", "must be more than 0");
         }
@@ -17,25 +20,11 @@ impl Validator<'_> {
             StoreKind::Memory => Store::Memory {
                 max_conversations: raw.max_conversations,
             },
-            StoreKind::Redis => {
-                let Some(url) = raw.url else {
-                    self.problem("state.url", "`store: redis` needs `url: redis://host:6379`");
-                    return None;
-                };
-                if url.starts_with("rediss://") {
-                    self.problem("state.url", "rediss:// (TLS) is not supported; reach Redis over a private network or a TLS tunnel with redis://");
-                    return None;
-                }
-                if !url.starts_with("redis://") {
-                    self.problem("state.url", format!("`{url}` is not a redis:// URL"));
-                    return None;
-                }
-                Store::Redis {
-                    url,
-                    prefix: raw.prefix,
-                    timeout: raw.timeout,
-                }
-            }
+            StoreKind::Redis => Store::Redis {
+                server: self.redis_server(raw.url, raw.cluster, raw.ca.as_deref())?,
+                prefix: raw.prefix,
+                timeout: raw.timeout,
+            },
         };
         Some(State {
             store,

@@ -6,25 +6,17 @@ use super::{fresh_key, reply, run, T0};
 use crate::conversation::{
     ConversationKey, ConversationStore, Opening, RedisStore, StoreError, Update,
 };
+use crate::redis_connection::testing;
 
 /// The Redis under test, or `None` (test skipped) when none answers outside CI.
 async fn test_redis(ttl: Duration) -> Option<RedisStore> {
-    let url = std::env::var("POLLGATE_TEST_REDIS")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let conn = testing::or_skip(Some(testing::single()), "Redis").await?;
+    Some(on(conn, ttl))
+}
+
+fn on(conn: crate::redis_connection::RedisConnection, ttl: Duration) -> RedisStore {
     let prefix = format!("pollgate-test-{:016x}", fastrand::u64(..));
-    match RedisStore::connect(&url, &prefix, ttl, Duration::from_secs(2)).await {
-        Ok(store) => Some(store),
-        Err(e) if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but there is no Redis at {url} (set POLLGATE_TEST_REDIS): {e}")
-        }
-        Err(e) => {
-            // Straight to the process's stderr: the test harness captures `eprintln!` of a
-            // passing test, and a skip nobody sees is a pass nobody earned.
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "skipped: no Redis at {url} ({e})");
-            None
-        }
-    }
+    RedisStore::new(conn, &prefix, ttl)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,6 +25,17 @@ async fn redis_store_passes_conformance() {
     let Some(store) = test_redis(Duration::from_secs(600)).await else {
         return;
     };
+    run(&store).await;
+    assert!(store.remove_all().await.unwrap() > 0);
+    assert_eq!(store.count().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_passes_conformance_on_a_cluster() {
+    let Some(conn) = testing::or_skip(testing::cluster(), "Redis Cluster").await else {
+        return;
+    };
+    let store = on(conn, Duration::from_secs(600));
     run(&store).await;
     assert!(store.remove_all().await.unwrap() > 0);
     assert_eq!(store.count().await.unwrap(), 0);
@@ -169,7 +172,7 @@ async fn redis_store_reconnects_after_losing_its_connection() {
 }
 
 #[tokio::test]
-async fn redis_connect_fails_fast_when_nobody_answers() {
+async fn redis_calls_fail_fast_naming_the_url_when_nobody_answers() {
     // A port that was just free: refused at once.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_url = format!("redis://{}", closed.local_addr().unwrap());
@@ -178,18 +181,28 @@ async fn redis_connect_fails_fast_when_nobody_answers() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_url = format!("redis://{}", silent.local_addr().unwrap());
     for url in [closed_url, silent_url] {
-        let attempt = RedisStore::connect(
-            &url,
-            "p",
-            Duration::from_secs(60),
+        let server = crate::config::RedisServer {
+            urls: vec![url.clone()],
+            cluster: false,
+            ca: None,
+        };
+        let conn = crate::redis_connection::RedisConnection::open(
+            &server,
+            "the tests",
             Duration::from_millis(300),
-        );
+        )
+        .unwrap();
+        let store = RedisStore::new(conn, "p", Duration::from_secs(60));
+        let attempt = store.begin(fresh_key(), Opening::event("e"), T0);
         let result = tokio::time::timeout(Duration::from_secs(10), attempt)
             .await
-            .unwrap_or_else(|_| panic!("connect to {url} hung"));
-        assert!(
-            matches!(result, Err(StoreError::Unavailable(_))),
-            "{url}: {result:?}"
-        );
+            .unwrap_or_else(|_| panic!("a call to {url} hung"));
+        match result {
+            Err(StoreError::Unavailable(why)) => {
+                assert!(why.starts_with(&format!("Redis at {url}: ")), "{why}")
+            }
+            Err(StoreError::Timeout(t)) => assert_eq!(t, Duration::from_millis(300)),
+            other => panic!("{url}: {other:?}"),
+        }
     }
 }

@@ -2,9 +2,8 @@
 //! row into a [`Summary`], and the field encodings of final answers and forwards.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use ::redis::{RedisError, Value};
+use ::redis::Value;
 use bytes::Bytes;
 
 use crate::conversation::{
@@ -12,14 +11,6 @@ use crate::conversation::{
     Till,
 };
 use crate::telemetry::Outcome;
-
-pub(super) fn redis_error(e: &RedisError, timeout: Duration) -> StoreError {
-    if e.is_timeout() {
-        StoreError::Timeout(timeout)
-    } else {
-        StoreError::Unavailable(e.to_string())
-    }
-}
 
 pub(super) fn corrupt(message: impl Into<String>) -> StoreError {
     StoreError::Corrupt(message.into())

@@ -35,14 +35,17 @@
 //! ([`Script`]), loaded at connect so a broken script fails at startup, and re-loaded by
 //! `EVALSHA`'s `NOSCRIPT` fallback after a Redis restart.
 //!
-//! `list`, `count` and `active` walk the keys with `SCAN`, bounded (see each); the admin summaries
-//! script reads a page of keys at once, which is fine on the single server (or primary)
-//! that [`ConnectionManager`] talks to (Redis Cluster is not supported).
+//! `list`, `count` and `active` walk the keys with `SCAN`, bounded (see each), on the one
+//! Redis or on every primary of a Redis Cluster; the admin summaries script reads a page of
+//! keys at once on a single Redis, and one key per script on a cluster, where a script's keys
+//! must share a slot. Each conversation is one key, so every other script touches one slot
+//! and conversations spread over the cluster's primaries.
 //!
 //! Every command is bounded by the configured timeout ([`StoreError::Timeout`]); Redis
-//! errors become [`StoreError::Unavailable`]. A command that finds the connection broken
-//! makes the [`ConnectionManager`] reconnect in the background, so while Redis is down
-//! calls fail fast, and once it is back the next command (or the one after) works again.
+//! errors become [`StoreError::Unavailable`], naming the URL. The [`RedisConnection`]
+//! reconnects by itself (GATEWAY.md 11), so while Redis is down calls fail fast, and once
+//! it is back the next command (or the one after) works again. Scripts are sent by hash and
+//! loaded on first use (`EVALSHA`'s `NOSCRIPT` fallback), also after a Redis restart.
 
 mod decode;
 mod scan;
@@ -52,12 +55,11 @@ mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::{FromRedisValue, RedisResult, Script, ToRedisArgs};
 
 use super::{ConversationKey, StoreError};
 use crate::config::millis;
-use decode::redis_error;
+use crate::redis_connection::RedisConnection;
 use scripts::{ACTIVE, BEGIN, CLAIM, COMMIT, COMPLETE, RENEW, SUMMARIES};
 
 /// A Redis-backed store; clones share one multiplexed connection.
@@ -67,11 +69,10 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     /// `{prefix}:conv:`, the start of every conversation key.
     key_prefix: String,
     ttl_ms: u64,
-    timeout: Duration,
     scripts: Scripts,
 }
 
@@ -91,31 +92,22 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("key_prefix", &self.inner.key_prefix)
             .field("ttl_ms", &self.inner.ttl_ms)
-            .field("timeout", &self.inner.timeout)
+            .field("timeout", &self.inner.conn.timeout())
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
-    /// Connects to `url` and loads the scripts, all within `timeout`; conversations live
-    /// `ttl` after their last write. Later outages are survived: the connection is
-    /// re-established on the next command.
-    pub async fn connect(
-        url: &str,
-        prefix: &str,
-        ttl: Duration,
-        timeout: Duration,
-    ) -> Result<RedisStore, StoreError> {
-        let conn = crate::redis_connection::connect(url, timeout)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let store = RedisStore {
+    /// A store on `conn` (whose timeout bounds every command); conversations live `ttl`
+    /// after their last write. Needs no Redis yet: outages, at start or later, are answers
+    /// until Redis is back.
+    pub(crate) fn new(conn: RedisConnection, prefix: &str, ttl: Duration) -> RedisStore {
+        RedisStore {
             inner: Arc::new(Inner {
                 conn,
                 key_prefix: format!("{prefix}:conv:"),
                 // PEXPIRE 0 would delete the key at once.
                 ttl_ms: millis(ttl).max(1),
-                timeout,
                 scripts: Scripts {
                     begin: Script::new(BEGIN),
                     commit: Script::new(COMMIT),
@@ -126,9 +118,7 @@ impl RedisStore {
                     active: Script::new(ACTIVE),
                 },
             }),
-        };
-        store.load_scripts().await?;
-        Ok(store)
+        }
     }
 
     /// The TTL this store applies.
@@ -136,32 +126,16 @@ impl RedisStore {
         Duration::from_millis(self.inner.ttl_ms)
     }
 
-    async fn load_scripts(&self) -> Result<(), StoreError> {
-        let s = &self.inner.scripts;
-        for script in [
-            &s.begin,
-            &s.commit,
-            &s.claim,
-            &s.renew,
-            &s.complete,
-            &s.summaries,
-            &s.active,
-        ] {
-            let mut conn = self.inner.conn.clone();
-            self.bounded(script.load_async(&mut conn)).await?;
-        }
-        Ok(())
-    }
-
     /// Runs one Redis command under the timeout, mapping its errors.
     async fn bounded<T>(
         &self,
         command: impl std::future::Future<Output = RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        let timeout = self.inner.timeout;
+        let timeout = self.inner.conn.timeout();
         match tokio::time::timeout(timeout, command).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(redis_error(&e, timeout)),
+            Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout(timeout)),
+            Ok(Err(e)) => Err(StoreError::Unavailable(self.inner.conn.explain(&e))),
             Err(_) => Err(StoreError::Timeout(timeout)),
         }
     }

@@ -1,10 +1,13 @@
-//! Walking this store's keys with `SCAN`, bounded, for the admin listing and the count.
+//! Walking this store's keys with `SCAN`, bounded, for the admin listing and the count: on
+//! the one Redis, or on each primary of a Redis Cluster in turn (the bounds are for the
+//! whole walk).
 
 use ::redis::Value;
 
 use super::decode::{corrupt, strings, summary};
 use super::RedisStore;
 use crate::conversation::{ConversationKey, StoreError, Summary};
+use crate::redis_connection::Node;
 
 /// `SCAN ... COUNT` hint: slots Redis examines per call.
 const SCAN_COUNT: usize = 1000;
@@ -28,19 +31,35 @@ impl RedisStore {
         out
     }
 
-    async fn scan(&self, cursor: u64, pattern: &str) -> Result<(u64, Vec<Vec<u8>>), StoreError> {
-        let mut conn = self.inner.conn.clone();
+    async fn scan(
+        &self,
+        node: &Node,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<Vec<u8>>), StoreError> {
         let mut cmd = ::redis::cmd("SCAN");
         cmd.arg(cursor)
             .arg("MATCH")
             .arg(pattern)
             .arg("COUNT")
             .arg(SCAN_COUNT);
-        self.bounded(cmd.query_async(&mut conn)).await
+        self.bounded(self.inner.conn.query_on(node, &cmd)).await
     }
 
-    /// Summaries for one SCAN page; keys that expired meanwhile are skipped.
-    async fn summaries(&self, names: &[Vec<u8>], now_ms: u64) -> Result<Vec<Summary>, StoreError> {
+    /// The nodes a walk visits: the one Redis, or each primary of the cluster.
+    async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        self.bounded(self.inner.conn.key_nodes()).await
+    }
+
+    /// Summaries for one SCAN page of `node`; keys that expired meanwhile are skipped. A
+    /// single Redis reads the page in one script; a cluster one script per key (a script's
+    /// keys must share a slot), all in one pipeline to the node holding them.
+    async fn summaries(
+        &self,
+        node: &Node,
+        names: &[Vec<u8>],
+        now_ms: u64,
+    ) -> Result<Vec<Summary>, StoreError> {
         let keys: Vec<(ConversationKey, &Vec<u8>)> = names
             .iter()
             .filter_map(|name| {
@@ -52,16 +71,43 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut invocation = self.inner.scripts.summaries.prepare_invoke();
-        for (_, name) in &keys {
-            invocation.key(name.as_slice());
-        }
-        let mut conn = self.inner.conn.clone();
-        let rows = self
-            .bounded(invocation.invoke_async::<Value>(&mut conn))
-            .await?;
-        let Value::Array(rows) = rows else {
-            return Err(corrupt("summaries: not an array"));
+        let script = &self.inner.scripts.summaries;
+        let rows = if self.inner.conn.is_cluster() {
+            // A pipeline does not load a missing script by itself.
+            let mut conn = self.inner.conn.clone();
+            self.bounded(script.load_async(&mut conn)).await?;
+            let mut pipeline = ::redis::pipe();
+            for (_, name) in &keys {
+                pipeline
+                    .cmd("EVALSHA")
+                    .arg(script.get_hash())
+                    .arg(1)
+                    .arg(name.as_slice());
+            }
+            let answers = self
+                .bounded(self.inner.conn.pipeline_on(node, &pipeline))
+                .await?;
+            let mut rows = Vec::with_capacity(answers.len());
+            for answer in answers {
+                let Value::Array(mut one) = answer else {
+                    return Err(corrupt("summaries: not an array"));
+                };
+                rows.push(one.pop().unwrap_or(Value::Array(Vec::new())));
+            }
+            rows
+        } else {
+            let mut invocation = script.prepare_invoke();
+            for (_, name) in &keys {
+                invocation.key(name.as_slice());
+            }
+            let mut conn = self.inner.conn.clone();
+            let rows = self
+                .bounded(invocation.invoke_async::<Value>(&mut conn))
+                .await?;
+            let Value::Array(rows) = rows else {
+                return Err(corrupt("summaries: not an array"));
+            };
+            rows
         };
         let mut out = Vec::with_capacity(rows.len());
         for ((key, _), row) in keys.into_iter().zip(rows) {
@@ -81,14 +127,19 @@ impl RedisStore {
     ) -> Result<Vec<Summary>, StoreError> {
         let pattern = self.pattern();
         let mut out = Vec::new();
-        let mut cursor = 0;
-        for _ in 0..LIST_MAX_CALLS {
-            let (next, names) = self.scan(cursor, &pattern).await?;
-            out.extend(self.summaries(&names, now_ms).await?);
-            cursor = next;
-            if cursor == 0 || out.len() >= LIST_MAX_KEYS {
-                break;
+        let mut calls = 0;
+        'nodes: for node in self.nodes().await? {
+            let mut cursor = 0;
+            while calls < LIST_MAX_CALLS && out.len() < LIST_MAX_KEYS {
+                calls += 1;
+                let (next, names) = self.scan(&node, cursor, &pattern).await?;
+                out.extend(self.summaries(&node, &names, now_ms).await?);
+                cursor = next;
+                if cursor == 0 {
+                    continue 'nodes;
+                }
             }
+            break;
         }
         // SCAN may return a key twice while Redis resizes its table.
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -98,43 +149,75 @@ impl RedisStore {
 
     /// `count`: the keys of at most `COUNT_MAX_CALLS` SCAN calls.
     pub(super) async fn count_keys(&self) -> Result<u64, StoreError> {
-        self.count_pages(|names| async move { Ok(names.len() as u64) })
+        self.count_pages(|_, names| async move { Ok(names.len() as u64) })
             .await
     }
 
-    /// `active`: like `count_keys`, the keys without a final answer.
+    /// `active`: like `count_keys`, the keys without a final answer. A single Redis counts a
+    /// page in one script; a cluster one script per key (a script's keys must share a
+    /// slot), all in one pipeline to the node holding them.
     pub(super) async fn count_active(&self) -> Result<u64, StoreError> {
-        self.count_pages(|names| async move {
+        self.count_pages(|node, names| async move {
             if names.is_empty() {
                 return Ok(0);
             }
-            let mut invocation = self.inner.scripts.active.prepare_invoke();
-            for name in &names {
-                invocation.key(name.as_slice());
-            }
+            let script = &self.inner.scripts.active;
             let mut conn = self.inner.conn.clone();
-            self.bounded(invocation.invoke_async::<u64>(&mut conn))
-                .await
+            if !self.inner.conn.is_cluster() {
+                let mut invocation = script.prepare_invoke();
+                for name in &names {
+                    invocation.key(name.as_slice());
+                }
+                return self
+                    .bounded(invocation.invoke_async::<u64>(&mut conn))
+                    .await;
+            }
+            // A pipeline does not load a missing script by itself.
+            self.bounded(script.load_async(&mut conn)).await?;
+            let mut pipeline = ::redis::pipe();
+            for name in &names {
+                pipeline
+                    .cmd("EVALSHA")
+                    .arg(script.get_hash())
+                    .arg(1)
+                    .arg(name.as_slice());
+            }
+            let answers = self
+                .bounded(self.inner.conn.pipeline_on(&node, &pipeline))
+                .await?;
+            answers
+                .into_iter()
+                .map(|answer| match answer {
+                    Value::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
+                    _ => Err(corrupt("active: not an integer")),
+                })
+                .sum()
         })
         .await
     }
 
-    /// The sum of `counted` over the pages of at most `COUNT_MAX_CALLS` SCAN calls.
+    /// The sum of `counted` over the pages of at most `COUNT_MAX_CALLS` SCAN calls, on the
+    /// one Redis or on each primary in turn.
     async fn count_pages<F, Fut>(&self, counted: F) -> Result<u64, StoreError>
     where
-        F: Fn(Vec<Vec<u8>>) -> Fut,
+        F: Fn(Node, Vec<Vec<u8>>) -> Fut,
         Fut: std::future::Future<Output = Result<u64, StoreError>>,
     {
         let pattern = self.pattern();
         let mut total = 0u64;
-        let mut cursor = 0;
-        for _ in 0..COUNT_MAX_CALLS {
-            let (next, names) = self.scan(cursor, &pattern).await?;
-            total += counted(names).await?;
-            cursor = next;
-            if cursor == 0 {
-                break;
+        let mut calls = 0;
+        'nodes: for node in self.nodes().await? {
+            let mut cursor = 0;
+            while calls < COUNT_MAX_CALLS {
+                calls += 1;
+                let (next, names) = self.scan(&node, cursor, &pattern).await?;
+                total += counted(node.clone(), names).await?;
+                cursor = next;
+                if cursor == 0 {
+                    continue 'nodes;
+                }
             }
+            break;
         }
         Ok(total)
     }
@@ -155,20 +238,22 @@ impl RedisStore {
     pub(crate) async fn remove_all(&self) -> Result<usize, StoreError> {
         let pattern = self.pattern();
         let mut removed = 0;
-        let mut cursor = 0;
-        loop {
-            let (next, names) = self.scan(cursor, &pattern).await?;
-            if !names.is_empty() {
-                let mut cmd = ::redis::cmd("UNLINK");
+        for node in self.nodes().await? {
+            let mut cursor = 0;
+            loop {
+                let (next, names) = self.scan(&node, cursor, &pattern).await?;
+                // One key a command: on a cluster every conversation has its own slot.
                 for name in &names {
+                    let mut cmd = ::redis::cmd("UNLINK");
                     cmd.arg(name.as_slice());
+                    removed += self.query::<usize>(&cmd).await?;
                 }
-                removed += self.query::<usize>(&cmd).await?;
-            }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(removed);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
+        Ok(removed)
     }
 }

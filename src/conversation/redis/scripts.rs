@@ -3,13 +3,14 @@
 
 /// Counts one call: creates the conversation if missing. ARGV: event, now_ms, ttl_ms,
 /// subscription, till branch, till workplace (`''` when the call had none).
+/// The count comes first: `HINCRBY` makes a missing hash with `n` 1, which says the call
+/// is the first (one command fewer than asking `EXISTS`; this runs on every call).
 pub(super) const BEGIN: &str = r"
 local k = KEYS[1]
-if redis.call('EXISTS', k) == 0 then
-  redis.call('HSET', k, 'ev', ARGV[1], 'fs', ARGV[2], 'ls', ARGV[2], 'v', '0', 'n', '1',
+if redis.call('HINCRBY', k, 'n', 1) == 1 then
+  redis.call('HSET', k, 'ev', ARGV[1], 'fs', ARGV[2], 'ls', ARGV[2], 'v', '0',
     'sb', ARGV[4], 'tb', ARGV[5], 'tw', ARGV[6])
 else
-  redis.call('HINCRBY', k, 'n', 1)
   redis.call('HSET', k, 'ls', ARGV[2])
 end
 redis.call('PEXPIRE', k, ARGV[3])

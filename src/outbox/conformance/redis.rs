@@ -1,26 +1,18 @@
 //! The suite on Redis, and what only the Redis outbox has: its key layout.
 
-use std::time::Duration;
-
 use super::{new, run};
 use crate::outbox::{Outbox, RedisOutbox};
+use crate::redis_connection::testing;
 
 /// The Redis under test, or `None` (test skipped) when none answers outside CI.
 async fn test_redis() -> Option<(RedisOutbox, String)> {
-    let url = std::env::var("POLLGATE_TEST_REDIS")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let conn = testing::or_skip(Some(testing::single()), "Redis").await?;
+    Some(on(conn))
+}
+
+fn on(conn: crate::redis_connection::RedisConnection) -> (RedisOutbox, String) {
     let prefix = format!("pollgate-test-{:016x}", fastrand::u64(..));
-    match RedisOutbox::connect(&url, &prefix, Duration::from_secs(2)).await {
-        Ok(outbox) => Some((outbox, prefix)),
-        Err(e) if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but there is no Redis at {url} (set POLLGATE_TEST_REDIS): {e}")
-        }
-        Err(e) => {
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "skipped: no Redis at {url} ({e})");
-            None
-        }
-    }
+    (RedisOutbox::new(conn, &prefix), prefix)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,6 +20,19 @@ async fn redis_outbox_passes_conformance() {
     let Some((outbox, _)) = test_redis().await else {
         return;
     };
+    conformance_on(&outbox).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outbox_passes_conformance_on_a_cluster() {
+    let Some(conn) = testing::or_skip(testing::cluster(), "Redis Cluster").await else {
+        return;
+    };
+    conformance_on(&on(conn).0).await;
+}
+
+/// The suite, on upstream names of this run, cleaned up after.
+async fn conformance_on(outbox: &RedisOutbox) {
     let run_id = format!("{:08x}", fastrand::u32(..));
     let names = std::sync::Mutex::new(Vec::new());
     let upstream = |name: &str| {
@@ -35,7 +40,7 @@ async fn redis_outbox_passes_conformance() {
         names.lock().unwrap().push(full.clone());
         full
     };
-    run(&outbox, &upstream).await;
+    run(outbox, &upstream).await;
     let names = names.lock().unwrap().clone();
     for name in names {
         outbox.remove_upstream(&name).await.unwrap();
