@@ -14,6 +14,8 @@
 //! - [`rules`]: the Rhai engine, the rule API, limits and evaluation.
 //! - [`upstream`]: the HTTP client to back ends and the background forwards.
 //! - [`outbox`]: durable delivery: the queue (embedded redb or Redis) and its workers.
+//! - [`push`]: pushing to tills: a till's mailbox (memory or Redis, with wakers for held
+//!   backgroundPoll calls) and the hold of a call.
 //! - [`runtime`]: one compiled configuration generation (swapped whole on reload).
 //! - [`config`]: the YAML config file, validated before any port is bound.
 //! - [`tls`]: `server.tls`, the webhook listener's PEM certificate and key for rustls.
@@ -35,6 +37,7 @@ pub mod gateway;
 pub mod http;
 pub mod outbox;
 pub mod pipeline;
+pub mod push;
 mod redis_connection;
 pub mod reload;
 pub mod rules;

@@ -1,4 +1,5 @@
-//! How pollgate opens a Redis connection, for the conversation store and the outbox alike.
+//! How pollgate opens a Redis connection, for the conversation store, the outbox and the
+//! push mailbox alike, and the push mailbox's wake-up subscription.
 
 use std::fmt;
 use std::time::Duration;
@@ -38,6 +39,25 @@ pub(crate) async fn connect(
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_millis(500));
     tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+        .await
+        .map_err(|_| ConnectError::TimedOut(timeout))?
+        .map_err(|e| ConnectError::Connecting(e.to_string()))
+}
+
+/// A subscription to `channel` on its own connection (pub/sub takes a connection over),
+/// made within `timeout`.
+pub(crate) async fn subscribe(
+    url: &str,
+    timeout: Duration,
+    channel: &str,
+) -> Result<redis::aio::PubSub, ConnectError> {
+    let client = redis::Client::open(url).map_err(|e| ConnectError::BadUrl(e.to_string()))?;
+    let subscribing = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok::<_, redis::RedisError>(pubsub)
+    };
+    tokio::time::timeout(timeout, subscribing)
         .await
         .map_err(|_| ConnectError::TimedOut(timeout))?
         .map_err(|e| ConnectError::Connecting(e.to_string()))

@@ -37,11 +37,12 @@ impl Call<'_> {
             if let Some(done) = &snapshot.finished {
                 return Answer::json(done.status, done.body.clone(), Outcome::Replayed, note);
             }
-            let decision = match self.decide(&mut snapshot, &mut body).await {
+            let mut decision = match self.decide(&mut snapshot, &mut body).await {
                 Ok(decision) => decision,
                 Err(e) => return self.store_failure(&e),
             };
             note.forward = forwards::note(&snapshot);
+            let taken = decision.taken.take();
             let (answer, update) = self.settle(decision, note);
             let Some(update) = update else {
                 return answer;
@@ -50,7 +51,12 @@ impl Call<'_> {
                 .commit(self.key, snapshot.version, update, clock.now_ms())
                 .await
             {
-                Ok(Commit::Saved) => return answer,
+                Ok(Commit::Saved) => {
+                    if let Some((till, id)) = taken {
+                        self.take(&till, id).await;
+                    }
+                    return answer;
+                }
                 Ok(Commit::Conflict(newer)) => {
                     snapshot = Snapshot { attempt, ..newer };
                     tokio::time::sleep(Duration::from_micros(fastrand::u64(0..500))).await;

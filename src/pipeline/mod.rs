@@ -6,6 +6,7 @@
 //!   compare-and-set that records what the call changed (again on a conflict);
 //! - `forwards`: starting forwards, and `hold` (waiting for their replies);
 //! - `evaluate`: the rule, the fixed answer or the reply mapping, and error requests;
+//! - `push`: a push channel's call: held until its till has a message (GATEWAY.md 9);
 //! - `shape`: `polling.finished`, the reply mapping's answers, state and JSON encoding.
 //!
 //! The HTTP layer signs and sends what [`answer`] returns.
@@ -15,6 +16,7 @@ mod checks;
 mod converse;
 mod evaluate;
 mod forwards;
+mod push;
 mod shape;
 
 use std::time::Duration;
@@ -106,6 +108,11 @@ impl Call<'_> {
     ) -> Result<Decision, StoreError> {
         let now = self.gateway.clock.now_ms();
         let elapsed_ms = now.saturating_sub(snapshot.first_seen_ms);
+        if let Some(channel) = self.event.config.push {
+            return self
+                .push_decision(channel, snapshot, body, elapsed_ms)
+                .await;
+        }
         if let Some(polling) = &self.event.config.polling {
             if Duration::from_millis(elapsed_ms) >= polling.timeout {
                 return Ok(timed_out(&polling.timeout_message));
@@ -124,7 +131,9 @@ impl Call<'_> {
             }
         }
         self.hold(snapshot).await?;
-        let (mut decision, requested) = self.evaluate(snapshot, body, elapsed_ms).await;
+        let (mut decision, requested) = self
+            .evaluate(snapshot, body, elapsed_ms, Dynamic::UNIT)
+            .await;
         if durable {
             return self
                 .queue_requested(decision, requested, queued, snapshot)
@@ -137,7 +146,9 @@ impl Call<'_> {
                     .await?;
             }
             if self.hold(snapshot).await? {
-                (decision, _) = self.evaluate(snapshot, body, elapsed_ms).await;
+                (decision, _) = self
+                    .evaluate(snapshot, body, elapsed_ms, Dynamic::UNIT)
+                    .await;
             }
         }
         Ok(decision)
@@ -177,5 +188,6 @@ fn timed_out(message: &str) -> Decision {
         outcome: Outcome::TimedOut,
         finished: true,
         state: None,
+        taken: None,
     }
 }
