@@ -513,3 +513,100 @@ async fn a_push_through_one_redis_replica_reaches_a_call_held_by_another() {
         .await;
     assert_eq!(retry.body, answer.body);
 }
+
+#[tokio::test]
+async fn simulate_keeps_polling_background_poll_and_prints_each_pushed_message() {
+    let gw = Gateway::start(CHANNEL, &[]).await;
+    let simulate = std::process::Command::new(env!("CARGO_BIN_EXE_pollgate"))
+        .args(["simulate", "--url", &format!("http://{}/webhooks", gw.addr)])
+        .args([
+            "--event",
+            "backgroundPoll",
+            "--secret",
+            SECRET,
+            "--subscription",
+            "shop",
+        ])
+        .args(["--max-polls", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let delivered = "pollgate_push_messages_total{outcome=\"delivered\"}";
+    for (n, number) in ["6012-0001", "6012-0002"].into_iter().enumerate() {
+        eventually("simulate's call to be held", || async {
+            let text = gw.metrics().await;
+            let ready = metric_value(&text, delivered) == n as f64
+                && metric_value(&text, "pollgate_push_held_calls") == 1.0;
+            ready.then_some(())
+        })
+        .await;
+        // `simulate` is the till of branch 1, workplace 1.
+        assert_eq!(push(&gw, "shop/1/1", &card(number)).await.0, 202);
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || simulate.wait_with_output()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for number in ["6012-0001", "6012-0002"] {
+        let line = format!(
+            "   pushed message:   {{\"externalCardScan\":{{\"cardNumber\":\"{number}\",\"cardType\":\"giftcard\"}}}}"
+        );
+        assert!(stdout.lines().any(|l| l == line), "{line}\n{stdout}");
+    }
+    assert!(
+        stdout.ends_with("stopped after --max-polls 2: 2 pushed messages arrived\n"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_back_end_pushes_a_kiosks_gift_card_scan_to_its_till() {
+    use pollgate::cli::demo_backend::{serve, DemoBackendArgs};
+    let config = format!("admin:\n  push_token: kiosk-token\n{CHANNEL}");
+    let gw = Gateway::start(&config, &[]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let args = DemoBackendArgs {
+        listen: addr,
+        delay: Duration::from_secs(1),
+        approve_up_to: 1000.0,
+        secret: None,
+        push_to: Some(format!("http://{}", gw.admin)),
+        push_token: Some("kiosk-token".into()),
+    };
+    tokio::spawn(async move { serve(listener, args).await.unwrap() });
+    let r = client()
+        .post(format!("http://{addr}/giftcard/shop/3/2"))
+        .body(r#"{"cardNumber": "6012-0001"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let a = gw
+        .till()
+        .call_json("backgroundPoll", &poll_body(3, 2, 1))
+        .await;
+    assert_eq!(
+        a.json(),
+        json!({"externalCardScan": {"cardNumber": "6012-0001", "balance": 44.0, "currency": "EUR"}, "polling": {"finished": true}})
+    );
+    let bad = client()
+        .post(format!("http://{addr}/giftcard/shop/3/2"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
