@@ -610,3 +610,22 @@ async fn the_demo_back_end_pushes_a_kiosks_gift_card_scan_to_its_till() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test]
+async fn the_shipped_push_rule_shows_the_cashier_the_card() {
+    let rule = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/push/backgroundPoll.rhai"),
+    )
+    .unwrap();
+    let config = "events:\n  backgroundPoll:\n    rule: poll.rhai\n    push: {hold: 200ms}\n";
+    let gw = Gateway::start(config, &[("poll.rhai", &rule)]).await;
+    let till = gw.till();
+    let empty = till.call_json("backgroundPoll", &poll_body(3, 2, 1)).await;
+    assert_eq!(empty.json(), json!({"polling": {"finished": false}}));
+    push(&gw, "shop/3/2", &card("6012-0001")).await;
+    let a = till.call_json("backgroundPoll", &poll_body(3, 2, 2)).await;
+    assert_eq!(
+        a.json(),
+        json!({"externalCardScan": {"cardNumber": "6012-0001", "cardType": "giftcard"}, "polling": {"finished": true, "message": "Gift card 6012-0001"}})
+    );
+}
