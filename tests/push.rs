@@ -573,26 +573,36 @@ async fn simulate_keeps_polling_background_poll_and_prints_each_pushed_message()
 
 #[tokio::test]
 async fn the_demo_back_end_pushes_a_kiosks_gift_card_scan_to_its_till() {
-    use pollgate::cli::demo_backend::{serve, DemoBackendArgs};
     let config = format!("admin:\n  push_token: kiosk-token\n{CHANNEL}");
     let gw = Gateway::start(&config, &[]).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let args = DemoBackendArgs {
-        listen: addr,
-        delay: Duration::from_secs(1),
-        approve_up_to: 1000.0,
-        secret: None,
-        push_to: Some(format!("http://{}", gw.admin)),
-        push_token: Some("kiosk-token".into()),
-    };
-    tokio::spawn(async move { serve(listener, args).await.unwrap() });
-    let r = client()
-        .post(format!("http://{addr}/giftcard/shop/3/2"))
-        .body(r#"{"cardNumber": "6012-0001"}"#)
-        .send()
-        .await
+    let addr = closed_port().await;
+    let admin = format!("http://{}", gw.admin);
+    // The binary, as an operator runs it (its own process, its own TLS provider set-up).
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_pollgate"))
+        .args([
+            "demo-backend",
+            "--listen",
+            &addr.to_string(),
+            "--push-to",
+            &admin,
+        ])
+        .env("POLLGATE_PUSH_TOKEN", "kiosk-token")
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .unwrap();
+    let url = format!("http://{addr}/giftcard/shop/3/2");
+    let r = eventually("the demo back end to answer", || {
+        let url = url.clone();
+        async move {
+            client()
+                .post(url)
+                .body(r#"{"cardNumber": "6012-0001"}"#)
+                .send()
+                .await
+                .ok()
+        }
+    })
+    .await;
     assert_eq!(r.status(), 202);
     let a = gw
         .till()
@@ -602,13 +612,10 @@ async fn the_demo_back_end_pushes_a_kiosks_gift_card_scan_to_its_till() {
         a.json(),
         json!({"externalCardScan": {"cardNumber": "6012-0001", "balance": 44.0, "currency": "EUR"}, "polling": {"finished": true}})
     );
-    let bad = client()
-        .post(format!("http://{addr}/giftcard/shop/3/2"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let bad = client().post(&url).body("{}").send().await.unwrap();
     assert_eq!(bad.status(), 400);
+    let _ = demo.kill();
+    let _ = demo.wait();
 }
 
 #[tokio::test]

@@ -154,7 +154,12 @@ async fn gift_card(args: &DemoBackendArgs, till: &str, body: Incoming) -> Respon
         "currency": "EUR",
     }});
     let url = format!("{}/push/{till}", admin.trim_end_matches('/'));
-    let mut request = reqwest::Client::new()
+    crate::upstream::install_crypto_provider();
+    let client = match reqwest::Client::builder().no_proxy().build() {
+        Ok(client) => client,
+        Err(e) => return reply(500, &json!({"error": e.to_string()})),
+    };
+    let mut request = client
         .post(&url)
         .header("content-type", "application/json")
         .body(message.to_string());
