@@ -146,7 +146,7 @@ pub(crate) struct RawEvent {
 }
 
 /// `events.backgroundPoll.push`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPush {
     #[serde(default = "default_push_hold", deserialize_with = "duration")]
