@@ -67,7 +67,7 @@ return 0
 ";
 
 /// How long a broken wake-up subscription waits before trying again, at most.
-const RESUBSCRIBE_MAX: Duration = Duration::from_secs(1);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(30);
 
 /// A record as stored.
 #[derive(Serialize, Deserialize)]
@@ -126,9 +126,15 @@ impl RedisMailbox {
             .await
             .map_err(connect_error)?;
         let channel = wake_channel(prefix);
-        let first = crate::redis_connection::subscribe(url, timeout, &channel)
-            .await
-            .map_err(connect_error)?;
+        // Without the subscription (a Redis user without pub/sub rights, say), pushes still
+        // arrive, at the held call's next look: when its hold ends.
+        let first = match crate::redis_connection::subscribe(url, timeout, &channel).await {
+            Ok(subscription) => Some(subscription),
+            Err(e) => {
+                tracing::error!("push wake-up subscription to {channel} failed ({e}); a message pushed through another replica reaches a held call only when its hold ends; retrying");
+                None
+            }
+        };
         let listener = tokio::spawn(listen(
             first,
             url.to_owned(),
@@ -335,13 +341,17 @@ impl PushMailbox for RedisMailbox {
 /// Wakes the calls held for each till tag published on `channel`; resubscribes (with a
 /// growing pause) when the subscription breaks.
 async fn listen(
-    mut subscription: ::redis::aio::PubSub,
+    first: Option<::redis::aio::PubSub>,
     url: String,
     channel: String,
     timeout: Duration,
     wakers: Wakers,
 ) {
     let mut pause = Duration::from_millis(50);
+    let mut subscription = match first {
+        Some(subscription) => subscription,
+        None => resubscribe(&url, &channel, timeout, &mut pause).await,
+    };
     loop {
         {
             let mut messages = subscription.on_message();
@@ -352,18 +362,30 @@ async fn listen(
             }
         }
         tracing::warn!("push wake-up subscription lost; subscribing again");
-        subscription = loop {
-            tokio::time::sleep(pause).await;
-            match crate::redis_connection::subscribe(&url, timeout, &channel).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    tracing::warn!("push wake-up subscription: {e}");
-                    pause = (pause * 2).min(RESUBSCRIBE_MAX);
-                }
-            }
-        };
-        pause = Duration::from_millis(50);
+        subscription = resubscribe(&url, &channel, timeout, &mut pause).await;
         // What was pushed while it was down woke nobody: every held call looks again.
         wakers.wake_all();
+    }
+}
+
+/// A new subscription, after a pause that grows while attempts fail.
+async fn resubscribe(
+    url: &str,
+    channel: &str,
+    timeout: Duration,
+    pause: &mut Duration,
+) -> ::redis::aio::PubSub {
+    loop {
+        tokio::time::sleep(*pause).await;
+        match crate::redis_connection::subscribe(url, timeout, channel).await {
+            Ok(s) => {
+                *pause = Duration::from_millis(50);
+                return s;
+            }
+            Err(e) => {
+                tracing::warn!("push wake-up subscription: {e}");
+                *pause = (*pause * 2).min(RESUBSCRIBE_MAX);
+            }
+        }
     }
 }
