@@ -136,11 +136,14 @@ impl Store {
     }
 }
 
+/// The Redis arm is boxed: a Redis command's future is large, and inline it would size
+/// every call's future, memory-store calls and held calls included (an allocation per
+/// command is nothing beside a network round trip).
 macro_rules! dispatch {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
             Store::Memory($s) => $call.await,
-            Store::Redis($s) => $call.await,
+            Store::Redis($s) => Box::pin($call).await,
         }
     };
 }

@@ -113,6 +113,20 @@ impl Call<'_> {
                 .push_decision(channel, snapshot, body, elapsed_ms)
                 .await;
         }
+        // Boxed: the call's future is sized for its largest branch, and a push channel's
+        // call is held at the line above for up to `push.hold`; forwards and rules are
+        // boxed off it so that 10,000 held calls stay small (GATEWAY.md 7).
+        Box::pin(self.decide_call(snapshot, body, now, elapsed_ms)).await
+    }
+
+    /// A decision of any event but a push channel.
+    async fn decide_call(
+        &self,
+        snapshot: &mut Snapshot,
+        body: &mut Option<Dynamic>,
+        now: u64,
+        elapsed_ms: u64,
+    ) -> Result<Decision, StoreError> {
         if let Some(polling) = &self.event.config.polling {
             if Duration::from_millis(elapsed_ms) >= polling.timeout {
                 return Ok(timed_out(&polling.timeout_message));

@@ -58,7 +58,12 @@ impl Call<'_> {
             None => Dynamic::UNIT,
         };
         let mut decision = match &self.event.how {
-            How::Rule(_) => self.evaluate(snapshot, body, elapsed_ms, pushed).await.0,
+            // Boxed, like the other events' decisions (see `decide`).
+            How::Rule(_) => {
+                Box::pin(self.evaluate(snapshot, body, elapsed_ms, pushed))
+                    .await
+                    .0
+            }
             _ => pushed_answer(pushed),
         };
         if decision.finished && decision.outcome != Outcome::RuleError {

@@ -95,11 +95,13 @@ pub enum Mailbox {
     Redis(RedisMailbox),
 }
 
+/// As the conversation store's: the Redis arm's futures are boxed, so they do not size
+/// every held call's future.
 macro_rules! dispatch {
     ($self:ident, $m:ident => $call:expr) => {
         match $self {
-            Mailbox::Memory($m) => $call,
-            Mailbox::Redis($m) => $call,
+            Mailbox::Memory($m) => $call.await,
+            Mailbox::Redis($m) => Box::pin($call).await,
         }
     };
 }
@@ -112,23 +114,26 @@ impl PushMailbox for Mailbox {
         now_ms: u64,
         expires_ms: u64,
     ) -> Result<Message, PushError> {
-        dispatch!(self, m => m.push(till, body, now_ms, expires_ms).await)
+        dispatch!(self, m => m.push(till, body, now_ms, expires_ms))
     }
 
     async fn pending(&self, till: &Till, now_ms: u64, limit: usize) -> Result<Pending, PushError> {
-        dispatch!(self, m => m.pending(till, now_ms, limit).await)
+        dispatch!(self, m => m.pending(till, now_ms, limit))
     }
 
     async fn remove(&self, till: &Till, id: MessageId) -> Result<bool, PushError> {
-        dispatch!(self, m => m.remove(till, id).await)
+        dispatch!(self, m => m.remove(till, id))
     }
 
     async fn sweep(&self, now_ms: u64) -> Result<Swept, PushError> {
-        dispatch!(self, m => m.sweep(now_ms).await)
+        dispatch!(self, m => m.sweep(now_ms))
     }
 
     fn wakers(&self) -> &Wakers {
-        dispatch!(self, m => m.wakers())
+        match self {
+            Self::Memory(m) => m.wakers(),
+            Self::Redis(m) => m.wakers(),
+        }
     }
 }
 
