@@ -636,3 +636,16 @@ async fn the_shipped_push_rule_shows_the_cashier_the_card() {
         json!({"externalCardScan": {"cardNumber": "6012-0001", "cardType": "giftcard"}, "polling": {"finished": true, "message": "Gift card 6012-0001"}})
     );
 }
+
+#[tokio::test]
+async fn a_push_over_max_body_bytes_is_413() {
+    let config = format!("server:\n  max_body_bytes: 100\n{CHANNEL}");
+    let gw = Gateway::start(&config, &[]).await;
+    let (status, answer) = push(&gw, "shop/3/2", &card(&"9".repeat(200))).await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        answer,
+        json!({"error": {"code": "PAYLOAD_TOO_LARGE", "message": "the body is over server.max_body_bytes (100)"}})
+    );
+    assert!(pending(&gw, "shop/3/2").await.is_empty());
+}
