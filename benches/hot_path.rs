@@ -160,6 +160,7 @@ fn input(event: Dynamic, key: ConversationKey, now_ms: u64) -> Input {
         state: Map::new(),
         forwards: Vec::new(),
         upstreams: Some(Arc::from(Vec::<String>::new())),
+        push: Dynamic::UNIT,
     }
 }
 
@@ -248,11 +249,13 @@ impl Stages {
                 &KeyPart::ALL,
                 EVENT,
                 &pollgate::runtime::How::Rule(ten_line.clone()),
+                false,
             ),
             bench_reads: pipeline::body_reads(
                 &KeyPart::ALL,
                 EVENT,
                 &pollgate::runtime::How::Rule(bench_rule.clone()),
+                false,
             ),
             secret,
             engine,

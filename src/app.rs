@@ -19,6 +19,7 @@ use crate::http::layers::CallLayer;
 use crate::http::overload::BodyBudget;
 use crate::http::{self as server, webhook};
 use crate::outbox::{EmbeddedOutbox, OutboxError, Queue, RedisOutbox};
+use crate::push::{Mailbox, PushError, RedisMailbox, Wakers};
 use crate::redis_connection::RedisConnection;
 use crate::reload::{Env, Reloader};
 use crate::runtime::Runtime;
@@ -34,6 +35,8 @@ pub enum AppError {
     /// source, so `{:#}` prints it after.
     #[error("cannot use the conversation store at {url} (state.url)")]
     Store { url: String, source: StoreError },
+    #[error("cannot open the push mailbox at {url} (state.url)")]
+    Push { url: String, source: PushError },
     #[error("cannot open the outbox ({key})")]
     Outbox {
         key: &'static str,
@@ -90,6 +93,9 @@ impl App {
         let runtime = Runtime::build(config, &metrics, 1)?;
         metrics.set_generation(1);
         let mut gateway = Gateway::new(runtime, store, Clock::system(), metrics);
+        if let Some(mailbox) = open_mailbox(&gateway).await? {
+            gateway = gateway.with_mailbox(mailbox);
+        }
         if let Some(queue) = queue {
             gateway = gateway.with_outbox(queue);
         }
@@ -139,9 +145,12 @@ impl App {
         self.ready.store(true, Ordering::Release);
         let ready = self.ready.clone();
         let mut stopping = shutdown.clone();
+        let push = self.gateway.push.clone();
         let unready = tokio::spawn(async move {
             stopping.wait().await;
             ready.store(false, Ordering::Release);
+            // Held backgroundPoll calls are answered now, not when their hold ends.
+            push.close();
             // `server.shutdown_grace` is one grace from here for everything: the calls
             // still open and the background forwards share this deadline.
             Instant::now() + config_grace
@@ -228,12 +237,34 @@ impl App {
         if let Store::Memory(memory) = &self.gateway.store {
             background.push(tokio::spawn(sweep(
                 memory.clone(),
+                self.gateway.push.clone(),
                 self.gateway.clock,
                 shutdown.clone(),
             )));
         }
         background
     }
+}
+
+/// The Redis mailbox with the Redis store; `None` keeps the memory one.
+async fn open_mailbox(gateway: &Gateway) -> Result<Option<Mailbox>, AppError> {
+    let rt = gateway.runtime.load();
+    let StoreConfig::Redis {
+        server,
+        prefix,
+        timeout,
+    } = &rt.config.state.store
+    else {
+        return Ok(None);
+    };
+    let wakers = Wakers::new(gateway.metrics.push_held_calls());
+    RedisMailbox::connect(server, prefix, *timeout, wakers)
+        .await
+        .map(|m| Some(Mailbox::Redis(m)))
+        .map_err(|source| AppError::Push {
+            url: server.shown(),
+            source,
+        })
 }
 
 /// The outbox the config asks for: in Redis with the Redis store, else in `outbox.path`
@@ -269,8 +300,8 @@ async fn open_outbox(config: &Config) -> Result<Option<Queue>, AppError> {
     }
 }
 
-/// Forgets expired conversations of the memory store now and then.
-async fn sweep(store: MemoryStore, clock: Clock, mut shutdown: Shutdown) {
+/// Forgets expired conversations and pushed messages of the memory store now and then.
+async fn sweep(store: MemoryStore, push: crate::push::Push, clock: Clock, mut shutdown: Shutdown) {
     let every = (store.ttl() / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -280,6 +311,9 @@ async fn sweep(store: MemoryStore, clock: Clock, mut shutdown: Shutdown) {
                 let dropped = store.sweep(clock.now_ms());
                 if dropped > 0 {
                     tracing::debug!(dropped, "expired conversations forgotten");
+                }
+                if let Err(e) = push.observe().await {
+                    tracing::warn!("pushed messages not swept: {e}");
                 }
             }
             () = shutdown.wait() => return,

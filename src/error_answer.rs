@@ -225,6 +225,19 @@ pub enum AdminError {
     BadQuery(String),
     /// No delivery has this id (GATEWAY.md 8).
     NoDelivery(String),
+    /// A push for a subscription the config does not have (GATEWAY.md 9).
+    NoSubscription(String),
+    /// A push path's branch or workplace that no till can have, and why.
+    BadTill(String),
+    /// A pushed body that is not JSON (`INVALID_JSON`) or not an object (`INVALID_DATA`).
+    BadPush {
+        code: &'static str,
+        why: String,
+    },
+    /// A push while no event is a push channel: no till would ever get it.
+    PushOff,
+    /// No pending message of the till has this id.
+    NoMessage(String),
 }
 
 impl AdminError {
@@ -232,9 +245,22 @@ impl AdminError {
         match self {
             Self::Unauthorized(_) => 401,
             Self::CrossOrigin(_) => 403,
-            Self::NotFound | Self::NoConversation | Self::NoDelivery(_) => 404,
+            Self::NotFound
+            | Self::NoConversation
+            | Self::NoDelivery(_)
+            | Self::NoSubscription(_)
+            | Self::NoMessage(_) => 404,
             Self::MethodNotAllowed(_) => 405,
-            Self::BadQuery(_) => 400,
+            Self::BadPush {
+                code: "PAYLOAD_TOO_LARGE",
+                ..
+            } => 413,
+            Self::BadPush {
+                code: "REQUEST_TIMEOUT",
+                ..
+            } => 408,
+            Self::BadQuery(_) | Self::BadTill(_) | Self::BadPush { .. } => 400,
+            Self::PushOff => 409,
             Self::StoreUnavailable(_) => 503,
         }
     }
@@ -248,7 +274,10 @@ impl AdminError {
             Self::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Self::BadQuery(_) => "INVALID_QUERY",
-            Self::NoDelivery(_) => "NOT_FOUND",
+            Self::NoDelivery(_) | Self::NoSubscription(_) | Self::NoMessage(_) => "NOT_FOUND",
+            Self::BadTill(_) => "INVALID_TILL",
+            Self::BadPush { code, .. } => code,
+            Self::PushOff => "PUSH_NOT_CONFIGURED",
         }
     }
 
@@ -259,7 +288,7 @@ impl AdminError {
                 "{why}; the admin endpoints refuse requests from other sites' pages"
             )),
             Self::NotFound => Cow::Borrowed(
-                "admin endpoints: /healthz /readyz /metrics /conversations /deliveries /reload",
+                "admin endpoints: /healthz /readyz /metrics /conversations /deliveries /push /reload",
             ),
             Self::NoConversation => Cow::Borrowed(
                 "no live conversation has this key (32 hex digits, as GET /conversations lists them)",
@@ -270,6 +299,18 @@ impl AdminError {
                 "no delivery `{}` (GET /deliveries lists them)",
                 crate::telemetry::escape::loggable(id, 64)
             )),
+            Self::NoSubscription(id) => Cow::Owned(format!(
+                "no subscription `{}` (not under `subscriptions:`)",
+                crate::telemetry::escape::loggable(id, 64)
+            )),
+            Self::NoMessage(id) => Cow::Owned(format!(
+                "no pending message `{}` for this till (GET the till's path lists them)",
+                crate::telemetry::escape::loggable(id, 64)
+            )),
+            Self::BadTill(why) | Self::BadPush { why, .. } => Cow::Owned(why.clone()),
+            Self::PushOff => Cow::Borrowed(
+                "no event is a push channel (events.backgroundPoll.push), so no till would get it",
+            ),
         }
     }
 

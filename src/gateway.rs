@@ -1,5 +1,5 @@
 //! The gateway's shared handle: everything that outlives a config generation (the store,
-//! the forwarder, the clock, the metrics) and the current generation itself. The HTTP
+//! the forwarder, the clock, the metrics, the push mailbox) and the current generation itself. The HTTP
 //! handlers, the pipeline, the admin endpoints and the reloader all hold one.
 
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 
 use crate::conversation::{Clock, Store};
 use crate::outbox::{Deliverer, Queue};
+use crate::push::{Mailbox, MemoryMailbox, Push};
 use crate::runtime::Runtime;
 use crate::telemetry::Metrics;
 use crate::upstream::Forwarder;
@@ -25,12 +26,17 @@ pub struct Gateway {
     /// Durable deliveries (GATEWAY.md 8): there with the Redis store, or with
     /// `outbox.path`; `None` otherwise (no event can be durable then).
     pub outbox: Option<Deliverer>,
+    /// Pushed messages for tills (GATEWAY.md 9): in memory unless
+    /// [`Gateway::with_mailbox`] says otherwise.
+    pub push: Push,
 }
 
 impl Gateway {
     pub fn new(runtime: Runtime, store: Store, clock: Clock, metrics: Arc<Metrics>) -> Self {
         let forwarder = Forwarder::new(store.clone(), clock, metrics.clone());
+        let mailbox = Mailbox::Memory(MemoryMailbox::new(metrics.push_held_calls()));
         Self {
+            push: Push::new(mailbox, clock, metrics.clone()),
             runtime: Arc::new(ArcSwap::from_pointee(runtime)),
             store,
             forwarder,
@@ -38,6 +44,12 @@ impl Gateway {
             metrics,
             outbox: None,
         }
+    }
+
+    /// The same gateway with pushed messages in `mailbox`.
+    pub fn with_mailbox(mut self, mailbox: Mailbox) -> Self {
+        self.push = Push::new(mailbox, self.clock, self.metrics.clone());
+        self
     }
 
     /// The same gateway with durable deliveries through `queue`.

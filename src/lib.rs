@@ -16,6 +16,8 @@
 //! - [`outbox`]: durable delivery: the queue (embedded redb or Redis) and its workers.
 //! - `redis_connection`: the one Redis connection type of the Redis store and outbox
 //!   (one Redis, TLS or a cluster), made without waiting for Redis and kept reaching it.
+//! - [`push`]: pushing to tills: a till's mailbox (memory or Redis, with wakers for held
+//!   backgroundPoll calls) and the hold of a call.
 //! - [`runtime`]: one compiled configuration generation (swapped whole on reload).
 //! - [`config`]: the YAML config file, validated before any port is bound.
 //! - [`tls`]: `server.tls`, the webhook listener's PEM certificate and key for rustls.
@@ -37,6 +39,7 @@ pub mod gateway;
 pub mod http;
 pub mod outbox;
 pub mod pipeline;
+pub mod push;
 mod redis_connection;
 pub mod reload;
 pub mod rules;

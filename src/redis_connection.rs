@@ -1,5 +1,6 @@
 //! How pollgate talks to Redis (GATEWAY.md 11), for the conversation store, the outbox and
-//! the push mailboxes alike: one [`RedisConnection`] type, made from `state:`.
+//! the push mailboxes alike: one [`RedisConnection`] type, made from `state:`, and the push
+//! mailbox's wake-up subscription ([`subscribe`]).
 //!
 //! [`RedisConnection::open`] needs no Redis: it builds the client from URLs and certificates
 //! already checked with the config, and [`watch`] reaches Redis in the background, again and
@@ -184,6 +185,40 @@ impl RedisConnection {
             .map(|t| t.clone().unwrap_or_default())
             .unwrap_or_default();
         RedisError::from((ErrorKind::Io, "no connection yet", why))
+    }
+}
+
+/// A subscription to `channel` on a connection of its own (pub/sub takes a connection
+/// over), made within `timeout`: to the one Redis, or to the first node of a cluster
+/// (a cluster hands every `PUBLISH` to all its nodes). Why not, as one sentence naming the
+/// URL (its password hidden).
+pub(crate) async fn subscribe(
+    server: &RedisServer,
+    timeout: Duration,
+    channel: &str,
+) -> Result<redis::aio::PubSub, String> {
+    let shown = server.shown();
+    let url = server.urls.first().map_or("", String::as_str);
+    let client = match &server.ca {
+        Some(ca) => redis::Client::build_with_tls(
+            url,
+            TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.pem.clone()),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
+    .map_err(|e| format!("Redis at {shown}: {e}"))?;
+    let subscribing = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok::<_, RedisError>(pubsub)
+    };
+    match tokio::time::timeout(timeout, subscribing).await {
+        Ok(Ok(pubsub)) => Ok(pubsub),
+        Ok(Err(e)) => Err(format!("Redis at {shown}: {e}")),
+        Err(_) => Err(format!("Redis at {shown}: no answer within {timeout:?}")),
     }
 }
 

@@ -29,6 +29,8 @@ pub enum How {
     Rule(Rule),
     Respond(Map),
     Reply,
+    /// The pushed message is the answer (GATEWAY.md 9).
+    Push,
 }
 
 /// A complete, immutable configuration generation.
@@ -93,6 +95,7 @@ fn compile(
             map.map(How::Respond)
         }
         Answer::Reply => Some(How::Reply),
+        Answer::Push => Some(How::Push),
     }
 }
 
@@ -127,7 +130,12 @@ impl Runtime {
                 name.clone(),
                 CompiledEvent {
                     config: event.clone(),
-                    reads: Arc::new(crate::pipeline::body_reads(&config.state.key, name, &how)),
+                    reads: Arc::new(crate::pipeline::body_reads(
+                        &config.state.key,
+                        name,
+                        &how,
+                        event.push.is_some(),
+                    )),
                     how,
                     metrics: metrics.event(name, &outcomes),
                 },

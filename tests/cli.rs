@@ -926,7 +926,7 @@ fn readyz(port: u16) -> Option<u16> {
     answer.split(' ').nth(1)?.parse().ok()
 }
 
-const SIMULATED: &str = "events:\n  addSessionLine:\n    rule: id-check.rhai\n    polling: {}\n  backgroundPoll:\n    rule: forever.rhai\n    polling: {}\n";
+const SIMULATED: &str = "events:\n  addSessionLine:\n    rule: id-check.rhai\n    polling: {}\n  pollExternalPayment:\n    rule: forever.rhai\n    polling: {}\n";
 
 const ID_CHECK: &str = r#"
 if poll.attempt < 3 {
@@ -1174,7 +1174,7 @@ fn simulate_gives_up_after_max_polls() {
         "--url",
         &served.url(),
         "--event",
-        "backgroundPoll",
+        "pollExternalPayment",
         "--secret",
         SECRET,
         "--subscription",

@@ -1142,6 +1142,8 @@ async fn demo_backend(delay: Duration, secret: &str) -> (String, tokio::task::Jo
         delay,
         approve_up_to: 1000.0,
         secret: Some(secret.into()),
+        push_to: None,
+        push_token: None,
     };
     let task = tokio::spawn(async move {
         serve(listener, args).await.unwrap();

@@ -3,6 +3,11 @@
 //! It answers `POST {prefix}/startPayment` after `--delay` with a manager's decision
 //! (approved up to `--approve-up-to`, declined above) and every other event with `{}`.
 //! It checks `X-Mplus-Signature` when given `--secret` and logs what it receives.
+//!
+//! With `--push-to` (pollgate's admin URL) it is also a gift-card kiosk's back end:
+//! `POST /giftcard/{subscription}/{branch}/{workplace}` with `{"cardNumber": "..."}` looks
+//! the card up and pushes an `externalCardScan` to that till through pollgate's
+//! `POST /push/...` (GATEWAY.md 9), answering with pollgate's answer.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,6 +39,14 @@ pub struct DemoBackendArgs {
     /// Verify X-Mplus-Signature with this base64 secret (the upstream's or subscription's).
     #[arg(long, env = "MPLUS_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// pollgate's admin URL (e.g. http://127.0.0.1:9090): turns on
+    /// `POST /giftcard/{subscription}/{branch}/{workplace}`, which pushes the scanned card to
+    /// that till.
+    #[arg(long)]
+    pub push_to: Option<String>,
+    /// The bearer token for pollgate's /push (admin.push_token or admin.token).
+    #[arg(long, env = "POLLGATE_PUSH_TOKEN", hide_env_values = true)]
+    pub push_token: Option<String>,
 }
 
 /// Serves until Ctrl-C.
@@ -74,6 +87,10 @@ async fn answer(
     secret: Option<Secret>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(till) = req.uri().path().strip_prefix("/giftcard/") {
+        let till = till.to_owned();
+        return Ok(gift_card(&args, &till, req.into_body()).await);
+    }
     let event = req.uri().path().rsplit('/').next().unwrap_or_default();
     let event = event.to_owned();
     let headers = req.headers();
@@ -113,6 +130,64 @@ async fn answer(
     };
     eprintln!("{event} [{key}]: {decision}");
     Ok(reply(200, &decision))
+}
+
+/// A kiosk scanned a gift card for a till: push the card and its balance to that till.
+async fn gift_card(args: &DemoBackendArgs, till: &str, body: Incoming) -> Response<Full<Bytes>> {
+    let Some(admin) = &args.push_to else {
+        return reply(
+            404,
+            &json!({"error": "start the demo back end with --push-to <pollgate admin URL>"}),
+        );
+    };
+    let body = match Limited::new(body, 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return reply(413, &json!({"error": "body too large"})),
+    };
+    let scan: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(card) = scan.get("cardNumber").and_then(Value::as_str) else {
+        return reply(400, &json!({"error": "send {\"cardNumber\": \"...\"}"}));
+    };
+    let message = json!({"externalCardScan": {
+        "cardNumber": card,
+        "balance": card_balance(card),
+        "currency": "EUR",
+    }});
+    let url = format!("{}/push/{till}", admin.trim_end_matches('/'));
+    crate::upstream::install_crypto_provider();
+    let client = match reqwest::Client::builder().no_proxy().build() {
+        Ok(client) => client,
+        Err(e) => return reply(500, &json!({"error": e.to_string()})),
+    };
+    let mut request = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(message.to_string());
+    if let Some(token) = &args.push_token {
+        request = request.bearer_auth(token);
+    }
+    match request.send().await {
+        Ok(answer) => {
+            let status = answer.status().as_u16();
+            let text = answer.text().await.unwrap_or_default();
+            eprintln!("gift card {card} for till {till}: pollgate answered {status} {text}");
+            let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            reply(status, &value)
+        }
+        Err(e) => {
+            eprintln!("gift card {card} for till {till}: cannot reach {url}: {e}");
+            reply(
+                502,
+                &json!({"error": format!("cannot reach pollgate at {url}")}),
+            )
+        }
+    }
+}
+
+/// A made-up balance, the same for the same card: 5.00 to 104.00.
+fn card_balance(card: &str) -> f64 {
+    let sum: u32 = card.bytes().map(u32::from).sum();
+    f64::from(5 + sum % 100)
 }
 
 /// A startPayment's total: its session lines' `priceIncl` times `quantity` (default 1).

@@ -47,9 +47,11 @@ pub struct SimulateArgs {
     /// Pause between polls, like 500ms or 2s.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
-    /// Give up (exit 1) after this many calls without `finished: true`.
-    #[arg(long, default_value_t = 30)]
-    pub max_polls: u32,
+    /// Give up (exit 1) after this many calls without `finished: true` [default: 30].
+    /// backgroundPoll keeps polling (each pushed message starts a new call) until this
+    /// many calls, or forever without it.
+    #[arg(long)]
+    pub max_polls: Option<u32>,
     /// For an https:// URL: trust only the CA certificates in this PEM file (e.g. a private
     /// CA that signed server.tls.cert).
     #[arg(long)]
@@ -69,32 +71,34 @@ pub async fn simulate(args: &SimulateArgs, out: &mut dyn Write) -> ExitCode {
     }
 }
 
+/// The event a till keeps calling as its channel from the back end (MPLUS.md 5).
+const CHANNEL_EVENT: &str = "backgroundPoll";
+
 async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
     let secret = super::secret_arg(&args.secret, args.encoding)?;
     let body = call_body(args)?;
     let url = format!("{}/{}", args.url.trim_end_matches('/'), args.event);
-    let signature = secret.sign(&body);
+    let channel = args.event == CHANNEL_EVENT;
     crate::upstream::install_crypto_provider();
-    let mut client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .no_proxy();
+    // A push channel's call is held up to its `push.hold` by design.
+    let timeout = Duration::from_secs(if channel { 600 } else { 60 });
+    let mut client = reqwest::Client::builder().timeout(timeout).no_proxy();
     if let Some(ca) = &args.ca {
         client = client.tls_certs_only(ca_certificates(ca)?);
     }
     let client = client.build().map_err(|e| e.to_string())?;
-    for poll in 1..=args.max_polls {
-        let _ = writeln!(out, "-> POST {url} (call {poll})");
-        let response = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json")
-            .header(SUBSCRIPTION_HEADER, &args.subscription)
-            .header(SIGNATURE_HEADER, &signature)
-            .body(body.clone())
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach {url}: {}", super::causes(&e)))?;
-        let json = checked_answer(response, &secret, args, out).await?;
+    let call = Call {
+        client: &client,
+        url: &url,
+        secret: &secret,
+        args,
+    };
+    if channel {
+        return watch(&call, body, out).await;
+    }
+    let max_polls = args.max_polls.unwrap_or(30);
+    for poll in 1..=max_polls {
+        let json = call.send(&body, poll, out).await?;
         show(&json, out);
         match json.pointer("/polling/finished").and_then(Value::as_bool) {
             Some(false) => tokio::time::sleep(args.interval).await,
@@ -108,7 +112,70 @@ async fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
             }
         }
     }
-    Err(format!("not finished after --max-polls {}", args.max_polls))
+    Err(format!("not finished after --max-polls {max_polls}"))
+}
+
+/// What every call of a run is sent with.
+struct Call<'a> {
+    client: &'a reqwest::Client,
+    url: &'a str,
+    secret: &'a Secret,
+    args: &'a SimulateArgs,
+}
+
+impl Call<'_> {
+    /// Sends `body` signed and checks the answer as a till would.
+    async fn send(&self, body: &[u8], poll: u32, out: &mut dyn Write) -> Result<Value, String> {
+        let _ = writeln!(out, "-> POST {} (call {poll})", self.url);
+        let response = self
+            .client
+            .post(self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .header(SUBSCRIPTION_HEADER, &self.args.subscription)
+            .header(SIGNATURE_HEADER, self.secret.sign(body))
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {}: {}", self.url, super::causes(&e)))?;
+        checked_answer(response, self.secret, self.args, out).await
+    }
+}
+
+/// backgroundPoll as a till runs it: call after call, each held by the gateway until a
+/// message is pushed; each pushed message is printed as it arrives, and the next call is
+/// a new conversation. Ends after `--max-polls` calls (exit 0), or on Ctrl-C.
+async fn watch(call: &Call<'_>, mut body: Vec<u8>, out: &mut dyn Write) -> Result<(), String> {
+    let max_polls = call.args.max_polls.unwrap_or(u32::MAX);
+    let mut messages = 0u32;
+    for poll in 1..=max_polls {
+        let json = call.send(&body, poll, out).await?;
+        show(&json, out);
+        if json.pointer("/polling/finished").and_then(Value::as_bool) == Some(true) {
+            messages += 1;
+            let mut pushed = json.clone();
+            if let Some(map) = pushed.as_object_mut() {
+                map.remove("polling");
+            }
+            let _ = writeln!(out, "   pushed message:   {pushed}");
+            body = next_call(call.args, &body)?;
+        }
+        let _ = out.flush();
+    }
+    let _ = writeln!(
+        out,
+        "stopped after --max-polls {max_polls}: {messages} pushed message{} arrived",
+        if messages == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+/// The body of the call after a finished one: a new conversation (a new eventTimestamp).
+fn next_call(args: &SimulateArgs, body: &[u8]) -> Result<Vec<u8>, String> {
+    if args.body.is_none() {
+        return Ok(example_body(&args.event));
+    }
+    freshen(body).ok_or_else(|| "--body must be a JSON object".to_owned())
 }
 
 /// The certificates of a `--ca` PEM file: at least one, or why not.

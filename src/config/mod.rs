@@ -166,11 +166,40 @@ pub struct Event {
     pub unavailable_message: String,
     /// Whether the event's forwards are tied to the call or queued durably.
     pub delivery: Delivery,
+    /// backgroundPoll as a channel for pushed messages (GATEWAY.md 9). Such an event is a
+    /// polling event whose `polling.timeout` never comes.
+    pub push: Option<PushChannel>,
 }
+
+/// `events.backgroundPoll.push`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushChannel {
+    /// How long a call with nothing pending waits for a message.
+    pub hold: Duration,
+    /// How long a message waits for its till before it expires.
+    pub ttl: Duration,
+}
+
+/// The one event that carries pushed messages (MPLUS.md 5).
+pub const PUSH_EVENT: &str = "backgroundPoll";
 
 pub use raw::DeliveryKind as Delivery;
 
 impl Event {
+    /// A push channel without a rule: the pushed message is the answer.
+    pub(crate) fn push_channel(name: String, push: Option<PushChannel>) -> Self {
+        Self {
+            name,
+            answer: Answer::Push,
+            forward: None,
+            hold: None,
+            polling: Some(Polling::endless()),
+            unavailable_message: String::new(),
+            delivery: Delivery::Call,
+            push,
+        }
+    }
+
     /// Whether this event's forwards go through the outbox (GATEWAY.md 8).
     pub fn is_durable(&self) -> bool {
         self.delivery == Delivery::Durable
@@ -186,6 +215,8 @@ pub enum Answer {
     Respond(serde_json::Value),
     /// No rule: the forward's reply is the answer (GATEWAY.md 5).
     Reply,
+    /// No rule: the pushed message is the answer (GATEWAY.md 9).
+    Push,
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +224,17 @@ pub struct Polling {
     pub timeout: Duration,
     pub timeout_message: String,
     pub pending_message: String,
+}
+
+impl Polling {
+    /// A push channel's polling: it never times out (GATEWAY.md 9).
+    pub(crate) fn endless() -> Self {
+        Self {
+            timeout: Duration::MAX,
+            timeout_message: String::new(),
+            pending_message: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

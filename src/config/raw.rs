@@ -141,6 +141,26 @@ pub(crate) struct RawEvent {
     pub unavailable_message: Option<String>,
     #[serde(default)]
     pub delivery: DeliveryKind,
+    /// backgroundPoll only: tills get pushed messages on their calls (GATEWAY.md 9).
+    pub push: Option<RawPush>,
+}
+
+/// `events.backgroundPoll.push`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPush {
+    #[serde(default = "default_push_hold", deserialize_with = "duration")]
+    pub hold: Duration,
+    #[serde(default = "default_push_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+}
+
+fn default_push_hold() -> Duration {
+    Duration::from_secs(20)
+}
+
+fn default_push_ttl() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// `events.X.delivery`: the forward tied to the call, or queued durably (GATEWAY.md 8).

@@ -953,3 +953,55 @@ fn previous_secrets_are_decoded_like_the_secret_each_problem_under_its_index() {
     let signed_new = shop.secret.sign(b"{}");
     assert_eq!(shop.verify(signed_new.as_bytes(), b"{}"), Ok(0));
 }
+
+#[test]
+fn push_makes_background_poll_a_polling_channel_with_its_own_hold_and_ttl() {
+    let text = with_subscription("events:\n  backgroundPoll:\n    push: {hold: 15s, ttl: 2m}\n");
+    let config = parse(&text).expect("loads");
+    let event = &config.events["backgroundPoll"];
+    let push = event.push.expect("a push channel");
+    assert_eq!(
+        (push.hold, push.ttl),
+        (Duration::from_secs(15), Duration::from_secs(120))
+    );
+    assert_eq!(
+        event.polling.as_ref().map(|p| p.timeout),
+        Some(Duration::MAX)
+    );
+    assert!(matches!(event.answer, Answer::Push));
+    let defaults = parse(&with_subscription(
+        "events:\n  backgroundPoll:\n    push: {}\n",
+    ))
+    .unwrap();
+    let push = defaults.events["backgroundPoll"].push.unwrap();
+    assert_eq!(
+        (push.hold, push.ttl),
+        (Duration::from_secs(20), Duration::from_secs(600))
+    );
+}
+
+#[test]
+fn bad_push_config_names_the_key() {
+    let text = with_subscription(
+        "upstreams:\n  b: {url: 'http://127.0.0.1:9/x'}\nevents:\n  backgroundPoll:\n    forward: b\n    hold: 1s\n    polling: {timeout: 5s}\n    push: {hold: 1s, ttl: 0s}\n  scanCode:\n    respond: {}\n    push: {}\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            format!("{FILE}: events.backgroundPoll.forward: not with `push:`: a push channel answers with pushed messages, not a back end's reply"),
+            format!("{FILE}: events.backgroundPoll.hold: not with `push:`: a push channel's hold is push.hold"),
+            format!("{FILE}: events.backgroundPoll.polling: not with `push:`: a push channel polls as long as the till runs, with no polling.timeout"),
+            format!("{FILE}: events.backgroundPoll.push.ttl: must be more than 0"),
+            format!("{FILE}: events.scanCode.respond: not with `push:`: a push channel answers with pushed messages; shape them with a rule"),
+            format!("{FILE}: events.scanCode.push: only backgroundPoll carries pushed messages (MPLUS.md 5)"),
+        ]
+    );
+    assert!(problem(&with_subscription(
+        "events:\n  backgroundPoll:\n    push: {hold: 5}\n"
+    ))
+    .contains("events.backgroundPoll.push.hold"));
+    assert!(problem(&with_subscription(
+        "events:\n  backgroundPoll:\n    push: {wait: 5s}\n"
+    ))
+    .contains("unknown field `wait`"));
+}

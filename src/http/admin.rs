@@ -13,6 +13,7 @@ use http_body_util::Full;
 use serde::Serialize;
 
 mod deliveries;
+mod push;
 
 use super::conversation_detail::Detail;
 use super::json_response;
@@ -42,7 +43,11 @@ const MAX_LIST_LIMIT: usize = 1000;
 pub async fn handle<B>(
     state: AdminState,
     req: Request<B>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, Infallible>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
     if let Err(refusal) = origin::check(req.headers()) {
         return Ok(error(&AdminError::CrossOrigin(refusal.to_string())));
     }
@@ -52,6 +57,11 @@ pub async fn handle<B>(
         return Ok(error(&AdminError::Unauthorized(refused)));
     }
     drop(runtime);
+    if path == "/push" || path.starts_with("/push/") {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path();
+        return Ok(push::route(&state, &parts.method, path, &parts.headers, body).await);
+    }
     let response = match (req.method(), path) {
         (&Method::GET, "/") => super::console::page(),
         (&Method::GET, "/status") => json(200, &state.reloader.status()),

@@ -7,7 +7,8 @@
 //! 2. the deadline: a last-resort bound on one call (`server.request_timeout`), inside
 //!    telemetry so its answers are counted too (under the call's event, and signed when
 //!    the subscription is known, like every other answer). The pipeline's own bounds (rule
-//!    limits, hold, upstream budgets, store timeouts) normally answer long before.
+//!    limits, hold, upstream budgets, store timeouts) normally answer long before. A push
+//!    channel's call gets its `push.hold` on top (GATEWAY.md 9).
 //!
 //! One layer, not two: each boxed its future, and both read the call's head.
 
@@ -92,7 +93,7 @@ where
         let to = Addressee::of(rt, req.method(), req.uri().path(), req.headers());
         req.extensions_mut().insert(to.clone());
         let future = self.inner.call(req);
-        let timeout = self.layer.timeout;
+        let timeout = self.layer.timeout + push_hold(&to);
         Box::pin(async move {
             let mut response = match tokio::time::timeout(timeout, future).await {
                 Ok(response) => response?,
@@ -111,6 +112,17 @@ where
             Ok(response)
         })
     }
+}
+
+/// A push channel's call may hold for `push.hold` before its work even starts: its
+/// deadline is `server.request_timeout` beyond that.
+fn push_hold(to: &Addressee) -> Duration {
+    to.route
+        .as_deref()
+        .ok()
+        .and_then(|event| to.rt.event(event))
+        .and_then(|event| event.config.push)
+        .map_or(Duration::ZERO, |push| push.hold)
 }
 
 fn log_call(record: &CallRecord, status: u16, elapsed: Duration) {

@@ -142,7 +142,10 @@ impl Conn {
         };
         let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
         match tokio::time::timeout(self.limits.header_timeout, handshake).await {
-            Ok(Ok(stream)) => self.serve(stream, phase, service).await,
+            // Boxed: a plain connection's task is sized for its largest branch, and a TLS
+            // stream's is much larger; a connection can be held open a long time (a
+            // backgroundPoll call waiting for a pushed message, GATEWAY.md 9).
+            Ok(Ok(stream)) => Box::pin(self.serve(stream, phase, service)).await,
             Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
             Err(_) => tracing::debug!("TLS handshake not done within the header timeout"),
         }

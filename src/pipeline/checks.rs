@@ -57,16 +57,22 @@ impl Verified {
 /// key reads (`parts`), the error of an error request (MPLUS.md 6), whether the till waits
 /// (`event.eventBlocking`), and what the rule reads.
 /// The `"*"` event answers calls of any name, whose own object may be a key part: all of it.
-pub fn body_reads(parts: &[KeyPart], event_name: &str, how: &How) -> Wanted {
+/// A push channel's calls name their till (`sender`, GATEWAY.md 9).
+pub fn body_reads(parts: &[KeyPart], event_name: &str, how: &How, push: bool) -> Wanted {
     if event_name == "*" {
         return Wanted::All;
     }
-    let wanted = ConversationKey::reads(parts, event_name)
+    let mut wanted = ConversationKey::reads(parts, event_name)
         .union(Wanted::path(&["error"]))
         .union(Wanted::path(&["event", "eventBlocking"]));
+    if push {
+        wanted = wanted
+            .union(Wanted::path(&["sender", "branchNumber"]))
+            .union(Wanted::path(&["sender", "workplaceNumber"]));
+    }
     match how {
         How::Rule(rule) => wanted.union(rule.event_reads()),
-        How::Respond(_) | How::Reply => wanted,
+        How::Respond(_) | How::Reply | How::Push => wanted,
     }
 }
 

@@ -44,11 +44,12 @@ impl Call<'_> {
             if let Some(done) = &snapshot.finished {
                 return Answer::json(done.status, done.body.clone(), Outcome::Replayed, note);
             }
-            let decision = match self.decide(&mut snapshot, &mut body).await {
+            let mut decision = match self.decide(&mut snapshot, &mut body).await {
                 Ok(decision) => decision,
                 Err(e) => return self.store_failure(&e),
             };
             note.forward = forwards::note(&snapshot);
+            let taken = decision.taken.take();
             let (answer, update) = self.settle(decision, note);
             // Nothing to remember (the state as it was, not finished): no write, so no
             // compare-and-set either. Attempts were counted by `begin`; a call that changes
@@ -65,7 +66,12 @@ impl Call<'_> {
                 return answer;
             }
             match saved {
-                Ok(Commit::Saved) => return answer,
+                Ok(Commit::Saved) => {
+                    if let Some((till, id)) = taken {
+                        self.take(&till, id).await;
+                    }
+                    return answer;
+                }
                 Ok(Commit::Conflict(newer)) => {
                     snapshot = Snapshot { attempt, ..newer };
                     tokio::time::sleep(Duration::from_micros(fastrand::u64(0..500))).await;

@@ -1,4 +1,5 @@
-//! The decision itself: the event's rule (or its fixed answer, or the reply mapping) run
+//! The decision itself: the event's rule (or its fixed answer, the reply mapping, or the
+//! pushed message) run
 //! over what the conversation knows, and error requests (MPLUS.md 6), which a rule sees
 //! but which never start a conversation.
 
@@ -25,6 +26,7 @@ impl Call<'_> {
         snapshot: &Snapshot,
         body: &mut Option<Dynamic>,
         elapsed_ms: u64,
+        push: Dynamic,
     ) -> (Decision, Option<Vec<ForwardRequest>>) {
         let event = self.event;
         let pending = snapshot.pending().next().is_some();
@@ -34,6 +36,7 @@ impl Call<'_> {
             // A durable event's answer never waits for the back end: `{}` when no rule.
             How::Reply if durable => return (shape(event, Map::new(), false, None), None),
             How::Reply => return (reply_answer(event, snapshot, pending), None),
+            How::Push => return (super::push::pushed_answer(push), None),
             How::Rule(rule) => rule,
         };
         let now_ms = self.gateway.clock.now_ms();
@@ -49,6 +52,7 @@ impl Call<'_> {
                 forwards::views(snapshot, now_ms)
             },
             upstreams: Some(self.rt.upstream_names.clone()),
+            push,
             ..input(self.gateway, self.name, self.subscription, body.take())
         };
         let t = std::time::Instant::now();
@@ -69,6 +73,7 @@ impl Call<'_> {
                 outcome: Outcome::Rejected,
                 finished: true,
                 state: Some(evaluation.state),
+                taken: None,
             },
             Err(error) => {
                 log_rule_error(&event.config.name, Some(self.key), &error);
@@ -115,6 +120,7 @@ fn input(gateway: &Gateway, name: &str, subscription: &str, event: Option<Dynami
         state: Map::new(),
         forwards: Vec::new(),
         upstreams: None,
+        push: Dynamic::UNIT,
     }
 }
 

@@ -6,6 +6,7 @@
 //!   compare-and-set that records what the call changed (again on a conflict);
 //! - `forwards`: starting forwards, and `hold` (waiting for their replies);
 //! - `evaluate`: the rule, the fixed answer or the reply mapping, and error requests;
+//! - `push`: a push channel's call: held until its till has a message (GATEWAY.md 9);
 //! - `shape`: `polling.finished`, the reply mapping's answers, state and JSON encoding.
 //!
 //! The HTTP layer signs and sends what [`answer`] returns.
@@ -15,6 +16,7 @@ mod checks;
 mod converse;
 mod evaluate;
 mod forwards;
+mod push;
 mod shape;
 
 use std::time::Duration;
@@ -135,6 +137,25 @@ impl Call<'_> {
     ) -> Result<Decision, StoreError> {
         let now = self.gateway.clock.now_ms();
         let elapsed_ms = now.saturating_sub(snapshot.first_seen_ms);
+        if let Some(channel) = self.event.config.push {
+            return self
+                .push_decision(channel, snapshot, body, elapsed_ms)
+                .await;
+        }
+        // Boxed: the call's future is sized for its largest branch, and a push channel's
+        // call is held at the line above for up to `push.hold`; forwards and rules are
+        // boxed off it so that 10,000 held calls stay small (GATEWAY.md 7).
+        Box::pin(self.decide_call(snapshot, body, now, elapsed_ms)).await
+    }
+
+    /// A decision of any event but a push channel.
+    async fn decide_call(
+        &self,
+        snapshot: &mut Snapshot,
+        body: &mut Option<Dynamic>,
+        now: u64,
+        elapsed_ms: u64,
+    ) -> Result<Decision, StoreError> {
         if let Some(polling) = &self.event.config.polling {
             if Duration::from_millis(elapsed_ms) >= polling.timeout {
                 return Ok(timed_out(&polling.timeout_message));
@@ -152,7 +173,9 @@ impl Call<'_> {
             }
         }
         self.hold(snapshot).await?;
-        let (mut decision, requested) = self.evaluate(snapshot, body, elapsed_ms).await;
+        let (mut decision, requested) = self
+            .evaluate(snapshot, body, elapsed_ms, Dynamic::UNIT)
+            .await;
         if durable {
             let rest = self.queue_requested(decision, requested, queued, snapshot);
             return Box::pin(rest).await;
@@ -163,7 +186,9 @@ impl Call<'_> {
                 Box::pin(self.start_forward(&request.upstream, bytes, snapshot)).await?;
             }
             if self.hold(snapshot).await? {
-                (decision, _) = self.evaluate(snapshot, body, elapsed_ms).await;
+                (decision, _) = self
+                    .evaluate(snapshot, body, elapsed_ms, Dynamic::UNIT)
+                    .await;
             }
         }
         Ok(decision)
@@ -203,6 +228,7 @@ fn timed_out(message: &str) -> Decision {
         outcome: Outcome::TimedOut,
         finished: true,
         state: None,
+        taken: None,
     }
 }
 

@@ -6,6 +6,7 @@ use rhai::{Dynamic, Map};
 
 use crate::conversation::{ForwardState, Snapshot};
 use crate::error_answer::Fallback;
+use crate::push::{MessageId, Till};
 use crate::rules::finish_answer;
 use crate::runtime::CompiledEvent;
 use crate::telemetry::Outcome;
@@ -18,6 +19,9 @@ pub(super) struct Decision {
     /// Final answers are remembered and replayed.
     pub(super) finished: bool,
     pub(super) state: Option<Map>,
+    /// A pushed message this decision delivers: taken from the mailbox once the answer is
+    /// saved as the conversation's final one (GATEWAY.md 9).
+    pub(super) taken: Option<(Till, MessageId)>,
 }
 
 /// GATEWAY.md 4.3: a polling event's answer always has `polling.finished`.
@@ -34,6 +38,7 @@ pub(super) fn shape(
             outcome: Outcome::Answered,
             finished: !pending,
             state,
+            taken: None,
         };
     };
     let finished = match body.get_mut("polling") {
@@ -58,6 +63,7 @@ pub(super) fn shape(
         outcome,
         finished,
         state,
+        taken: None,
     }
 }
 
@@ -104,6 +110,7 @@ pub(super) fn fail_safe(event: &CompiledEvent) -> Decision {
         outcome: fallback.outcome(),
         finished: false,
         state: None,
+        taken: None,
     }
 }
 

@@ -132,6 +132,9 @@ impl Reloader {
                 warn_about_restart_only_changes(&current.config, &runtime.config);
                 *running = fingerprint;
                 self.gateway.runtime.store(Arc::new(runtime));
+                // Held backgroundPoll calls answer now; the tills' next calls hold with
+                // the new generation (its push config, its rule).
+                self.gateway.push.release();
                 self.gateway.metrics.reload(true);
                 self.gateway.metrics.set_generation(generation);
                 self.record(trigger, &[]);

@@ -26,6 +26,8 @@ pub struct Input {
     pub forwards: Vec<(String, Option<Dynamic>)>,
     /// Upstreams the rule may forward to; `None` turns `forward` off (error requests).
     pub upstreams: Option<Arc<[String]>>,
+    /// A push channel's message for this call (GATEWAY.md 9); `()` for none.
+    pub push: Dynamic,
 }
 
 /// What the rule decided.
@@ -155,6 +157,7 @@ fn run(
         state,
         forwards,
         upstreams,
+        push,
     } = input;
     let names = Names {
         name: name.into(),
@@ -165,14 +168,17 @@ fn run(
     // A slice keeps the state as it came, to hand it back if it runs out.
     let kept = slice.map(|_| state.clone());
     let guard = ContextGuard::set(context(limits, slice, &names, forwards, upstreams));
-    let mut scope = scope(event, &names, attempt, elapsed_ms, state);
+    let mut scope = scope(event, &names, attempt, elapsed_ms, state, push);
     let result = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &rule.ast);
     let context = guard.take();
     let event = scope.remove::<Dynamic>("event").unwrap_or_default();
     if let (Some(state), Some(context)) = (kept, context.as_ref()) {
         if context.slice && context.stopped == Some(SLICE) {
             let poll = (attempt, elapsed_ms);
-            return Sliced::Spent(given_back(event, &names, poll, state, context));
+            let push = scope.remove::<Dynamic>("push").unwrap_or_default();
+            let mut input = given_back(event, &names, poll, state, context);
+            input.push = push;
+            return Sliced::Spent(input);
         }
     }
     if let Some(context) = &context {
@@ -250,13 +256,14 @@ fn context(
     }
 }
 
-/// The scope of GATEWAY.md 4.1: `event`, `meta`, `poll` and `state`.
+/// The scope of GATEWAY.md 4.1: `event`, `meta`, `poll`, `state`, and `push` (GATEWAY.md 9).
 fn scope(
     event: Dynamic,
     names: &Names,
     attempt: u32,
     elapsed_ms: u64,
     state: Map,
+    push: Dynamic,
 ) -> Scope<'static> {
     let mut meta = Map::new();
     meta.insert("name".into(), names.name.clone().into());
@@ -276,6 +283,7 @@ fn scope(
     scope.push_constant_dynamic("meta", Dynamic::from_map(meta));
     scope.push_constant_dynamic("poll", Dynamic::from_map(poll));
     scope.push_dynamic("state", Dynamic::from_map(state));
+    scope.push_constant_dynamic("push", push);
     scope
 }
 
@@ -309,6 +317,7 @@ fn given_back(
         state,
         forwards,
         upstreams: context.upstreams.clone(),
+        push: Dynamic::UNIT,
     }
 }
 

@@ -44,6 +44,7 @@ fn input() -> Input {
         state: Map::new(),
         forwards: Vec::new(),
         upstreams: Some(Arc::from(vec!["approvals".to_owned()])),
+        push: Dynamic::UNIT,
     }
 }
 

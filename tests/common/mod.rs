@@ -652,3 +652,33 @@ pub async fn wait_ready_at(admin_port: u16) {
     })
     .await;
 }
+
+/// The Redis the tests use (`POLLGATE_TEST_REDIS`, else the local one).
+pub fn redis_url() -> String {
+    std::env::var("POLLGATE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Whether a Redis answers at `url`; in CI a missing Redis fails the test instead.
+pub async fn redis_available(url: &str) -> bool {
+    let ok = match ::redis::Client::open(url) {
+        Ok(client) => tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .is_ok_and(|c| c.is_ok()),
+        Err(_) => false,
+    };
+    if !ok {
+        skip_outside_ci(&format!("no Redis at {url}"));
+    }
+    ok
+}
+
+pub fn unique_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("pollgate-test-{}-{nanos}", std::process::id())
+}

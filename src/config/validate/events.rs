@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::Validator;
 use crate::config::raw::RawEvent;
-use crate::config::{Answer, Delivery, Event, Polling, Upstream};
+use crate::config::raw::RawPush;
+use crate::config::{Answer, Delivery, Event, Polling, PushChannel, Upstream, PUSH_EVENT};
 
 impl Validator<'_> {
     pub(super) fn events(
@@ -28,7 +29,7 @@ impl Validator<'_> {
         &mut self,
         key: &str,
         name: String,
-        ev: RawEvent,
+        mut ev: RawEvent,
         upstreams: &BTreeMap<String, Upstream>,
     ) -> Option<Event> {
         if let Some(up) = &ev.forward {
@@ -45,12 +46,19 @@ impl Validator<'_> {
                 "`durable` needs `forward:` (the upstream the deliveries go to)",
             );
         }
+        let push = ev.push.take().map(|raw| self.push(key, &name, raw, &ev));
+        if push.is_some() && ev.rule.is_none() && ev.respond.is_none() && ev.forward.is_none() {
+            return Some(Event::push_channel(name, push));
+        }
         let answer = self.answer(key, ev.rule, ev.respond, ev.forward.is_some())?;
-        let polling = ev.polling.map(|p| Polling {
+        let mut polling = ev.polling.map(|p| Polling {
             timeout: p.timeout,
             timeout_message: p.timeout_message,
             pending_message: p.pending_message,
         });
+        if push.is_some() {
+            polling = Some(Polling::endless());
+        }
         Some(Event {
             name,
             answer,
@@ -58,10 +66,57 @@ impl Validator<'_> {
             delivery: ev.delivery,
             hold: ev.hold,
             polling,
+            push,
             unavailable_message: ev
                 .unavailable_message
                 .unwrap_or_else(|| "The back office is unavailable; please try again".into()),
         })
+    }
+
+    /// `push:` (GATEWAY.md 9), checked against what it cannot go with: a push channel's
+    /// answer is the pushed message (or its rule's), its hold is its own, and it polls as
+    /// long as the till runs.
+    fn push(&mut self, key: &str, name: &str, raw: RawPush, ev: &RawEvent) -> PushChannel {
+        if name != PUSH_EVENT {
+            self.problem(
+                format!("{key}.push"),
+                format!("only {PUSH_EVENT} carries pushed messages (MPLUS.md 5)"),
+            );
+        }
+        if raw.ttl.is_zero() {
+            self.problem(format!("{key}.push.ttl"), "must be more than 0");
+        }
+        let clashes = [
+            (
+                "polling",
+                ev.polling.is_some(),
+                "a push channel polls as long as the till runs, with no polling.timeout",
+            ),
+            (
+                "forward",
+                ev.forward.is_some(),
+                "a push channel answers with pushed messages, not a back end's reply",
+            ),
+            (
+                "respond",
+                ev.respond.is_some(),
+                "a push channel answers with pushed messages; shape them with a rule",
+            ),
+            (
+                "hold",
+                ev.hold.is_some(),
+                "a push channel's hold is push.hold",
+            ),
+        ];
+        for (part, given, why) in clashes {
+            if given {
+                self.problem(format!("{key}.{part}"), format!("not with `push:`: {why}"));
+            }
+        }
+        PushChannel {
+            hold: raw.hold,
+            ttl: raw.ttl,
+        }
     }
 
     /// Where the event's answer comes from: its rule file (read here), its fixed answer or

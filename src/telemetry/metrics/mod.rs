@@ -6,6 +6,7 @@
 
 mod labels;
 mod outcome;
+mod push;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
@@ -42,6 +43,7 @@ pub struct Metrics {
     delivery_attempts: Family<UpstreamOutcomeLabels, Counter>,
     delivery_oldest: Family<UpstreamLabels, Gauge<f64, AtomicU64>>,
     outbox_errors: Counter,
+    push: push::PushMetrics,
 }
 
 fn seconds_family<L: Clone + std::hash::Hash + Eq>() -> HistogramFamily<L> {
@@ -86,6 +88,7 @@ impl Metrics {
             delivery_attempts: Family::default(),
             delivery_oldest: Family::default(),
             outbox_errors: Counter::default(),
+            push: push::PushMetrics::default(),
         };
         metrics.register();
         metrics
@@ -191,6 +194,7 @@ impl Metrics {
             "Calls whose durable delivery the outbox could not accept (answered as a store failure)",
             self.outbox_errors.clone(),
         );
+        self.push.register(registry);
     }
 
     /// Creates an upstream's delivery series at zero.
