@@ -1178,8 +1178,10 @@ async fn an_answer_or_state_over_max_answer_bytes_gets_the_fail_safe() {
 #[tokio::test]
 async fn a_call_that_keeps_polling_with_the_state_as_it_was_writes_nothing() {
     use pollgate::conversation::{ConversationKey, ConversationStore};
-    // The state changes on the second call only.
-    let rule = "if poll.attempt == 2 { state.seen = true } keep_polling(`attempt ${poll.attempt}`)";
+    // The state changes on the second call only; the message on the fifth (what the
+    // conversation last said is recorded for the console, so a new message is a change).
+    let rule = "if poll.attempt == 2 { state.seen = true }\n\
+                keep_polling(if poll.attempt < 5 { \"waiting\" } else { \"still waiting\" })";
     let gw = Gateway::start(
         "events:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {}\n",
         &[("rule.rhai", rule)],
@@ -1188,14 +1190,16 @@ async fn a_call_that_keeps_polling_with_the_state_as_it_was_writes_nothing() {
     let till = gw.till();
     let store = &gw.gateway.store;
     let mut versions = Vec::new();
-    for n in 1..=4 {
+    for n in 1..=6 {
         let a = till.call_json("addSessionLine", &body(3, n)).await;
-        assert_eq!(a.message(), Some(format!("attempt {n}")));
+        let said = if n < 5 { "waiting" } else { "still waiting" };
+        assert_eq!(a.message(), Some(said.to_owned()));
         let listed = store.list(gw.gateway.clock.now_ms(), 10).await.unwrap();
         let key = ConversationKey::from_hex(&listed[0].key).unwrap();
         let snapshot = store.load(key).await.unwrap().unwrap();
         versions.push((snapshot.attempt, snapshot.version));
     }
-    // Attempts are counted on every call; only the call that changed the state wrote.
-    assert_eq!(versions, [(1, 0), (2, 1), (3, 1), (4, 1)]);
+    // Attempts are counted on every call; only the calls that changed something wrote:
+    // the first (what it said), the second (the state), the fifth (a new message).
+    assert_eq!(versions, [(1, 1), (2, 2), (3, 2), (4, 2), (5, 3), (6, 3)]);
 }
