@@ -9,17 +9,8 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{client, closed_port, eventually, MockReply, MockUpstream, Process};
+use common::{client, closed_port, complete_session, eventually, MockReply, MockUpstream, Process};
 use serde_json::{json, Value};
-
-fn complete(n: u32) -> Value {
-    json!({
-        "event": {"eventBlocking": true, "eventCounter": 1, "eventTimestamp": format!("2026-03-02T11:00:{:02}.{:03}+01:00", n % 60, n % 1000)},
-        "sender": {"branchNumber": 7, "workplaceNumber": 1, "instanceId": "0a1b2c3d-0000-4000-8000-000000000001"},
-        "session": {"sessionId": format!("00000000-0000-4000-9000-{n:012}")},
-        "completeSession": {"receiptNumber": n}
-    })
-}
 
 fn durable_config(url: &str, extra: &str) -> String {
     format!(
@@ -47,7 +38,10 @@ async fn queue(p: &Process, range: std::ops::Range<u32>) {
     let calls: Vec<_> = range
         .map(|n| {
             let till = p.till();
-            tokio::spawn(async move { till.call_json("completeSession", &complete(n)).await })
+            tokio::spawn(async move {
+                till.call_json("completeSession", &complete_session(n))
+                    .await
+            })
         })
         .collect();
     for call in calls {

@@ -88,15 +88,6 @@ async fn fail_over(primary: u16) -> u16 {
     panic!("{replica} did not take over from {primary}");
 }
 
-const APPROVAL_RULE: &str = r#"
-let reply = forward("backend");
-if reply == () {
-    keep_polling(`waiting, attempt ${poll.attempt}`)
-} else {
-    finish(`approved by ${reply.body.manager}`)
-}
-"#;
-
 fn state(ports: &[u16], prefix: &str) -> String {
     let urls: Vec<String> = ports
         .iter()
@@ -106,15 +97,6 @@ fn state(ports: &[u16], prefix: &str) -> String {
         "state:\n  store: redis\n  cluster: true\n  url: [{}]\n  prefix: {prefix}\n  ttl: 5m\n  timeout: 2s\n",
         urls.join(", ")
     )
-}
-
-fn complete(n: u32) -> Value {
-    json!({
-        "event": {"eventBlocking": true, "eventCounter": 1, "eventTimestamp": format!("2026-03-02T11:00:{:02}.{:03}+01:00", n % 60, n % 1000)},
-        "sender": {"branchNumber": 7, "workplaceNumber": 1, "instanceId": "0a1b2c3d-0000-4000-8000-000000000001"},
-        "session": {"sessionId": format!("00000000-0000-4000-9000-{n:012}")},
-        "completeSession": {"receiptNumber": n}
-    })
 }
 
 async fn admin_list(p: &Process, path: &str) -> Vec<Value> {
@@ -183,7 +165,10 @@ async fn guarantees_hold_across_a_cluster_failover_and_the_listing_walks_every_p
     // Durable deliveries queued while the back end is down; their queue's primary fails
     // over; then the back end comes up and gets each once.
     for n in 1..=3 {
-        let queued = a.till().call_json("completeSession", &complete(n)).await;
+        let queued = a
+            .till()
+            .call_json("completeSession", &complete_session(n))
+            .await;
         assert_eq!((queued.status, &queued.body[..]), (200, &b"{}"[..]));
     }
     let queue = primary_with(&ports, &format!("{{{prefix}:outbox:erp}}*"));

@@ -122,15 +122,6 @@ async fn pollgate_starts_without_redis_and_carries_on_once_it_is_up_and_after_it
     );
 }
 
-fn complete(n: u32) -> Value {
-    json!({
-        "event": {"eventBlocking": true, "eventCounter": 1, "eventTimestamp": format!("2026-03-02T11:00:{:02}.{:03}+01:00", n % 60, n % 1000)},
-        "sender": {"branchNumber": 7, "workplaceNumber": 1, "instanceId": "0a1b2c3d-0000-4000-8000-000000000001"},
-        "session": {"sessionId": format!("00000000-0000-4000-9000-{n:012}")},
-        "completeSession": {"receiptNumber": n}
-    })
-}
-
 async fn pending(p: &Process) -> usize {
     let r = client()
         .get(format!("http://{}/deliveries?limit=1000", p.admin))
@@ -159,13 +150,17 @@ async fn durable_deliveries_wait_for_redis_and_survive_its_restart() {
     // Without Redis nothing can be queued: the till's answer is the signed fallback, and
     // the worker keeps trying to claim without getting stuck.
     let till = p.till();
-    let refused = till.call_json("completeSession", &complete(1)).await;
+    let refused = till
+        .call_json("completeSession", &complete_session(1))
+        .await;
     assert!(refused.is_signed(), "{refused:?}");
 
     redis.start().await;
     p.wait_ready().await;
     for n in 1..=3 {
-        let queued = till.call_json("completeSession", &complete(n)).await;
+        let queued = till
+            .call_json("completeSession", &complete_session(n))
+            .await;
         assert_eq!((queued.status, &queued.body[..]), (200, &b"{}"[..]));
     }
     assert_eq!(pending(&p).await, 3);

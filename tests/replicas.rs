@@ -16,15 +16,6 @@ fn redis_state(url: &str, prefix: &str) -> String {
     )
 }
 
-const APPROVAL_RULE: &str = r#"
-let reply = forward("backend");
-if reply == () {
-    keep_polling(`waiting, attempt ${poll.attempt}`)
-} else {
-    finish(`approved by ${reply.body.manager}`)
-}
-"#;
-
 #[tokio::test]
 async fn a_till_alternating_between_two_replicas_sees_one_conversation_and_one_forward() {
     let url = redis_url();

@@ -20,7 +20,7 @@ use pollgate::shutdown::{self, Trigger};
 pub use pollgate::signature::SUBSCRIPTION_HEADER;
 use pollgate::signature::{Encoding, Secret};
 use pollgate::App;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 mod pki;
@@ -682,3 +682,25 @@ pub fn unique_prefix() -> String {
         .as_nanos();
     format!("pollgate-test-{}-{nanos}", std::process::id())
 }
+
+/// A completeSession body of receipt `n`, a conversation of its own (the durable and Redis
+/// tests queue one delivery each).
+pub fn complete_session(n: u32) -> Value {
+    json!({
+        "event": {"eventBlocking": true, "eventCounter": 1, "eventTimestamp": format!("2026-03-02T11:00:{:02}.{:03}+01:00", n % 60, n % 1000)},
+        "sender": {"branchNumber": 7, "workplaceNumber": 1, "instanceId": "0a1b2c3d-0000-4000-8000-000000000001"},
+        "session": {"sessionId": format!("00000000-0000-4000-9000-{n:012}")},
+        "completeSession": {"receiptNumber": n}
+    })
+}
+
+/// A rule that forwards to `backend` and finishes with the reply's manager (the replica and
+/// cluster tests check that one forward serves the whole conversation).
+pub const APPROVAL_RULE: &str = r#"
+let reply = forward("backend");
+if reply == () {
+    keep_polling(`waiting, attempt ${poll.attempt}`)
+} else {
+    finish(`approved by ${reply.body.manager}`)
+}
+"#;

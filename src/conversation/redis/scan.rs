@@ -51,6 +51,29 @@ impl RedisStore {
         self.bounded(self.inner.conn.key_nodes()).await
     }
 
+    /// `script` once per key of `names` (on a cluster a script's keys must share a slot),
+    /// all in one pipeline to `node`, which holds them: each run's answer, in order.
+    async fn each_key_on(
+        &self,
+        node: &Node,
+        script: &::redis::Script,
+        names: &[&[u8]],
+    ) -> Result<Vec<Value>, StoreError> {
+        // A pipeline does not load a missing script by itself.
+        let mut conn = self.inner.conn.clone();
+        self.bounded(script.load_async(&mut conn)).await?;
+        let mut pipeline = ::redis::pipe();
+        for name in names {
+            pipeline
+                .cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(1)
+                .arg(*name);
+        }
+        self.bounded(self.inner.conn.pipeline_on(node, &pipeline))
+            .await
+    }
+
     /// Summaries for one SCAN page of `node`; keys that expired meanwhile are skipped. A
     /// single Redis reads the page in one script; a cluster one script per key (a script's
     /// keys must share a slot), all in one pipeline to the node holding them.
@@ -73,20 +96,8 @@ impl RedisStore {
         }
         let script = &self.inner.scripts.summaries;
         let rows = if self.inner.conn.is_cluster() {
-            // A pipeline does not load a missing script by itself.
-            let mut conn = self.inner.conn.clone();
-            self.bounded(script.load_async(&mut conn)).await?;
-            let mut pipeline = ::redis::pipe();
-            for (_, name) in &keys {
-                pipeline
-                    .cmd("EVALSHA")
-                    .arg(script.get_hash())
-                    .arg(1)
-                    .arg(name.as_slice());
-            }
-            let answers = self
-                .bounded(self.inner.conn.pipeline_on(node, &pipeline))
-                .await?;
+            let names: Vec<&[u8]> = keys.iter().map(|(_, name)| name.as_slice()).collect();
+            let answers = self.each_key_on(node, script, &names).await?;
             let mut rows = Vec::with_capacity(answers.len());
             for answer in answers {
                 let Value::Array(mut one) = answer else {
@@ -172,20 +183,9 @@ impl RedisStore {
                     .bounded(invocation.invoke_async::<u64>(&mut conn))
                     .await;
             }
-            // A pipeline does not load a missing script by itself.
-            self.bounded(script.load_async(&mut conn)).await?;
-            let mut pipeline = ::redis::pipe();
-            for name in &names {
-                pipeline
-                    .cmd("EVALSHA")
-                    .arg(script.get_hash())
-                    .arg(1)
-                    .arg(name.as_slice());
-            }
-            let answers = self
-                .bounded(self.inner.conn.pipeline_on(&node, &pipeline))
-                .await?;
-            answers
+            let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+            self.each_key_on(&node, script, &names)
+                .await?
                 .into_iter()
                 .map(|answer| match answer {
                     Value::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
