@@ -249,13 +249,11 @@ impl Stages {
                 &KeyPart::ALL,
                 EVENT,
                 &pollgate::runtime::How::Rule(ten_line.clone()),
-                false,
             ),
             bench_reads: pipeline::body_reads(
                 &KeyPart::ALL,
                 EVENT,
                 &pollgate::runtime::How::Rule(bench_rule.clone()),
-                false,
             ),
             secret,
             engine,

@@ -130,12 +130,7 @@ impl Runtime {
                 name.clone(),
                 CompiledEvent {
                     config: event.clone(),
-                    reads: Arc::new(crate::pipeline::body_reads(
-                        &config.state.key,
-                        name,
-                        &how,
-                        event.push.is_some(),
-                    )),
+                    reads: Arc::new(crate::pipeline::body_reads(&config.state.key, name, &how)),
                     how,
                     metrics: metrics.event(name, &outcomes),
                 },

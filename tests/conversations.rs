@@ -94,6 +94,21 @@ async fn conversations_are_filtered_by_till_and_event() {
     );
 }
 
+/// The till is the record's, whatever builds the conversation key: with a key and a rule
+/// that never read `sender`, the listing still names the till (the body's parts a call
+/// builds include it).
+#[tokio::test]
+async fn the_till_is_listed_when_neither_key_nor_rule_reads_it() {
+    let config = format!("state:\n  key: [subscription, event, session]\n{POLLING}");
+    let rule = r#"keep_polling("waiting")"#;
+    let gw = Gateway::start(&config, &[("rule.rhai", rule), ("scan.rhai", SCAN)]).await;
+    gw.till()
+        .call_json("addSessionLine", &at_till(1, 1, Some((12, 3))))
+        .await;
+    assert_eq!(tills(&list(&gw, "").await), ["12/3"]);
+    assert_eq!(tills(&list(&gw, "?till=12/3").await), ["12/3"]);
+}
+
 #[tokio::test]
 async fn a_bad_till_filter_gets_400_with_the_exact_answer() {
     let gw = gateway().await;

@@ -55,21 +55,19 @@ impl Verified {
 
 /// What of a body a call of `event_name` answered by `how` needs built: what the conversation
 /// key reads (`parts`), the error of an error request (MPLUS.md 6), whether the till waits
-/// (`event.eventBlocking`), and what the rule reads.
-/// The `"*"` event answers calls of any name, whose own object may be a key part: all of it.
-/// A push channel's calls name their till (`sender`, GATEWAY.md 9).
-pub fn body_reads(parts: &[KeyPart], event_name: &str, how: &How, push: bool) -> Wanted {
+/// (`event.eventBlocking`), the till it comes from (`sender`: the conversation's record
+/// names it, GATEWAY.md 10, and a push channel is addressed by it, 9), and what the rule
+/// reads. The `"*"` event answers calls of any name, whose own object may be a key part:
+/// all of it.
+pub fn body_reads(parts: &[KeyPart], event_name: &str, how: &How) -> Wanted {
     if event_name == "*" {
         return Wanted::All;
     }
-    let mut wanted = ConversationKey::reads(parts, event_name)
+    let wanted = ConversationKey::reads(parts, event_name)
         .union(Wanted::path(&["error"]))
-        .union(Wanted::path(&["event", "eventBlocking"]));
-    if push {
-        wanted = wanted
-            .union(Wanted::path(&["sender", "branchNumber"]))
-            .union(Wanted::path(&["sender", "workplaceNumber"]));
-    }
+        .union(Wanted::path(&["event", "eventBlocking"]))
+        .union(Wanted::path(&["sender", "branchNumber"]))
+        .union(Wanted::path(&["sender", "workplaceNumber"]));
     match how {
         How::Rule(rule) => wanted.union(rule.event_reads()),
         How::Respond(_) | How::Reply | How::Push => wanted,
