@@ -189,16 +189,30 @@ impl RedisConnection {
 }
 
 /// A subscription to `channel` on a connection of its own (pub/sub takes a connection
-/// over), made within `timeout`: to the one Redis, or to the first node of a cluster
-/// (a cluster hands every `PUBLISH` to all its nodes). Why not, as one sentence naming the
-/// URL (its password hidden).
+/// over), each attempt within `timeout`: to the one Redis, or to the first node of a
+/// cluster that takes it (a cluster hands every `PUBLISH` to all its nodes). Why not, as
+/// one sentence naming the URLs (passwords hidden).
 pub(crate) async fn subscribe(
     server: &RedisServer,
     timeout: Duration,
     channel: &str,
 ) -> Result<redis::aio::PubSub, String> {
-    let shown = server.shown();
-    let url = server.urls.first().map_or("", String::as_str);
+    let mut why = Vec::new();
+    for url in &server.urls {
+        match subscribe_at(url, server, timeout, channel).await {
+            Ok(pubsub) => return Ok(pubsub),
+            Err(e) => why.push(e),
+        }
+    }
+    Err(format!("Redis at {}: {}", server.shown(), why.join("; ")))
+}
+
+async fn subscribe_at(
+    url: &str,
+    server: &RedisServer,
+    timeout: Duration,
+    channel: &str,
+) -> Result<redis::aio::PubSub, String> {
     let client = match &server.ca {
         Some(ca) => redis::Client::build_with_tls(
             url,
@@ -209,7 +223,7 @@ pub(crate) async fn subscribe(
         ),
         None => redis::Client::open(url),
     }
-    .map_err(|e| format!("Redis at {shown}: {e}"))?;
+    .map_err(|e| e.to_string())?;
     let subscribing = async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
@@ -217,8 +231,8 @@ pub(crate) async fn subscribe(
     };
     match tokio::time::timeout(timeout, subscribing).await {
         Ok(Ok(pubsub)) => Ok(pubsub),
-        Ok(Err(e)) => Err(format!("Redis at {shown}: {e}")),
-        Err(_) => Err(format!("Redis at {shown}: no answer within {timeout:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }
 
