@@ -95,6 +95,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# ---- disk ----------------------------------------------------------------------------------
+# vfs keeps a full copy of every layer, so a build needs a few GB free where the storage is.
+# Short of SMOKE_MIN_FREE_MB (4096), the layers no image uses (dangling images, stopped
+# containers, whatever their age) go first; still short, it fails naming the numbers.
+free_mb() { df -Pm "$1" | awk 'NR == 2 { print $4 }'; }
+storage=${SMOKE_GRAPHROOT:-/var/lib/containers/storage}
+mkdir -p "$storage"
+min_free=${SMOKE_MIN_FREE_MB:-4096}
+if [ "$(free_mb "$storage")" -lt "$min_free" ]; then
+  say "$(free_mb "$storage") MB free under $storage (want $min_free): pruning unused layers"
+  pm container prune -f >/dev/null || true
+  pm image prune -f >/dev/null || true
+fi
+[ "$(free_mb "$storage")" -ge "$min_free" ] \
+  || fail "only $(free_mb "$storage") MB free under $storage; the image builds need ${min_free} MB (df -h $storage)"
+
 # ---- base images from Debian's packages ---------------------------------------------------
 # What the registry would have served, made locally and labelled, so `podman image inspect`
 # tells them from the real ones; kept in podman's storage, so only the first run makes them.
