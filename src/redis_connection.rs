@@ -54,6 +54,9 @@ struct Shared {
     /// Why Redis did not answer last time [`watch`] looked; `None` while it answers. A std
     /// mutex: held only to read or replace the text, never across an `.await`.
     trouble: Mutex<Option<String>>,
+    /// True once [`watch`] first looked (answered or not): a cluster's command sent before
+    /// then waits for that look instead of failing on a connection not made yet.
+    looked: tokio::sync::watch::Sender<bool>,
 }
 
 enum Link {
@@ -144,6 +147,7 @@ impl RedisConnection {
                 timeout,
                 link,
                 trouble: Mutex::new(Some("not connected yet".into())),
+                looked: tokio::sync::watch::Sender::new(false),
             }),
         };
         tokio::spawn(watch::watch(Arc::downgrade(&connection.inner)));
@@ -165,14 +169,22 @@ impl RedisConnection {
         self.inner.timeout
     }
 
-    /// The cluster's connection (`None` for a single Redis), or why there is none yet.
-    fn cluster(&self) -> RedisResult<Option<ClusterConnection>> {
-        match &self.inner.link {
-            Link::Single { .. } => Ok(None),
-            Link::Cluster { connection, .. } => match connection.load().as_deref() {
-                Some(connection) => Ok(Some(connection.clone())),
-                None => Err(self.not_connected()),
-            },
+    /// The cluster's connection (`None` for a single Redis), or why there is none yet. Before
+    /// the first look at the cluster (just after start), it waits for that look, at most the
+    /// command timeout: a till calling in the first milliseconds is served, not failed.
+    async fn cluster(&self) -> RedisResult<Option<ClusterConnection>> {
+        let Link::Cluster { connection, .. } = &self.inner.link else {
+            return Ok(None);
+        };
+        if let Some(connection) = connection.load().as_deref() {
+            return Ok(Some(connection.clone()));
+        }
+        let mut looked = self.inner.looked.subscribe();
+        // Timed out or the watch gone: the connection (or its absence) says the rest.
+        let _ = tokio::time::timeout(self.inner.timeout, looked.wait_for(|done| *done)).await;
+        match connection.load().as_deref() {
+            Some(connection) => Ok(Some(connection.clone())),
+            None => Err(self.not_connected()),
         }
     }
 
@@ -245,13 +257,10 @@ impl ConnectionLike for RedisConnection {
                 let mut manager = ConnectionManager::clone(&manager.load());
                 Box::pin(async move { manager.req_packed_command(cmd).await })
             }
-            Link::Cluster { .. } => match self.cluster() {
-                Ok(connection) => Box::pin(async move {
-                    let mut connection = connection.ok_or_else(|| self.not_connected())?;
-                    connection.req_packed_command(cmd).await
-                }),
-                Err(e) => Box::pin(std::future::ready(Err(e))),
-            },
+            Link::Cluster { .. } => Box::pin(async move {
+                let mut connection = self.cluster().await?.ok_or_else(|| self.not_connected())?;
+                connection.req_packed_command(cmd).await
+            }),
         }
     }
 
@@ -266,15 +275,12 @@ impl ConnectionLike for RedisConnection {
                 let mut manager = ConnectionManager::clone(&manager.load());
                 Box::pin(async move { manager.req_packed_commands(pipeline, offset, count).await })
             }
-            Link::Cluster { .. } => match self.cluster() {
-                Ok(connection) => Box::pin(async move {
-                    let mut connection = connection.ok_or_else(|| self.not_connected())?;
-                    connection
-                        .req_packed_commands(pipeline, offset, count)
-                        .await
-                }),
-                Err(e) => Box::pin(std::future::ready(Err(e))),
-            },
+            Link::Cluster { .. } => Box::pin(async move {
+                let mut connection = self.cluster().await?.ok_or_else(|| self.not_connected())?;
+                connection
+                    .req_packed_commands(pipeline, offset, count)
+                    .await
+            }),
         }
     }
 
@@ -349,5 +355,32 @@ pub(crate) mod testing {
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), "skipped: no {why}");
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{testing, RedisConnection};
+
+    /// A till calling the moment pollgate starts: the command waits for the cluster's first
+    /// connection instead of failing with "no connection yet".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cluster_command_sent_right_after_open_waits_for_the_connection() {
+        if testing::or_skip(testing::cluster(), "Redis Cluster")
+            .await
+            .is_none()
+        {
+            return;
+        }
+        let server = testing::cluster().expect("configured");
+        for _ in 0..5 {
+            let conn = RedisConnection::open(&server, "the tests", Duration::from_secs(2))
+                .expect("a client");
+            let mut c = conn.clone();
+            let answer = redis::cmd("PING").query_async::<String>(&mut c).await;
+            assert_eq!(answer.expect("answered"), "PONG");
+        }
     }
 }

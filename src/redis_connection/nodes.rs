@@ -17,7 +17,7 @@ impl RedisConnection {
     /// Every node holding keys: the one Redis, or each primary of the cluster as it now
     /// stands (`CLUSTER NODES`, failed ones left out).
     pub(crate) async fn key_nodes(&self) -> RedisResult<Vec<Node>> {
-        let Some(mut cluster) = self.cluster()? else {
+        let Some(mut cluster) = self.cluster().await? else {
             return Ok(vec![Node::Only]);
         };
         let mut ask = redis::cmd("CLUSTER");
@@ -34,7 +34,7 @@ impl RedisConnection {
         node: &Node,
         cmd: &Cmd,
     ) -> RedisResult<T> {
-        match (node, self.cluster()?) {
+        match (node, self.cluster().await?) {
             (Node::Primary { host, port }, Some(mut cluster)) => {
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                     host: host.clone(),
@@ -53,7 +53,7 @@ impl RedisConnection {
         node: &Node,
         pipeline: &Pipeline,
     ) -> RedisResult<Vec<Value>> {
-        match (node, self.cluster()?) {
+        match (node, self.cluster().await?) {
             (Node::Primary { host, port }, Some(mut cluster)) => {
                 let routing = SingleNodeRoutingInfo::ByAddress {
                     host: host.clone(),

@@ -40,6 +40,7 @@ pub(super) async fn watch(shared: Weak<Shared>) {
                 shared.failed(why);
             }
         }
+        shared.looked.send_replace(true);
         drop(shared);
         let wait = if failures == 0 { HEALTHY_PAUSE } else { pause };
         pause = (pause * 2).min(MAX_PAUSE);
