@@ -1,9 +1,10 @@
 //! The operator's console (GATEWAY.md 10) driven like an operator drives it: Debian's
 //! chromium through chromedriver over WebDriver (tests/common/webdriver.rs), against a real
 //! gateway with an admin token, live conversations at several tills, a pending delivery and
-//! a dead one (its back end answered 422). The test types the token, reads what the page
-//! shows, opens a conversation, clicks Retry on the dead delivery and checks through the
-//! admin API that it was sent again. `.ci/run` installs chromium and chromium-driver.
+//! a dead one (its back end answered 422), and messages pushed to two tills. The test types
+//! the token, reads what the page shows, opens a conversation, clicks Retry on the dead
+//! delivery and Withdraw on a pushed message, and checks through the admin API that the
+//! delivery was sent again and the message is gone. `.ci/run` installs chromium and chromium-driver.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -28,7 +29,8 @@ fn config(erp: &str, stock: &str) -> String {
          events:\n\
          \x20 addSessionLine:\n    rule: rule.rhai\n    polling: {{}}\n\
          \x20 completeSession:\n    forward: erp\n    delivery: durable\n\
-         \x20 creditSession:\n    forward: stock\n    delivery: durable\n"
+         \x20 creditSession:\n    forward: stock\n    delivery: durable\n\
+         \x20 backgroundPoll:\n    push: {{hold: 10s, ttl: 10m}}\n"
     )
 }
 
@@ -105,6 +107,19 @@ async fn an_operator_enters_the_token_reads_the_tills_and_retries_a_dead_deliver
         (pending[0]["last_error"] == "answered 503").then_some(())
     })
     .await;
+    let mut pushed = Vec::new();
+    for (path, card) in [("shop/12/3", "6012-1"), ("shop/7/1", "6012-2")] {
+        let r = client()
+            .post(gw.admin_url(&format!("/push/{path}")))
+            .bearer_auth(TOKEN)
+            .body(json!({"externalCardScan": {"cardNumber": card}}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let answer: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        pushed.push(answer["id"].as_str().unwrap().to_owned());
+    }
     let listed = admin_get(&gw, "/conversations?till=12/3&event=addSessionLine").await;
     let key = listed[0]["key"].as_str().unwrap().to_owned();
 
@@ -204,6 +219,30 @@ async fn an_operator_enters_the_token_reads_the_tills_and_retries_a_dead_deliver
         assert!(dead_text.contains(shown), "{shown} in {dead_text}");
     }
 
+    // Pushed messages: each with its till and body, and a Withdraw button.
+    assert_eq!(
+        browser.text(&browser.find("#push-count").await).await,
+        "(2)"
+    );
+    let push_row = |id: &str| format!("#pushed tr[data-id=\"{id}\"]");
+    let first = browser
+        .text(&browser.find(&push_row(&pushed[0])).await)
+        .await;
+    for shown in [
+        "shop",
+        "12/3",
+        r#"{"externalCardScan":{"cardNumber":"6012-1"}}"#,
+        "Withdraw",
+    ] {
+        assert!(first.contains(shown), "{shown} in {first}");
+    }
+    // Ten minutes to live (ttl: 10m), counted down whole minutes.
+    assert!(first.contains(" in 9 min "), "{first}");
+    assert!(browser
+        .text(&browser.find(&push_row(&pushed[1])).await)
+        .await
+        .contains("7/1"));
+
     let png = browser.screenshot().await;
     // The viewport: the window less headless chromium's own frame.
     let (width, height) = png_size(&png);
@@ -241,6 +280,30 @@ async fn an_operator_enters_the_token_reads_the_tills_and_retries_a_dead_deliver
     .await;
     eventually("the dead row gone from the page", || async {
         browser.find_all(&dead_row).await.is_empty().then_some(())
+    })
+    .await;
+
+    // Withdraw: the message is gone from the till's mailbox and from the page.
+    let withdraw = browser
+        .find(&format!("{} button.withdraw", push_row(&pushed[0])))
+        .await;
+    browser.click(&withdraw).await;
+    let note = browser.find("#push-note").await;
+    let said = format!("message {} to 12/3: withdrawn", pushed[0]);
+    eventually("the withdrawal's note", || async {
+        (browser.text(&note).await == said).then_some(())
+    })
+    .await;
+    let left = admin_get(&gw, "/push").await;
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    assert_eq!(left[0]["id"], pushed[1]);
+    assert!(admin_get(&gw, "/push/shop/12/3").await == json!([]));
+    eventually("the withdrawn row gone from the page", || async {
+        browser
+            .find_all(&push_row(&pushed[0]))
+            .await
+            .is_empty()
+            .then_some(())
     })
     .await;
 

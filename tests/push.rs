@@ -649,3 +649,72 @@ async fn a_push_over_max_body_bytes_is_413() {
     );
     assert!(pending(&gw, "shop/3/2").await.is_empty());
 }
+
+#[tokio::test]
+async fn get_push_lists_every_tills_pending_messages_newest_first() {
+    let gw = Gateway::start(CHANNEL, &[]).await;
+    let (_, first) = push(&gw, "shop/3/2", &card("1")).await;
+    let (_, second) = push(&gw, "shop/4/1", &card("2")).await;
+    let (_, third) = push(&gw, "shop/3/2", &card("3")).await;
+    let r = client().get(gw.admin_url("/push")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let listed: Vec<Value> = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let mut tills: Vec<(&str, &str, &str)> = listed
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap(),
+                m["branch"].as_str().unwrap(),
+                m["workplace"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // Newest first; pushed within a millisecond, two may tie on queued_at.
+    let queued: Vec<&str> = listed
+        .iter()
+        .map(|m| m["queued_at"].as_str().unwrap())
+        .collect();
+    assert!(queued.windows(2).all(|w| w[0] >= w[1]), "{queued:?}");
+    let mut expected = vec![
+        (first["id"].as_str().unwrap(), "3", "2"),
+        (second["id"].as_str().unwrap(), "4", "1"),
+        (third["id"].as_str().unwrap(), "3", "2"),
+    ];
+    tills.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(tills, expected);
+    let newest = listed
+        .iter()
+        .find(|m| m["id"] == third["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(
+        newest,
+        json!({
+            "subscription": "shop", "branch": "3", "workplace": "2",
+            "id": third["id"], "queued_at": newest["queued_at"], "expires_at": third["expires_at"],
+            "body": card("3"),
+        })
+    );
+
+    let r = client()
+        .get(gw.admin_url("/push?limit=1"))
+        .send()
+        .await
+        .unwrap();
+    let one: Vec<Value> = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(one, listed[..1]);
+    let r = client()
+        .get(gw.admin_url("/push?limit=none"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap(),
+        json!({"error": {"code": "INVALID_QUERY", "message": "limit: `none` is not a number from 1 to 1000"}})
+    );
+    let r = client().post(gw.admin_url("/push")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+}

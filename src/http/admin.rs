@@ -59,8 +59,8 @@ where
     drop(runtime);
     if path == "/push" || path.starts_with("/push/") {
         let (parts, body) = req.into_parts();
-        let path = parts.uri.path();
-        return Ok(push::route(&state, &parts.method, path, &parts.headers, body).await);
+        let (path, query) = (parts.uri.path(), parts.uri.query());
+        return Ok(push::route(&state, &parts.method, path, query, &parts.headers, body).await);
     }
     let response = match (req.method(), path) {
         (&Method::GET, "/") => super::console::page(),

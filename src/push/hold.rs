@@ -61,6 +61,13 @@ impl Push {
         Ok(pending.messages)
     }
 
+    /// Every till's pending messages, newest first, at most `limit`.
+    pub async fn every(&self, limit: usize) -> Result<Vec<(Till, Message)>, PushError> {
+        let every = self.mailbox.every(self.clock.now_ms(), limit).await?;
+        self.metrics.push_message("expired", every.expired);
+        Ok(every.messages)
+    }
+
     /// Withdraws one message; false when it is not pending.
     pub async fn withdraw(&self, till: &Till, id: MessageId) -> Result<bool, PushError> {
         let removed = self.mailbox.remove(till, id).await?;

@@ -7,13 +7,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::{Message, MessageId, Pending, PushError, PushMailbox, Swept, Till, Wakers};
+use super::{Every, Message, MessageId, Pending, PushError, PushMailbox, Swept, Till, Wakers};
 
 /// Messages by till tag; cheap to clone. A std lock, held for queue operations only.
 #[derive(Clone)]
 pub struct MemoryMailbox {
-    tills: Arc<Mutex<HashMap<String, VecDeque<Message>>>>,
+    tills: Arc<Mutex<HashMap<String, Queue>>>,
     wakers: Wakers,
+}
+
+/// One till's messages, oldest first.
+struct Queue {
+    till: Till,
+    messages: VecDeque<Message>,
 }
 
 impl MemoryMailbox {
@@ -24,7 +30,7 @@ impl MemoryMailbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Message>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Queue>> {
         self.tills.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -53,7 +59,11 @@ impl PushMailbox for MemoryMailbox {
         let tag = till.tag();
         self.lock()
             .entry(tag.clone())
-            .or_default()
+            .or_insert_with(|| Queue {
+                till: till.clone(),
+                messages: VecDeque::new(),
+            })
+            .messages
             .push_back(message.clone());
         self.wakers.wake(&tag);
         Ok(message)
@@ -62,7 +72,10 @@ impl PushMailbox for MemoryMailbox {
     async fn pending(&self, till: &Till, now_ms: u64, limit: usize) -> Result<Pending, PushError> {
         let tag = till.tag();
         let mut tills = self.lock();
-        let Some(queue) = tills.get_mut(&tag) else {
+        let Some(Queue {
+            messages: queue, ..
+        }) = tills.get_mut(&tag)
+        else {
             return Ok(Pending::default());
         };
         let expired = drop_expired(queue, now_ms);
@@ -76,7 +89,10 @@ impl PushMailbox for MemoryMailbox {
     async fn remove(&self, till: &Till, id: MessageId) -> Result<bool, PushError> {
         let tag = till.tag();
         let mut tills = self.lock();
-        let Some(queue) = tills.get_mut(&tag) else {
+        let Some(Queue {
+            messages: queue, ..
+        }) = tills.get_mut(&tag)
+        else {
             return Ok(false);
         };
         let found = queue.iter().position(|m| m.id == id);
@@ -91,12 +107,31 @@ impl PushMailbox for MemoryMailbox {
 
     async fn sweep(&self, now_ms: u64) -> Result<Swept, PushError> {
         let mut swept = Swept::default();
-        self.lock().retain(|_, queue| {
-            swept.expired += drop_expired(queue, now_ms);
-            swept.pending += queue.len() as u64;
-            !queue.is_empty()
-        });
+        self.lock().retain(
+            |_,
+             Queue {
+                 messages: queue, ..
+             }| {
+                swept.expired += drop_expired(queue, now_ms);
+                swept.pending += queue.len() as u64;
+                !queue.is_empty()
+            },
+        );
         Ok(swept)
+    }
+
+    async fn every(&self, now_ms: u64, limit: usize) -> Result<Every, PushError> {
+        let mut every = Every::default();
+        self.lock().retain(|_, queue| {
+            every.expired += drop_expired(&mut queue.messages, now_ms);
+            let till = &queue.till;
+            every
+                .messages
+                .extend(queue.messages.iter().map(|m| (till.clone(), m.clone())));
+            !queue.messages.is_empty()
+        });
+        every.newest_first(limit);
+        Ok(every)
     }
 
     fn wakers(&self) -> &Wakers {

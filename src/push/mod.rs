@@ -53,6 +53,23 @@ pub struct Swept {
     pub expired: u64,
 }
 
+/// Every till's pending messages (the console's and `GET /push`'s list), newest first, and
+/// how many expired ones were dropped while looking.
+#[derive(Debug, Default)]
+pub struct Every {
+    pub messages: Vec<(Till, Message)>,
+    pub expired: u64,
+}
+
+impl Every {
+    /// Keeps the `limit` newest, newest first (ties by id, so the order is stable).
+    fn newest_first(&mut self, limit: usize) {
+        self.messages
+            .sort_unstable_by_key(|(_, m)| std::cmp::Reverse((m.queued_ms, m.id.0)));
+        self.messages.truncate(limit);
+    }
+}
+
 /// Where pushed messages live. Every method is atomic per till; a push wakes every call
 /// held for its till on any handle of the same mailbox (every replica, for Redis).
 pub trait PushMailbox: Send + Sync + 'static {
@@ -83,6 +100,14 @@ pub trait PushMailbox: Send + Sync + 'static {
 
     /// Drops every expired message of every till and counts what is left.
     fn sweep(&self, now_ms: u64) -> impl Future<Output = Result<Swept, PushError>> + Send;
+
+    /// Every till's unexpired messages, newest first, at most `limit`; expired ones are
+    /// dropped on the way.
+    fn every(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Every, PushError>> + Send;
 
     /// The wakers of calls held on this handle.
     fn wakers(&self) -> &Wakers;
@@ -127,6 +152,10 @@ impl PushMailbox for Mailbox {
 
     async fn sweep(&self, now_ms: u64) -> Result<Swept, PushError> {
         dispatch!(self, m => m.sweep(now_ms))
+    }
+
+    async fn every(&self, now_ms: u64, limit: usize) -> Result<Every, PushError> {
+        dispatch!(self, m => m.every(now_ms, limit))
     }
 
     fn wakers(&self) -> &Wakers {

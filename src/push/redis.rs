@@ -16,6 +16,7 @@
 //! whose subscription broke resubscribes and wakes every call it holds, so they look again
 //! for what they may have missed.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::{Message, MessageId, Pending, PushError, PushMailbox, Swept, Till, Wakers};
+use super::{Every, Message, MessageId, Pending, PushError, PushMailbox, Swept, Till, Wakers};
 use crate::config::RedisServer;
 use crate::redis_connection::RedisConnection;
 
@@ -75,7 +76,13 @@ struct Record<'a> {
     id: String,
     q: u64,
     x: u64,
-    b: std::borrow::Cow<'a, str>,
+    b: Cow<'a, str>,
+    #[serde(default)]
+    s: Cow<'a, str>,
+    #[serde(default)]
+    br: Cow<'a, str>,
+    #[serde(default)]
+    w: Cow<'a, str>,
 }
 
 /// The Redis mailbox; clones share one connection and one subscription.
@@ -250,16 +257,22 @@ fn wake_channel(prefix: &str) -> String {
 }
 
 fn decode(record: &str) -> Result<Message, PushError> {
+    decode_with_till(record).map(|(_, message)| message)
+}
+
+fn decode_with_till(record: &str) -> Result<(Till, Message), PushError> {
     let r: Record<'_> =
         serde_json::from_str(record).map_err(|e| PushError::Corrupt(e.to_string()))?;
     let id = MessageId::from_hex(&r.id)
         .ok_or_else(|| PushError::Corrupt(format!("message id `{}`", r.id)))?;
-    Ok(Message {
+    let till = Till::new(&r.s, &r.br, &r.w);
+    let message = Message {
         id,
         body: Bytes::from(r.b.into_owned()),
         queued_ms: r.q,
         expires_ms: r.x,
-    })
+    };
+    Ok((till, message))
 }
 
 impl PushMailbox for RedisMailbox {
@@ -278,6 +291,9 @@ impl PushMailbox for RedisMailbox {
             q: now_ms,
             x: expires_ms,
             b: text.into(),
+            s: till.subscription.as_str().into(),
+            br: till.branch.as_str().into(),
+            w: till.workplace.as_str().into(),
         })
         .map_err(|e| PushError::Corrupt(e.to_string()))?;
         let mut conn = self.inner.conn.clone();
@@ -321,6 +337,19 @@ impl PushMailbox for RedisMailbox {
             swept.pending += left.len() as u64;
         }
         Ok(swept)
+    }
+
+    async fn every(&self, now_ms: u64, limit: usize) -> Result<Every, PushError> {
+        let mut every = Every::default();
+        for key in self.keys().await? {
+            let (expired, records) = self.pending_at(&key, now_ms, usize::MAX >> 1).await?;
+            every.expired += expired;
+            for record in &records {
+                every.messages.push(decode_with_till(record)?);
+            }
+        }
+        every.newest_first(limit);
+        Ok(every)
     }
 
     fn wakers(&self) -> &Wakers {

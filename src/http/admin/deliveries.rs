@@ -68,6 +68,19 @@ pub(super) async fn route(
     }
 }
 
+/// `?limit=N` of a list: 100 when not given, a larger number than 1000 taken as 1000.
+pub(super) fn limit_param(query: Option<&str>) -> Result<usize, AdminError> {
+    match param(query, "limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n.min(MAX_LIMIT)),
+            _ => Err(AdminError::BadQuery(format!(
+                "limit: `{text}` is not a number from 1 to {MAX_LIMIT}"
+            ))),
+        },
+    }
+}
+
 /// The query's value for `name`, if given.
 fn param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?
@@ -103,17 +116,7 @@ fn list_query(state: &AdminState, query: Option<&str>) -> Result<ListQuery, Admi
             AdminError::BadQuery(format!("status: `{text}` is not pending or dead"))
         })?],
     };
-    let limit = match param(query, "limit") {
-        None => DEFAULT_LIMIT,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if n >= 1 => n.min(MAX_LIMIT),
-            _ => {
-                return Err(AdminError::BadQuery(format!(
-                    "limit: `{text}` is not a number from 1 to {MAX_LIMIT}"
-                )))
-            }
-        },
-    };
+    let limit = limit_param(query)?;
     let upstreams = match upstream_param(state, query)? {
         Some(name) => vec![name],
         None => all_upstreams(state),

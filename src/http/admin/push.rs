@@ -1,6 +1,6 @@
 //! `/push/{subscription}/{branch}/{workplace}` on the admin listener (GATEWAY.md 9): push a
 //! message to a till (POST), list its pending messages (GET), withdraw one
-//! (`DELETE .../{id}`).
+//! (`DELETE .../{id}`); and `GET /push`, every till's pending messages (the console's list).
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
@@ -16,6 +16,16 @@ use crate::http::overload::{read_body, BodyError, BodyLimits};
 use crate::push::{Message, MessageId, PushError, Till, MAX_LISTED};
 
 type Answer = http::Response<Full<Bytes>>;
+
+/// One pending message of `GET /push`: its till, then the message as a till's list shows it.
+#[derive(Serialize)]
+struct TillEntry {
+    subscription: String,
+    branch: String,
+    workplace: String,
+    #[serde(flatten)]
+    message: Entry,
+}
 
 /// One pending message as the list shows it.
 #[derive(Serialize)]
@@ -40,6 +50,7 @@ pub(super) async fn route<B>(
     state: &AdminState,
     method: &Method,
     path: &str,
+    query: Option<&str>,
     headers: &HeaderMap,
     body: B,
 ) -> Answer
@@ -48,6 +59,12 @@ where
     B::Error: std::fmt::Display,
 {
     let parts: Vec<&str> = path.split('/').skip(2).collect();
+    if parts.is_empty() {
+        return match *method {
+            Method::GET => every(state, query).await,
+            _ => error(&AdminError::MethodNotAllowed("GET")),
+        };
+    }
     let (till, id) = match parts.as_slice() {
         [sub, branch, workplace] => ((*sub, *branch, *workplace), None),
         [sub, branch, workplace, id] => ((*sub, *branch, *workplace), Some(*id)),
@@ -177,6 +194,29 @@ fn unread(e: &BodyError, max: u64) -> AdminError {
             code: "INVALID_JSON",
             why: "the body was broken off".into(),
         },
+    }
+}
+
+/// `GET /push`: every till's pending messages, newest first.
+async fn every(state: &AdminState, query: Option<&str>) -> Answer {
+    let limit = match super::deliveries::limit_param(query) {
+        Ok(limit) => limit,
+        Err(e) => return error(&e),
+    };
+    match state.gateway.push.every(limit).await {
+        Ok(messages) => {
+            let entries: Vec<TillEntry> = messages
+                .into_iter()
+                .map(|(till, m)| TillEntry {
+                    subscription: till.subscription,
+                    branch: till.branch,
+                    workplace: till.workplace,
+                    message: entry(&m),
+                })
+                .collect();
+            json(200, &entries)
+        }
+        Err(e) => unavailable(&e),
     }
 }
 

@@ -41,6 +41,7 @@ pub(crate) async fn run<M: PushMailbox>(a: &M, b: &M) {
     expired_messages_are_dropped_and_counted(a).await;
     a_push_wakes_the_calls_held_for_its_till(a, b).await;
     a_sweep_counts_pending_and_drops_expired(a).await;
+    every_lists_each_tills_messages_newest_first(a, b).await;
 }
 
 async fn messages_come_oldest_first_with_their_bytes<M: PushMailbox>(a: &M, b: &M) {
@@ -133,6 +134,33 @@ async fn a_sweep_counts_pending_and_drops_expired<M: PushMailbox>(a: &M) {
     assert!(swept.expired >= 1, "{swept:?}");
     assert!(swept.pending >= 1, "{swept:?}");
     assert_eq!(a.pending(&t, T0 + 2_000, 10).await.unwrap().expired, 0);
+}
+
+/// Last: its messages are the newest of the run (other checks queue at `T0` and soon after).
+async fn every_lists_each_tills_messages_newest_first<M: PushMailbox>(a: &M, b: &M) {
+    let (t, u) = (till(), till());
+    let old = a.push(&t, body(1), T0 + 5_000, T0 + TTL).await.unwrap();
+    let new = a.push(&u, body(2), T0 + 5_001, T0 + TTL).await.unwrap();
+    let newest = a.push(&t, body(3), T0 + 5_002, T0 + TTL).await.unwrap();
+    a.push(&u, body(4), T0 + 5_000, T0 + 5_010).await.unwrap();
+    let every = b.every(T0 + 5_010, 1000).await.unwrap();
+    assert!(every.expired >= 1, "{every:?}");
+    let mine: Vec<_> = every
+        .messages
+        .into_iter()
+        .filter(|(till, _)| *till == t || *till == u)
+        .collect();
+    assert_eq!(
+        mine,
+        vec![
+            (t.clone(), newest.clone()),
+            (u.clone(), new),
+            (t.clone(), old)
+        ]
+    );
+    assert_eq!(a.pending(&u, T0 + 5_010, 10).await.unwrap().expired, 0);
+    let first = b.every(T0 + 5_010, 1).await.unwrap();
+    assert_eq!(first.messages, vec![(t, newest)]);
 }
 
 #[tokio::test]
