@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use super::{fresh_key, reply, run, T0};
 use crate::conversation::{
-    ConversationKey, ConversationStore, Opening, RedisStore, StoreError, Update,
+    Commit, ConversationKey, ConversationStore, ForwardState, Opening, RedisStore, StoreError,
+    Update,
 };
 use crate::redis_connection::testing;
 
@@ -205,4 +206,90 @@ async fn redis_calls_fail_fast_naming_the_url_when_nobody_answers() {
             other => panic!("{url}: {other:?}"),
         }
     }
+}
+
+/// Two replicas, each with its cache of snapshots: a poll nobody wrote since is answered
+/// from the cache (Redis sends the count only), and every write on either replica (commit,
+/// claim, renew, complete) is seen by the other's next call; a conversation made again
+/// after its key went is new, not the cached one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_replicas_never_see_a_stale_snapshot_from_their_cache() {
+    let Some(conn) = testing::or_skip(Some(testing::single()), "Redis").await else {
+        return;
+    };
+    let prefix = format!("pollgate-test-{:016x}", fastrand::u64(..));
+    let ttl = Duration::from_secs(600);
+    let a = RedisStore::new(conn.clone(), &prefix, ttl);
+    let b = RedisStore::new(conn, &prefix, ttl);
+    let key = fresh_key();
+    let opening = || Opening::event("startPayment");
+    let state = |json: &str| Some(Some(bytes::Bytes::copy_from_slice(json.as_bytes())));
+    let first = a.begin(key, opening(), T0).await.unwrap();
+    assert_eq!(first.attempt, 1);
+    let update = Update {
+        state: state(r#"{"step":1}"#),
+        ..Update::default()
+    };
+    assert!(matches!(
+        a.commit(key, first.version, update, T0).await.unwrap(),
+        Commit::Saved
+    ));
+    let second = a.begin(key, opening(), T0 + 1).await.unwrap();
+    let hits = a.cache_hits();
+    let third = a.begin(key, opening(), T0 + 2).await.unwrap();
+    assert_eq!(
+        a.cache_hits(),
+        hits + 1,
+        "nothing was written: from the cache"
+    );
+    assert_eq!(third.attempt, 3);
+    assert_eq!(
+        (third.version, &third.state),
+        (second.version, &second.state)
+    );
+
+    // b commits: a's next call reads it, and its cache is right again after.
+    let on_b = b.begin(key, opening(), T0 + 3).await.unwrap();
+    assert_eq!(on_b.attempt, 4);
+    let update = Update {
+        state: state(r#"{"step":2}"#),
+        ..Update::default()
+    };
+    assert!(matches!(
+        b.commit(key, on_b.version, update, T0 + 3).await.unwrap(),
+        Commit::Saved
+    ));
+    let fifth = a.begin(key, opening(), T0 + 4).await.unwrap();
+    assert_eq!(fifth.attempt, 5);
+    assert_eq!(fifth.state.as_deref(), Some(&br#"{"step":2}"#[..]));
+    assert_eq!(fifth.version, on_b.version + 1);
+
+    // Forwards: b's claim, renewal and reply each show on a's next call.
+    assert!(b.claim_forward(key, "erp", T0, T0 + 100).await.unwrap());
+    assert_eq!(
+        super::lease_of(&a.begin(key, opening(), T0 + 5).await.unwrap(), "erp"),
+        Some(T0 + 100)
+    );
+    assert!(b.renew_forward(key, "erp", T0 + 900).await.unwrap());
+    assert_eq!(
+        super::lease_of(&a.begin(key, opening(), T0 + 6).await.unwrap(), "erp"),
+        Some(T0 + 900)
+    );
+    b.complete_forward(key, "erp", &reply()).await.unwrap();
+    let done = a.begin(key, opening(), T0 + 7).await.unwrap();
+    assert!(matches!(done.forward("erp"), Some(ForwardState::Done(r)) if **r == reply()));
+    let hits = a.cache_hits();
+    let again = a.begin(key, opening(), T0 + 8).await.unwrap();
+    assert_eq!(a.cache_hits(), hits + 1);
+    assert!(matches!(again.forward("erp"), Some(ForwardState::Done(_))));
+
+    // The key gone (expired) and the conversation begun again: a new one.
+    let _: i64 = a
+        .query(::redis::cmd("DEL").arg(a.key_name(key)))
+        .await
+        .unwrap();
+    let anew = a.begin(key, opening(), T0 + 9).await.unwrap();
+    assert_eq!((anew.attempt, anew.version, anew.state), (1, 0, None));
+    assert!(anew.forwards.is_empty());
+    a.remove_all().await.unwrap();
 }

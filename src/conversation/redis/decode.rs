@@ -113,6 +113,14 @@ pub(super) fn strings(value: Value) -> Result<Vec<Vec<u8>>, StoreError> {
 
 /// A conversation from its hash fields; `None` for an empty (missing) hash.
 pub(super) fn snapshot(record: Value) -> Result<Option<Snapshot>, StoreError> {
+    Ok(marked_snapshot(record)?.map(|(snapshot, _)| snapshot))
+}
+
+/// [`snapshot`], with the write mark `w` it was read at (`None` for a hash written before
+/// marks were kept).
+pub(super) fn marked_snapshot(
+    record: Value,
+) -> Result<Option<(Snapshot, Option<u64>)>, StoreError> {
     let fields = strings(record)?;
     if fields.is_empty() {
         return Ok(None);
@@ -120,7 +128,7 @@ pub(super) fn snapshot(record: Value) -> Result<Option<Snapshot>, StoreError> {
     if fields.len() % 2 != 0 {
         return Err(corrupt("odd number of hash fields"));
     }
-    let (mut version, mut attempt, mut first_seen_ms) = (None, None, None);
+    let (mut version, mut attempt, mut first_seen_ms, mut mark) = (None, None, None, None);
     let mut snapshot = Snapshot {
         version: 0,
         attempt: 0,
@@ -139,6 +147,7 @@ pub(super) fn snapshot(record: Value) -> Result<Option<Snapshot>, StoreError> {
             b"v" => version = Some(number(&value, "v")?),
             b"n" => attempt = Some(number(&value, "n")?),
             b"fs" => first_seen_ms = Some(number(&value, "fs")?),
+            b"w" => mark = Some(number(&value, "w")?),
             b"st" => snapshot.state = Some(Bytes::from(value)),
             b"fa" => snapshot.finished = Some(decode_answer(&value)?),
             b"ev" => origin.event = text(&value).into(),
@@ -167,7 +176,7 @@ pub(super) fn snapshot(record: Value) -> Result<Option<Snapshot>, StoreError> {
     snapshot.first_seen_ms = first_seen_ms;
     // Hash order is not insertion order once Redis converts a hash to a table.
     snapshot.forwards.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(Some(snapshot))
+    Ok(Some((snapshot, mark)))
 }
 
 /// A [`super::scripts::SUMMARIES`] row; `None` when the key expired between SCAN and the script.

@@ -18,6 +18,7 @@
 //! | `tb` / `tw` | till: `sender.branchNumber` / `sender.workplaceNumber`; `''` if none |
 //! | `dc`        | the last decision (`keep_polling`, `finished`, ...)                |
 //! | `ms` / `cm` | the last decision's `message` / `customerMessage`; `''` if none    |
+//! | `w`         | write mark: random at creation, bumped by every write but a call's count |
 //!
 //! Every write sets `PEXPIRE ttl` in the same script, so no key ever lives without a TTL
 //! and Redis itself forgets idle conversations (no sweeper).
@@ -47,6 +48,7 @@
 //! it is back the next command (or the one after) works again. Scripts are sent by hash and
 //! loaded on first use (`EVALSHA`'s `NOSCRIPT` fallback), also after a Redis restart.
 
+mod cache;
 mod decode;
 mod scan;
 mod scripts;
@@ -74,6 +76,7 @@ struct Inner {
     key_prefix: String,
     ttl_ms: u64,
     scripts: Scripts,
+    cache: cache::Cache,
 }
 
 struct Scripts {
@@ -117,6 +120,7 @@ impl RedisStore {
                     summaries: Script::new(SUMMARIES),
                     active: Script::new(ACTIVE),
                 },
+                cache: cache::Cache::new(),
             }),
         }
     }
@@ -152,6 +156,15 @@ impl RedisStore {
         invocation.arg(args);
         let mut conn = self.inner.conn.clone();
         self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Calls answered from the snapshot cache so far.
+    #[cfg(test)]
+    pub(crate) fn cache_hits(&self) -> u64 {
+        self.inner
+            .cache
+            .hits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn key_name(&self, key: ConversationKey) -> String {

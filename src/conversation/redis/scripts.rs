@@ -1,19 +1,25 @@
 //! The Lua scripts behind [`super::RedisStore`]: each is one atomic read-decide-write on one
-//! conversation hash, and every write refreshes the key's TTL.
+//! conversation hash, and every write refreshes the key's TTL. Every write but BEGIN's count
+//! bumps the write mark `w` (see [`super::cache`]).
 
 /// Counts one call: creates the conversation if missing. ARGV: event, now_ms, ttl_ms,
-/// subscription, till branch, till workplace (`''` when the call had none).
-/// The count comes first: `HINCRBY` makes a missing hash with `n` 1, which says the call
-/// is the first (one command fewer than asking `EXISTS`; this runs on every call).
+/// subscription, till branch, till workplace (`''` when the call had none), a fresh write
+/// mark for a new conversation, the write mark of the caller's cached snapshot (`''` when
+/// it has none). The count comes first: `HINCRBY` makes a missing hash with `n` 1, which
+/// says the call is the first (one command fewer than asking `EXISTS`; this runs on every
+/// call). Returns the whole hash, or only the count when the conversation is not new and
+/// nothing wrote to it since the caller's snapshot (`w` is still its mark).
 pub(super) const BEGIN: &str = r"
 local k = KEYS[1]
-if redis.call('HINCRBY', k, 'n', 1) == 1 then
+local n = redis.call('HINCRBY', k, 'n', 1)
+if n == 1 then
   redis.call('HSET', k, 'ev', ARGV[1], 'fs', ARGV[2], 'ls', ARGV[2], 'v', '0',
-    'sb', ARGV[4], 'tb', ARGV[5], 'tw', ARGV[6])
+    'sb', ARGV[4], 'tb', ARGV[5], 'tw', ARGV[6], 'w', ARGV[7])
 else
   redis.call('HSET', k, 'ls', ARGV[2])
 end
 redis.call('PEXPIRE', k, ARGV[3])
+if n > 1 and ARGV[8] ~= '' and redis.call('HGET', k, 'w') == ARGV[8] then return n end
 return redis.call('HGETALL', k)
 ";
 
@@ -27,6 +33,7 @@ local v = redis.call('HGET', k, 'v')
 if not v then return false end
 if v ~= ARGV[1] then return redis.call('HGETALL', k) end
 redis.call('HINCRBY', k, 'v', 1)
+redis.call('HINCRBY', k, 'w', 1)
 redis.call('HSET', k, 'ls', ARGV[2])
 if ARGV[4] == 's' then
   redis.call('HSET', k, 'st', ARGV[5])
@@ -52,6 +59,7 @@ if f then
   if lease > tonumber(ARGV[2]) then return 0 end
 end
 redis.call('HSET', k, ARGV[1], ARGV[3])
+redis.call('HINCRBY', k, 'w', 1)
 redis.call('PEXPIRE', k, ARGV[4])
 return 1
 ";
@@ -63,6 +71,7 @@ local k = KEYS[1]
 local f = redis.call('HGET', k, ARGV[1])
 if not f or string.sub(f, 1, 2) ~= 'p:' then return 0 end
 redis.call('HSET', k, ARGV[1], ARGV[2])
+redis.call('HINCRBY', k, 'w', 1)
 redis.call('PEXPIRE', k, ARGV[3])
 return 1
 ";
@@ -73,6 +82,7 @@ pub(super) const COMPLETE: &str = r"
 local k = KEYS[1]
 if redis.call('EXISTS', k) == 0 then return 0 end
 redis.call('HSET', k, ARGV[1], ARGV[2])
+redis.call('HINCRBY', k, 'w', 1)
 redis.call('PEXPIRE', k, ARGV[3])
 return 1
 ";

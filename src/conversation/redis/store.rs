@@ -4,7 +4,7 @@
 use ::redis::Value;
 use bytes::Bytes;
 
-use super::decode::{corrupt, encode_answer, snapshot};
+use super::decode::{corrupt, encode_answer, marked_snapshot, snapshot};
 use super::RedisStore;
 use crate::conversation::{
     Commit, ConversationKey, ConversationStore, Opening, Reply, Snapshot, StoreError, Summary,
@@ -19,6 +19,11 @@ impl ConversationStore for RedisStore {
         now_ms: u64,
     ) -> Result<Snapshot, StoreError> {
         let number = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_default();
+        let cached = self.inner.cache.get(&key);
+        let known = cached
+            .as_ref()
+            .map(|(mark, _)| mark.to_string())
+            .unwrap_or_default();
         let args = (
             opening.event,
             now_ms,
@@ -26,9 +31,39 @@ impl ConversationStore for RedisStore {
             opening.subscription,
             number(opening.till.branch),
             number(opening.till.workplace),
+            // A new conversation's first mark: random, so a conversation made again after
+            // its key expired never matches a snapshot of the one before.
+            fastrand::u64(..1 << 52),
+            known,
         );
-        let record = self.invoke(&self.inner.scripts.begin, key, args).await?;
-        snapshot(record)?.ok_or_else(|| corrupt("begin returned nothing"))
+        match self.invoke(&self.inner.scripts.begin, key, args).await? {
+            Value::Int(attempt) => {
+                #[cfg(test)]
+                self.inner
+                    .cache
+                    .hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (_, mut snapshot) =
+                    cached.ok_or_else(|| corrupt("begin answered a count to no snapshot"))?;
+                snapshot.attempt = u32::try_from(attempt)
+                    .map_err(|_| corrupt(format!("attempt count {attempt}")))?;
+                Ok(snapshot)
+            }
+            record => match marked_snapshot(record) {
+                Ok(Some((snapshot, mark))) => {
+                    match mark {
+                        Some(mark) => self.inner.cache.put(key, mark, snapshot.clone()),
+                        None => self.inner.cache.forget(&key),
+                    }
+                    Ok(snapshot)
+                }
+                Ok(None) => Err(corrupt("begin returned nothing")),
+                Err(e) => {
+                    self.inner.cache.forget(&key);
+                    Err(e)
+                }
+            },
+        }
     }
 
     async fn load(&self, key: ConversationKey) -> Result<Option<Snapshot>, StoreError> {
