@@ -10,9 +10,11 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-fn redis_state(url: &str, prefix: &str) -> String {
+/// The `state:` of replicas on Redis at `url`; `timeout` bounds each Redis command (short
+/// where Redis goes away, long where only a loaded machine would make it run out).
+fn redis_state(url: &str, prefix: &str, timeout: &str) -> String {
     format!(
-        "state:\n  store: redis\n  url: {url}\n  prefix: {prefix}\n  ttl: 5m\n  timeout: 300ms\n"
+        "state:\n  store: redis\n  url: {url}\n  prefix: {prefix}\n  ttl: 5m\n  timeout: {timeout}\n"
     )
 }
 
@@ -29,7 +31,7 @@ async fn a_till_alternating_between_two_replicas_sees_one_conversation_and_one_f
     let config = format!(
         "events:\n  startPayment:\n    rule: rule.rhai\n    polling: {{}}\nupstreams:\n  backend:\n    url: {}\n{}",
         upstream.url(),
-        redis_state(&url, &unique_prefix())
+        redis_state(&url, &unique_prefix(), "5s")
     );
     let a = Process::serve(&config, &[("rule.rhai", APPROVAL_RULE)]).await;
     let b = Process::serve(&config, &[("rule.rhai", APPROVAL_RULE)]).await;
@@ -77,7 +79,7 @@ async fn concurrent_calls_on_both_replicas_lose_no_update() {
         "state.n = (state.n ?? 0) + 1;\nkeep_polling(`n=${state.n} attempt=${poll.attempt}`)";
     let config = format!(
         "events:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {{}}\n{}",
-        redis_state(&url, &unique_prefix())
+        redis_state(&url, &unique_prefix(), "5s")
     );
     let a = Process::serve(&config, &[("rule.rhai", rule)]).await;
     let b = Process::serve(&config, &[("rule.rhai", rule)]).await;
@@ -132,7 +134,7 @@ async fn killing_the_replica_that_sends_a_forward_lets_the_other_resend_it_and_f
     let config = format!(
         "events:\n  startPayment:\n    rule: rule.rhai\n    polling: {{}}\nupstreams:\n  backend:\n    url: {}\n    timeout: 1s\n    retries: 0\n{}",
         upstream.url(),
-        redis_state(&url, &unique_prefix())
+        redis_state(&url, &unique_prefix(), "5s")
     );
     let a = Process::serve(&config, &[("rule.rhai", APPROVAL_RULE)]).await;
     let b = Process::serve(&config, &[("rule.rhai", APPROVAL_RULE)]).await;
@@ -179,7 +181,7 @@ async fn redis_trouble_is_a_signed_answer_and_conversations_continue_when_it_ret
     let rule = "keep_polling(`attempt ${poll.attempt}`)";
     let config = format!(
         "events:\n  addSessionLine:\n    rule: rule.rhai\n    polling: {{}}\n{}",
-        redis_state(&redis.url(), "outage")
+        redis_state(&redis.url(), "outage", "300ms")
     );
     let gw = Gateway::start(&config, &[("rule.rhai", rule)]).await;
     let till = gw.till();
