@@ -483,6 +483,11 @@ async fn schemathesis_finds_every_answer_as_the_document_says() {
         !summary.contains(" 0 generated") && summary.contains("passed"),
         "{output}"
     );
+    let links = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("API Links:"))
+        .unwrap_or("none")
+        .trim();
     use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "{version}: {summary}");
+    let _ = writeln!(std::io::stderr(), "{version}: {summary}; API links {links}");
 }
