@@ -236,6 +236,11 @@ fn check_document(doc: &Value) {
             answers.keys().any(|s| s.starts_with('2')),
             "{method} {path}: no success answer"
         );
+        // The origin check comes before everything, on every path; the token check before
+        // every closed one.
+        assert!(answers.contains_key("403"), "{method} {path}: no 403");
+        let open = op["security"] == json!([]);
+        assert_eq!(answers.contains_key("401"), !open, "{method} {path}: 401");
         assert!(op["operationId"].is_string(), "{method} {path}");
     }
 }
@@ -290,6 +295,14 @@ async fn the_document_names_every_route_the_admin_listener_answers_and_no_other(
     assert_eq!(served.status(), 200, "open without a token");
     assert_eq!(served.headers()["content-type"], "application/json");
     assert_eq!(json_of(served).await, doc, "the file, as built in");
+    let foreign = client()
+        .get(gw.admin_url("/openapi.json"))
+        .header("origin", "https://elsewhere.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403, "a page of another site");
+    assert_eq!(json_of(foreign).await["error"]["code"], "CROSS_ORIGIN");
 
     let listed: BTreeSet<(String, String)> = ROUTES
         .iter()
