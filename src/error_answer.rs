@@ -288,7 +288,7 @@ impl AdminError {
                 "{why}; the admin endpoints refuse requests from other sites' pages"
             )),
             Self::NotFound => Cow::Borrowed(
-                "admin endpoints: /healthz /readyz /metrics /conversations /deliveries /push /reload",
+                "admin endpoints: /healthz /readyz /metrics /conversations /deliveries /push /reload (every one, with its answers: GET /openapi.json)",
             ),
             Self::NoConversation => Cow::Borrowed(
                 "no live conversation has this key (32 hex digits, as GET /conversations lists them)",

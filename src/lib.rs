@@ -3,8 +3,8 @@
 //! A call's path through the modules:
 //!
 //! - [`http`]: the webhook listener (routing, reading bodies, signing answers) behind its
-//!   tower stack, the admin listener, and graceful serving with connection bounds and the
-//!   overload guard for request bodies.
+//!   tower stack, the admin listener (with its OpenAPI document), and graceful serving with
+//!   connection bounds and the overload guard for request bodies.
 //! - [`pipeline`]: the checks of GATEWAY.md 6, before and after the body is read
 //!   ([`pipeline::Verified`] is made only there), and a verified call's way to its answer,
 //!   one stage a file: the conversation loop, forwards and `hold`, the rule, shaping.

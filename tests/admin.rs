@@ -653,7 +653,7 @@ async fn admin_error_answers_are_exact_and_unsigned() {
     exact(&r, 404);
     assert_eq!(
         r.text().await.unwrap(),
-        r#"{"error":{"code":"NOT_FOUND","message":"admin endpoints: /healthz /readyz /metrics /conversations /deliveries /push /reload"}}"#
+        r#"{"error":{"code":"NOT_FOUND","message":"admin endpoints: /healthz /readyz /metrics /conversations /deliveries /push /reload (every one, with its answers: GET /openapi.json)"}}"#
     );
     for (method, path, allow) in [
         (reqwest::Method::GET, "/reload", "POST"),

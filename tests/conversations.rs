@@ -72,6 +72,8 @@ async fn conversations_are_filtered_by_till_and_event() {
         .await;
 
     assert_eq!(tills(&list(&gw, "?till=12/3").await), ["12/3", "12/3"]);
+    // Percent-encoded, as HTTP clients send a `/` in a query value.
+    assert_eq!(tills(&list(&gw, "?till=12%2F3").await), ["12/3", "12/3"]);
     assert_eq!(
         tills(&list(&gw, "?till=12").await),
         ["12/3", "12/3", "12/4"]
@@ -112,16 +114,7 @@ async fn the_till_is_listed_when_neither_key_nor_rule_reads_it() {
 #[tokio::test]
 async fn a_bad_till_filter_gets_400_with_the_exact_answer() {
     let gw = gateway().await;
-    for bad in [
-        "x",
-        "12/",
-        "/3",
-        "12/3/4",
-        "-1/2",
-        "",
-        "12%2F3",
-        "4294967296",
-    ] {
+    for bad in ["x", "12/", "/3", "12/3/4", "-1/2", "", "4294967296"] {
         let (status, text) = get(&gw, &format!("/conversations?till={bad}")).await;
         assert_eq!(status, 400, "{bad}");
         assert_eq!(

@@ -1,6 +1,8 @@
 //! The admin listener (GATEWAY.md 6): health, readiness, metrics, live conversations and
-//! reload. It has its own address and is never served on the webhook port.
+//! reload. It has its own address and is never served on the webhook port. Every endpoint
+//! is in its OpenAPI document (`admin/openapi.json`, served at `GET /openapi.json`).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use http_body_util::Full;
 use serde::Serialize;
 
 mod deliveries;
+mod openapi;
 mod push;
 
 use super::conversation_detail::Detail;
@@ -64,6 +67,7 @@ where
     }
     let response = match (req.method(), path) {
         (&Method::GET, "/") => super::console::page(),
+        (&Method::GET, "/openapi.json") => openapi::document(),
         (&Method::GET, "/status") => json(200, &state.reloader.status()),
         (&Method::GET, "/healthz") => json(200, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(&state).await,
@@ -76,9 +80,11 @@ where
         (method, p) if p == "/deliveries" || p.starts_with("/deliveries/") => {
             deliveries::route(&state, method, p, req.uri().query()).await
         }
-        (_, "/" | "/status" | "/healthz" | "/readyz" | "/metrics" | "/conversations") => {
-            error(&AdminError::MethodNotAllowed("GET"))
-        }
+        (
+            _,
+            "/" | "/openapi.json" | "/status" | "/healthz" | "/readyz" | "/metrics"
+            | "/conversations",
+        ) => error(&AdminError::MethodNotAllowed("GET")),
         (_, "/reload") => error(&AdminError::MethodNotAllowed("POST")),
         (_, _) if path.starts_with("/conversations/") => {
             error(&AdminError::MethodNotAllowed("GET"))
@@ -165,9 +171,12 @@ async fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
 }
 
 async fn conversations(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
-    let limit = list_limit(query);
+    let limit = match list_limit(query, MAX_LIST_LIMIT, MAX_LIST_LIMIT) {
+        Ok(limit) => limit,
+        Err(e) => return error(&e),
+    };
     let event = query_value(query, "event");
-    let till = match query_value(query, "till").map(TillFilter::parse) {
+    let till = match query_value(query, "till").map(|t| TillFilter::parse(&t)) {
         None => None,
         Some(Ok(till)) => Some(till),
         Some(Err(e)) => return error(&e),
@@ -182,7 +191,8 @@ async fn conversations(state: &AdminState, query: Option<&str>) -> Response<Full
     match gateway.store.list(gateway.clock.now_ms(), fetch).await {
         Ok(mut list) => {
             list.retain(|c| {
-                event.is_none_or(|e| c.event == e) && till.is_none_or(|t| t.keeps(c.till))
+                event.as_deref().is_none_or(|e| c.event == e)
+                    && till.is_none_or(|t| t.keeps(c.till))
             });
             list.truncate(limit);
             json(200, &list)
@@ -223,11 +233,32 @@ impl TillFilter {
     }
 }
 
-/// The value of `?name=value` (event names are `[A-Za-z0-9_.-]`, never percent-encoded).
-fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+/// The value of `?name=value`, percent-decoded as every HTTP client encodes it (`till=12%2F3`
+/// is `12/3`); the first, when the query names it more than once.
+pub(super) fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
+    form_urlencoded::parse(query?.as_bytes()).find_map(|(k, v)| (k == name).then_some(v))
+}
+
+/// `?limit=N`: `default` without it; a whole number from 1, taken as `max` above `max` (so a
+/// script asking for "everything" gets the most there is). Anything else is `INVALID_QUERY`.
+pub(super) fn list_limit(
+    query: Option<&str>,
+    default: usize,
+    max: usize,
+) -> Result<usize, AdminError> {
+    let Some(text) = query_value(query, "limit") else {
+        return Ok(default);
+    };
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    match text.parse::<usize>() {
+        Ok(n) if digits && n >= 1 => Ok(n.min(max)),
+        // Only digits, yet no usize: a number larger than any list.
+        Err(_) if digits => Ok(max),
+        _ => Err(AdminError::BadQuery(format!(
+            "limit: `{}` is not a number from 1 to {max}",
+            crate::telemetry::escape::loggable(&text, 64)
+        ))),
+    }
 }
 
 async fn conversation(state: &AdminState, key: &str) -> Response<Full<Bytes>> {
@@ -240,14 +271,6 @@ async fn conversation(state: &AdminState, key: &str) -> Response<Full<Bytes>> {
         Ok(None) => error(&AdminError::NoConversation),
         Err(e) => error(&AdminError::StoreUnavailable(e.to_string())),
     }
-}
-
-/// `?limit=N`, at most [`MAX_LIST_LIMIT`].
-fn list_limit(query: Option<&str>) -> usize {
-    query
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
-        .and_then(|n| n.parse::<usize>().ok())
-        .map_or(MAX_LIST_LIMIT, |n| n.min(MAX_LIST_LIMIT))
 }
 
 async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
@@ -268,13 +291,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_values_are_found_by_their_whole_name() {
+    fn query_values_are_found_by_their_whole_name_and_percent_decoded() {
         assert_eq!(
-            query_value(Some("limit=5&event=scanCode"), "event"),
+            query_value(Some("limit=5&event=scanCode"), "event").as_deref(),
             Some("scanCode")
         );
         assert_eq!(query_value(Some("events=x"), "event"), None);
         assert_eq!(query_value(None, "event"), None);
+        assert_eq!(
+            query_value(Some("till=12%2F3&till=1"), "till").as_deref(),
+            Some("12/3")
+        );
+        assert_eq!(query_value(Some("event="), "event").as_deref(), Some(""));
     }
 
     #[test]
@@ -306,10 +334,26 @@ mod tests {
     }
 
     #[test]
-    fn the_list_limit_is_capped_at_1000() {
-        assert_eq!(list_limit(None), 1000);
-        assert_eq!(list_limit(Some("limit=5")), 5);
-        assert_eq!(list_limit(Some("x=1&limit=1000000000")), 1000);
-        assert_eq!(list_limit(Some("limit=99999999999999999999999")), 1000);
+    fn the_list_limit_is_a_whole_number_from_1_capped_at_the_maximum() {
+        let limit = |q| list_limit(Some(q), 100, 1000);
+        assert_eq!(list_limit(None, 100, 1000), Ok(100));
+        assert_eq!(limit("limit=5"), Ok(5));
+        assert_eq!(limit("limit=%35"), Ok(5));
+        assert_eq!(limit("x=1&limit=1000000000"), Ok(1000));
+        assert_eq!(limit("limit=99999999999999999999999"), Ok(1000));
+        for bad in [
+            "limit=0",
+            "limit=",
+            "limit=ten",
+            "limit=-1",
+            "limit=+5",
+            "limit=1.5",
+        ] {
+            assert!(limit(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            limit("limit=ten").unwrap_err().message(),
+            "limit: `ten` is not a number from 1 to 1000"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Who may use which admin endpoint (GATEWAY.md 10): `admin.token` opens every endpoint,
-//! `admin.push_token` only `/push/...`; `/healthz`, `/readyz` and the console page (which
-//! asks for the token itself) are open, so probes and the page's first load need none.
+//! `admin.push_token` only `/push/...`; `/healthz`, `/readyz`, the console page (which
+//! asks for the token itself) and the OpenAPI document (no secrets in it) are open, so
+//! probes, the page's first load and an integrator's first look need none.
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
@@ -20,7 +21,7 @@ enum Door {
 
 fn door(path: &str) -> Door {
     match path {
-        "/healthz" | "/readyz" | "/" => Door::Open,
+        "/healthz" | "/readyz" | "/" | "/openapi.json" => Door::Open,
         _ if path == "/push" || path.starts_with("/push/") => Door::Push,
         _ => Door::Admin,
     }
@@ -115,7 +116,7 @@ mod tests {
             check(&a, "/metrics", &HeaderMap::new()),
             Err(Unauthorized::NoToken)
         );
-        for open in ["/healthz", "/readyz", "/"] {
+        for open in ["/healthz", "/readyz", "/", "/openapi.json"] {
             assert_eq!(check(&a, open, &HeaderMap::new()), Ok(()), "{open}");
         }
     }

@@ -6,7 +6,7 @@ use http::Method;
 use http_body_util::Full;
 use serde::Serialize;
 
-use super::{error, json, AdminState};
+use super::{error, json, list_limit, query_value, AdminState};
 use crate::conversation::Clock;
 use crate::error_answer::AdminError;
 use crate::outbox::{Deliverer, Delivery, DeliveryId, Outbox, OutboxError, Status};
@@ -68,37 +68,18 @@ pub(super) async fn route(
     }
 }
 
-/// `?limit=N` of a list: 100 when not given, a larger number than 1000 taken as 1000.
-pub(super) fn limit_param(query: Option<&str>) -> Result<usize, AdminError> {
-    match param(query, "limit") {
-        None => Ok(DEFAULT_LIMIT),
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if n >= 1 => Ok(n.min(MAX_LIMIT)),
-            _ => Err(AdminError::BadQuery(format!(
-                "limit: `{text}` is not a number from 1 to {MAX_LIMIT}"
-            ))),
-        },
-    }
-}
-
-/// The query's value for `name`, if given.
-fn param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-}
-
 /// `?upstream=U` checked against the config; `None` when not given.
 fn upstream_param(state: &AdminState, query: Option<&str>) -> Result<Option<String>, AdminError> {
-    let Some(name) = param(query, "upstream") else {
+    let Some(name) = query_value(query, "upstream") else {
         return Ok(None);
     };
     let rt = state.gateway.runtime.load();
-    if rt.config.upstreams.contains_key(name) {
-        Ok(Some(name.to_owned()))
+    if rt.config.upstreams.contains_key(name.as_ref()) {
+        Ok(Some(name.into_owned()))
     } else {
         Err(AdminError::BadQuery(format!(
-            "upstream: no upstream `{name}` (not under `upstreams:`)"
+            "upstream: no upstream `{}` (not under `upstreams:`)",
+            crate::telemetry::escape::loggable(&name, 64)
         )))
     }
 }
@@ -110,13 +91,16 @@ struct ListQuery {
 }
 
 fn list_query(state: &AdminState, query: Option<&str>) -> Result<ListQuery, AdminError> {
-    let statuses = match param(query, "status") {
+    let statuses = match query_value(query, "status") {
         None => vec![Status::Pending, Status::Dead],
-        Some(text) => vec![Status::parse(text).ok_or_else(|| {
-            AdminError::BadQuery(format!("status: `{text}` is not pending or dead"))
+        Some(text) => vec![Status::parse(&text).ok_or_else(|| {
+            AdminError::BadQuery(format!(
+                "status: `{}` is not pending or dead",
+                crate::telemetry::escape::loggable(&text, 64)
+            ))
         })?],
     };
-    let limit = limit_param(query)?;
+    let limit = list_limit(query, DEFAULT_LIMIT, MAX_LIMIT)?;
     let upstreams = match upstream_param(state, query)? {
         Some(name) => vec![name],
         None => all_upstreams(state),

@@ -199,7 +199,7 @@ fn unread(e: &BodyError, max: u64) -> AdminError {
 
 /// `GET /push`: every till's pending messages, newest first.
 async fn every(state: &AdminState, query: Option<&str>) -> Answer {
-    let limit = match super::deliveries::limit_param(query) {
+    let limit = match super::list_limit(query, 100, MAX_LISTED) {
         Ok(limit) => limit,
         Err(e) => return error(&e),
     };
