@@ -9,62 +9,58 @@
 //! answers each: a burst of concurrent calls costs one sync, not one each. Reads (claims,
 //! listings, counts) use read transactions beside it and never wait for the writer.
 //!
-//! # Tables
+//! # One table
 //!
-//! | table          | key                      | value                    |
-//! |----------------|--------------------------|--------------------------|
-//! | `queue`        | sequence number (u64)    | id (16 bytes), then [`record::encode`] |
-//! | `due:{U}`      | (next attempt ms, seq)   | () — pending, by due time |
-//! | `age:{U}`      | (queued ms, seq)         | () — pending, by age     |
-//! | `dead:{U}`     | (queued ms, seq)         | () — dead                |
-//!
-//! One set of index tables per upstream `U`, so counts are a table's length and the
-//! oldest pending delivery its first entry.
+//! The file holds one table, `queue`: sequence number (u64) → id (16 bytes), then
+//! [`record::encode`](crate::outbox::record). Everything else (which sequence number
+//! holds an id, each upstream's pending deliveries by due time and by age, its dead ones,
+//! the claims) is kept in memory ([`index`]), built from the records at open, so a commit
+//! writes one B-tree.
 //!
 //! Records are keyed by a sequence number given in queueing order (one more than the
 //! highest in the file), not by their id: a delivery's id is a hash, and keyed by it each
 //! insert of a group commit would dirty another leaf page of the tree, each one more page
 //! to write and sync. In queueing order a commit's inserts land on the last page or two,
-//! and deliveries settle roughly in that order too. The id-to-sequence map (for
-//! idempotence and the by-id calls) is kept in memory, built from the records at open
-//! (24 bytes and a hash slot per delivery) and changed by the writer only once a commit
-//! succeeded.
+//! and deliveries settle roughly in that order too.
 //!
-//! This layout replaced an id-keyed `deliveries` table before any release; a file with
-//! that table is refused at open rather than silently ignored.
+//! Earlier layouts: an id-keyed `deliveries` table (before any release) is refused at
+//! open rather than silently ignored; the `due:`, `age:` and `dead:` index tables of the
+//! layout before this one are dropped at open (the records say the same).
 //!
 //! Claims are kept in memory only: this file has one process (redb locks it), and a
 //! process that dies takes its claims with it, so after a restart every pending delivery
 //! is due again (at least once).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 
 use redb::ReadTransaction;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::oneshot;
 
+mod index;
 mod queue;
 mod tables;
 #[cfg(test)]
 mod tests;
 
+use index::{Change as IndexChange, Memory, Place};
 use tables::Tables;
 
 use super::{DeliveryId, OutboxError};
 
 pub(super) const RECORDS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("queue");
-/// The id-keyed table of the layout before this one (never released).
+/// The id-keyed table of the layout before the sequence numbers (never released).
 const OLD_RECORDS: &str = "deliveries";
+/// The prefixes of the index tables the file had before the indexes moved to memory.
+const OLD_INDEXES: [&str; 3] = ["due:", "age:", "dead:"];
 
-pub(super) type Index<'a> = TableDefinition<'a, (u64, u64), ()>;
-pub(super) type IndexTable = redb::ReadOnlyTable<(u64, u64), ()>;
 pub(super) type RecordTable = redb::ReadOnlyTable<u64, &'static [u8]>;
 
-/// Which sequence number holds each delivery's record.
-pub(super) type Ids = Mutex<HashMap<DeliveryId, u64>>;
+/// The indexes and claims, shared by the handles and the writer. A std lock: held for
+/// map work only, never across an await.
+type Shared = Mutex<Memory>;
 
 /// At most this many changes go into one transaction.
 const MAX_BATCH: usize = 4096;
@@ -95,11 +91,8 @@ struct Inner {
     /// Commits made (each one fsync): group commit keeps this far below the changes.
     commits: Arc<AtomicU64>,
     writer: Mutex<mpsc::Sender<Job>>,
-    /// Claimed deliveries (by sequence number) and when their claim ends. Std locks, here
-    /// and in `ids`: held for map updates only, never across an await.
-    claims: Mutex<HashMap<u64, u64>>,
-    /// Every delivery's sequence number, as committed.
-    ids: Arc<Ids>,
+    /// The indexes of what is committed, and the claims.
+    memory: Arc<Shared>,
     path: PathBuf,
 }
 
@@ -109,7 +102,8 @@ pub(super) fn storage(e: impl Into<redb::Error>) -> OutboxError {
 
 impl EmbeddedOutbox {
     /// Opens (or creates) the outbox in the folder `path`, creating the folder if needed.
-    /// A database left by a crash is recovered here.
+    /// A database left by a crash is recovered here, and the indexes are built from its
+    /// records (a pass over them all: about a second a million on this project's bench VM).
     pub fn open(path: &Path) -> Result<Self, OutboxError> {
         std::fs::create_dir_all(path).map_err(|e| {
             OutboxError::Unavailable(format!("cannot create {}: {e}", path.display()))
@@ -131,25 +125,25 @@ impl EmbeddedOutbox {
     }
 
     fn with_db(db: Database, file: PathBuf) -> Result<Self, OutboxError> {
-        let (ids, next_seq) = read_ids(&db, &file)?;
-        let ids = Arc::new(Mutex::new(ids));
+        drop_old_indexes(&db, &file)?;
+        let (memory, next_seq) = read_memory(&db)?;
+        let memory = Arc::new(Mutex::new(memory));
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_db = db.clone();
         let commits = Arc::new(AtomicU64::new(0));
         let counted = commits.clone();
-        let writer_ids = ids.clone();
+        let writer_memory = memory.clone();
         std::thread::Builder::new()
             .name("pollgate-outbox".into())
-            .spawn(move || write_loop(&writer_db, &rx, &counted, &writer_ids, next_seq))
+            .spawn(move || write_loop(&writer_db, &rx, &counted, &writer_memory, next_seq))
             .map_err(|e| OutboxError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 commits,
                 writer: Mutex::new(tx),
-                claims: Mutex::default(),
-                ids,
+                memory,
                 path: file,
             }),
         })
@@ -193,61 +187,75 @@ impl EmbeddedOutbox {
         self.inner.db.begin_read().map_err(storage)
     }
 
-    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+    fn memory(&self) -> MutexGuard<'_, Memory> {
         self.inner
-            .claims
+            .memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The sequence number holding `id`'s record, if it is committed.
     fn seq_of(&self, id: DeliveryId) -> Option<u64> {
-        self.inner
-            .ids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .copied()
+        self.memory().seq_of(id)
     }
 
     /// Ends the claim on what was `seq` (looked up before the change that settled it).
     fn unclaim(&self, seq: Option<u64>) {
         if let Some(seq) = seq {
-            self.claims().remove(&seq);
+            self.memory().claims.remove(&seq);
         }
     }
 }
 
-/// The id-to-sequence map of the records in `db`, and the next sequence number.
-fn read_ids(db: &Database, file: &Path) -> Result<(HashMap<DeliveryId, u64>, u64), OutboxError> {
+/// Refuses a file of the id-keyed layout, and drops the index tables of the layout before
+/// this one (their content is rebuilt from the records).
+fn drop_old_indexes(db: &Database, file: &Path) -> Result<(), OutboxError> {
     let txn = db.begin_read().map_err(storage)?;
-    let old = txn
+    let names: Vec<String> = txn
         .list_tables()
         .map_err(storage)?
-        .any(|t| t.name() == OLD_RECORDS);
-    if old {
+        .map(|t| t.name().to_owned())
+        .collect();
+    drop(txn);
+    if names.iter().any(|n| n == OLD_RECORDS) {
         return Err(OutboxError::Unavailable(format!(
             "{} has the outbox layout of an unreleased development build; move it away",
             file.display()
         )));
     }
+    let old: Vec<&String> = names
+        .iter()
+        .filter(|n| OLD_INDEXES.iter().any(|p| n.starts_with(p)))
+        .collect();
+    if old.is_empty() {
+        return Ok(());
+    }
+    let txn = db.begin_write().map_err(storage)?;
+    for name in old {
+        let table: TableDefinition<'_, (u64, u64), ()> = TableDefinition::new(name);
+        txn.delete_table(table).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
+}
+
+/// The indexes of the records in `db`, and the next sequence number.
+fn read_memory(db: &Database) -> Result<(Memory, u64), OutboxError> {
+    let txn = db.begin_read().map_err(storage)?;
     let records = match txn.open_table(RECORDS) {
         Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((HashMap::new(), 0)),
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Memory::default(), 0)),
         Err(e) => return Err(storage(e)),
     };
-    let mut ids = HashMap::new();
+    let mut memory = Memory::default();
     let mut next = 0;
     for entry in records.iter().map_err(storage)? {
         let (seq, value) = entry.map_err(storage)?;
         let seq = seq.value();
-        let id = tables::split(value.value())
-            .map(|(id, _)| id)
-            .ok_or_else(|| OutboxError::Corrupt(format!("record {seq}: no id")))?;
-        ids.insert(id, seq);
+        let d = tables::decode_record(seq, value.value())?;
+        memory.apply(IndexChange::Put(d.id, Place::of(seq, &d)));
         next = seq + 1;
     }
-    Ok((ids, next))
+    Ok((memory, next))
 }
 
 /// The changes for one transaction: `first`, everything waiting, and what comes while the
@@ -276,7 +284,7 @@ fn write_loop(
     db: &Database,
     jobs: &mpsc::Receiver<Job>,
     commits: &AtomicU64,
-    ids: &Ids,
+    memory: &Shared,
     mut next_seq: u64,
 ) {
     while let Ok(first) = jobs.recv() {
@@ -293,7 +301,7 @@ fn write_loop(
         };
         let mut answers = Vec::with_capacity(batch.len());
         let staged = {
-            let mut tables = Tables::new(&txn, ids, next_seq);
+            let mut tables = Tables::new(&txn, memory, next_seq);
             for job in batch {
                 answers.push(((job.change)(&mut tables), job.done));
             }
@@ -316,7 +324,7 @@ fn write_loop(
                 }
                 let committed = txn.commit().map_err(storage);
                 if committed.is_ok() {
-                    staged.apply(ids);
+                    staged.apply(memory);
                 }
                 committed
             }
