@@ -4,10 +4,10 @@
 //!
 //! # Group commit
 //!
-//! Every change goes to one writer thread. It takes all the changes waiting at that
-//! moment, applies them in one write transaction and commits it once (one fsync), then
-//! answers each: a burst of concurrent calls costs one sync, not one each. Reads (claims,
-//! listings, counts) use read transactions beside it and never wait for the writer.
+//! Every change goes to one writer thread ([`writer`]), which applies a batch of them in
+//! one write transaction and commits it once (one fsync), then answers each: a burst of
+//! concurrent calls costs one sync, not one each. Reads (claims, listings, counts) use the
+//! indexes in memory and read transactions beside it, and never wait for the writer.
 //!
 //! # One table
 //!
@@ -33,7 +33,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use redb::ReadTransaction;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
@@ -44,9 +44,11 @@ mod queue;
 mod tables;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use index::{Change as IndexChange, Memory, Place};
 use tables::Tables;
+use writer::{Inbox, Job};
 
 use super::{DeliveryId, OutboxError};
 
@@ -62,24 +64,6 @@ pub(super) type RecordTable = redb::ReadOnlyTable<u64, &'static [u8]>;
 /// map work only, never across an await.
 type Shared = Mutex<Memory>;
 
-/// At most this many changes go into one transaction.
-const MAX_BATCH: usize = 4096;
-/// After the changes waiting, the writer waits this long for more before it commits, and
-/// again while more keep coming (up to [`MAX_LINGER`]): a commit costs an fsync and most of
-/// a millisecond of CPU, so the calls answered by the last commit, which come back with
-/// their next changes within a few hundred microseconds, are worth waiting for.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(300);
-const MAX_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// One change, applied inside the writer's transaction; its number is the answer
-/// (a bool as 0 or 1, or a count).
-type Change = Box<dyn FnOnce(&mut Tables<'_>) -> Result<u64, OutboxError> + Send>;
-
-struct Job {
-    change: Change,
-    done: oneshot::Sender<Result<u64, OutboxError>>,
-}
-
 /// A cheap-clone handle on the embedded outbox.
 #[derive(Clone)]
 pub struct EmbeddedOutbox {
@@ -90,10 +74,18 @@ struct Inner {
     db: Arc<Database>,
     /// Commits made (each one fsync): group commit keeps this far below the changes.
     commits: Arc<AtomicU64>,
-    writer: Mutex<mpsc::Sender<Job>>,
+    /// Where changes wait for the writer thread.
+    inbox: Arc<Inbox>,
     /// The indexes of what is committed, and the claims.
     memory: Arc<Shared>,
     path: PathBuf,
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: the writer answers what is waiting and lets go of the file.
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
 }
 
 pub(super) fn storage(e: impl Into<redb::Error>) -> OutboxError {
@@ -129,20 +121,24 @@ impl EmbeddedOutbox {
         let (memory, next_seq) = read_memory(&db)?;
         let memory = Arc::new(Mutex::new(memory));
         let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel::<Job>();
-        let writer_db = db.clone();
+        let inbox = Arc::new(Inbox::new());
         let commits = Arc::new(AtomicU64::new(0));
-        let counted = commits.clone();
-        let writer_memory = memory.clone();
-        std::thread::Builder::new()
+        let writer = writer::Writer {
+            db: db.clone(),
+            inbox: inbox.clone(),
+            commits: commits.clone(),
+            memory: memory.clone(),
+        };
+        let thread = std::thread::Builder::new()
             .name("pollgate-outbox".into())
-            .spawn(move || write_loop(&writer_db, &rx, &counted, &writer_memory, next_seq))
+            .spawn(move || writer.run(next_seq))
             .map_err(|e| OutboxError::Unavailable(format!("cannot start the writer: {e}")))?;
+        inbox.set_writer(thread.thread().clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 commits,
-                writer: Mutex::new(tx),
+                inbox,
                 memory,
                 path: file,
             }),
@@ -169,13 +165,7 @@ impl EmbeddedOutbox {
             change: Box::new(change),
             done,
         };
-        let sent = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(job);
-        if sent.is_err() {
+        if !self.inner.inbox.push(job) {
             return Err(OutboxError::Unavailable("the outbox writer stopped".into()));
         }
         answer
@@ -256,84 +246,4 @@ fn read_memory(db: &Database) -> Result<(Memory, u64), OutboxError> {
         next = seq + 1;
     }
     Ok((memory, next))
-}
-
-/// The changes for one transaction: `first`, everything waiting, and what comes while the
-/// writer lingers.
-fn gather(first: Job, jobs: &mpsc::Receiver<Job>) -> Vec<Job> {
-    let mut batch = vec![first];
-    let until = std::time::Instant::now() + MAX_LINGER;
-    while batch.len() < MAX_BATCH {
-        match jobs.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(mpsc::TryRecvError::Disconnected) => break,
-            Err(mpsc::TryRecvError::Empty) => {
-                let left = until.saturating_duration_since(std::time::Instant::now());
-                match jobs.recv_timeout(LINGER.min(left)) {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
-    }
-    batch
-}
-
-/// The writer thread: one transaction and one commit for everything waiting.
-fn write_loop(
-    db: &Database,
-    jobs: &mpsc::Receiver<Job>,
-    commits: &AtomicU64,
-    memory: &Shared,
-    mut next_seq: u64,
-) {
-    while let Ok(first) = jobs.recv() {
-        let batch = gather(first, jobs);
-        let txn = match db.begin_write() {
-            Ok(txn) => txn,
-            Err(e) => {
-                let error = storage(e);
-                for job in batch {
-                    let _ = job.done.send(Err(error.clone()));
-                }
-                continue;
-            }
-        };
-        let mut answers = Vec::with_capacity(batch.len());
-        let staged = {
-            let mut tables = Tables::new(&txn, memory, next_seq);
-            for job in batch {
-                answers.push(((job.change)(&mut tables), job.done));
-            }
-            tables.finish()
-        };
-        // Sequence numbers are never given twice, even when this batch is not committed.
-        next_seq = staged.next_seq;
-        // A change that failed inside the transaction fails the whole batch: its half-made
-        // writes must not be committed. The others' callers see an error too and retry.
-        let failed = answers.iter().find_map(|(r, _)| r.as_ref().err().cloned());
-        let outcome = match failed {
-            Some(error) => {
-                let _ = txn.abort();
-                Err(error)
-            }
-            None => {
-                let n = commits.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_multiple_of(1024) {
-                    tracing::debug!(commits = n, batch = answers.len(), "outbox group commit");
-                }
-                let committed = txn.commit().map_err(storage);
-                if committed.is_ok() {
-                    staged.apply(memory);
-                }
-                committed
-            }
-        };
-        for (answer, done) in answers {
-            let _ = done.send(match &outcome {
-                Ok(()) => answer,
-                Err(e) => Err(e.clone()),
-            });
-        }
-    }
 }
