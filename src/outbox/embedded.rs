@@ -95,7 +95,7 @@ pub(super) fn storage(e: impl Into<redb::Error>) -> OutboxError {
 impl EmbeddedOutbox {
     /// Opens (or creates) the outbox in the folder `path`, creating the folder if needed.
     /// A database left by a crash is recovered here, and the indexes are built from its
-    /// records (a pass over them all: about a second a million on this project's bench VM).
+    /// records (one pass over them all, each decoded).
     pub fn open(path: &Path) -> Result<Self, OutboxError> {
         std::fs::create_dir_all(path).map_err(|e| {
             OutboxError::Unavailable(format!("cannot create {}: {e}", path.display()))
