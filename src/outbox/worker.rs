@@ -3,7 +3,8 @@
 //! (one attempt, same headers, signature and `Idempotency-Key` every time), and records
 //! the result. A worker sleeps until something is queued here, a send ends, or the next
 //! delivery is due; with Redis it also looks every [`SHARED_LOOK_EVERY`], since other
-//! replicas queue too.
+//! replicas queue too. What is queued while the worker waits for its sends wakes nobody:
+//! the next send that ends does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,15 +43,32 @@ struct Inner {
     runtime: Arc<ArcSwap<Runtime>>,
     clock: Clock,
     metrics: Arc<Metrics>,
-    /// One wake-up per upstream with a worker. Std locks: map updates only, never held
-    /// across an await.
-    workers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// One wake-up and connection count per upstream with a worker. Std locks: map
+    /// updates only, never held across an await.
+    workers: Mutex<HashMap<String, Arc<Signal>>>,
     /// Deliveries being sent now, by id (given back at shutdown if still running).
     sending: Mutex<HashMap<DeliveryId, String>>,
     /// Why the last enqueue failed, until one succeeds again (`/readyz` says it).
     trouble: Mutex<Option<String>>,
     stop: Mutex<Option<Shutdown>>,
     tasks: TaskTracker,
+}
+
+/// How a worker is woken, and its free connections (which tell whether waking it would
+/// make it claim anything).
+struct Signal {
+    wake: Notify,
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+/// Whether a worker with `free` of `max` connections free waits for its sends instead of
+/// claiming: claims come in batches, so while sends are running it waits until a quarter
+/// of the connections are free (a send that ends wakes it), and a busy queue costs one
+/// claim per several deliveries, not one each.
+fn waits_for_sends(free: usize, max: usize) -> bool {
+    let in_flight = max.saturating_sub(free);
+    free == 0 || (in_flight > 0 && free < (max / 4).max(1))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,7 +120,7 @@ impl Deliverer {
                     tracing::info!("the outbox accepts deliveries again");
                 }
                 if queued {
-                    self.wake(&upstream);
+                    self.wake_for_new(&upstream);
                 }
                 Ok(queued)
             }
@@ -138,11 +156,23 @@ impl Deliverer {
         }
     }
 
+    /// Wakes `upstream`'s worker for a delivery queued now, unless it would not claim
+    /// anything: with its connections busy, the next send that ends wakes it, and a busy
+    /// queue then costs no wake-up per queued delivery.
+    fn wake_for_new(&self, upstream: &str) {
+        if let Some(signal) = lock(&self.inner.workers).get(upstream) {
+            if waits_for_sends(signal.permits.available_permits(), signal.max) {
+                return;
+            }
+        }
+        self.wake(upstream);
+    }
+
     /// Wakes `upstream`'s worker, starting it first if there is none (and not stopping).
     pub fn wake(&self, upstream: &str) {
         let mut workers = lock(&self.inner.workers);
-        if let Some(notify) = workers.get(upstream) {
-            notify.notify_one();
+        if let Some(signal) = workers.get(upstream) {
+            signal.wake.notify_one();
             return;
         }
         let Some(stop) = lock(&self.inner.stop).clone() else {
@@ -151,12 +181,24 @@ impl Deliverer {
         if stop.is_fired() {
             return;
         }
-        let notify = Arc::new(Notify::new());
-        workers.insert(upstream.to_owned(), notify.clone());
+        let max = self
+            .inner
+            .runtime
+            .load()
+            .config
+            .upstreams
+            .get(upstream)
+            .map_or(1, |u| u.max_connections);
+        let signal = Arc::new(Signal {
+            wake: Notify::new(),
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        });
+        workers.insert(upstream.to_owned(), signal.clone());
         let worker = Worker {
             deliverer: self.clone(),
             upstream: upstream.to_owned(),
-            wake: notify,
+            signal,
         };
         self.inner.tasks.spawn(worker.run(stop));
     }
@@ -188,22 +230,14 @@ impl Deliverer {
 struct Worker {
     deliverer: Deliverer,
     upstream: String,
-    wake: Arc<Notify>,
+    signal: Arc<Signal>,
 }
 
 impl Worker {
     async fn run(self, mut stop: Shutdown) {
-        let inner = &self.deliverer.inner;
-        let max = inner
-            .runtime
-            .load()
-            .config
-            .upstreams
-            .get(&self.upstream)
-            .map_or(1, |u| u.max_connections);
-        let permits = Arc::new(Semaphore::new(max));
+        let (permits, max) = (&self.signal.permits, self.signal.max);
         while !stop.is_fired() {
-            let wait = match self.round(&permits, max).await {
+            let wait = match self.round(permits, max).await {
                 Ok(wait) => wait,
                 Err(e) => {
                     tracing::warn!(upstream = %self.upstream, error = %e, "cannot claim deliveries");
@@ -212,7 +246,7 @@ impl Worker {
             };
             let Some(wait) = wait else { continue };
             tokio::select! {
-                () = self.wake.notified() => {}
+                () = self.signal.wake.notified() => {}
                 () = tokio::time::sleep_until(wait) => {}
                 () = stop.wait() => {}
             }
@@ -234,11 +268,7 @@ impl Worker {
             // No longer configured: its deliveries wait (a reload may bring it back).
             return Ok(Some(far));
         };
-        // Claims come in batches: while sends are running, wait until a quarter of the
-        // connections are free (a send that ends wakes this worker), so a busy queue costs
-        // one claim per several deliveries, not one each.
-        let in_flight = max.saturating_sub(free);
-        if free == 0 || (in_flight > 0 && free < (max / 4).max(1)) {
+        if waits_for_sends(free, max) {
             return Ok(Some(far));
         }
         let now = inner.clock.now_ms();
@@ -257,7 +287,7 @@ impl Worker {
             lock(&inner.sending).insert(delivery.id, self.upstream.clone());
             let send = Send {
                 deliverer: self.deliverer.clone(),
-                wake: self.wake.clone(),
+                signal: self.signal.clone(),
             };
             inner.tasks.spawn(send.run(delivery, permit));
         }
@@ -288,7 +318,7 @@ impl Worker {
 /// One attempt of one delivery.
 struct Send {
     deliverer: Deliverer,
-    wake: Arc<Notify>,
+    signal: Arc<Signal>,
 }
 
 impl Send {
@@ -319,7 +349,7 @@ impl Send {
         // The connection is free for the next delivery while this result is synced: the
         // delivery stays in `sending` (so it is not claimed again here) until then.
         drop(_permit);
-        self.wake.notify_one();
+        self.signal.wake.notify_one();
         self.settle(&d, verdict).await;
         lock(&inner.sending).remove(&d.id);
     }
@@ -387,4 +417,19 @@ fn not_configured(config: &Upstream, d: &Delivery, now_ms: u64) -> Verdict {
         d.queued_ms,
         now_ms,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::waits_for_sends;
+
+    #[test]
+    fn a_worker_claims_when_idle_or_a_quarter_of_its_connections_are_free() {
+        assert!(!waits_for_sends(1, 1), "one connection, free");
+        assert!(waits_for_sends(0, 1));
+        assert!(!waits_for_sends(32, 32), "nothing in flight");
+        assert!(waits_for_sends(7, 32), "25 in flight, 7 free");
+        assert!(!waits_for_sends(8, 32));
+        assert!(!waits_for_sends(2, 3), "a quarter of 3 is at least 1");
+    }
 }

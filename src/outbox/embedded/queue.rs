@@ -1,27 +1,14 @@
 //! [`Outbox`] for the embedded outbox: reads in read transactions beside the writer, every
 //! change through it.
 
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
+use redb::ReadTransaction;
 
-use super::tables::{change_at, change_one, index_name, insert_new, load};
-use super::{storage, EmbeddedOutbox, Index, IndexTable, RecordTable, RECORDS};
+use super::index::Lanes;
+use super::tables::{change_at, change_one, insert_new, load};
+use super::{storage, EmbeddedOutbox, RecordTable, RECORDS};
 use crate::outbox::{
     Counts, Delivery, DeliveryId, Failure, NewDelivery, Outbox, OutboxError, Status,
 };
-
-/// An index table in a read transaction; `None` when nothing was ever written to it.
-fn read_index(
-    txn: &ReadTransaction,
-    kind: &str,
-    upstream: &str,
-) -> Result<Option<IndexTable>, OutboxError> {
-    let name = index_name(kind, upstream);
-    match txn.open_table(Index::new(&name)) {
-        Ok(table) => Ok(Some(table)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(storage(e)),
-    }
-}
 
 fn read_records(txn: &ReadTransaction) -> Result<Option<RecordTable>, OutboxError> {
     match txn.open_table(RECORDS) {
@@ -32,29 +19,27 @@ fn read_records(txn: &ReadTransaction) -> Result<Option<RecordTable>, OutboxErro
 }
 
 impl EmbeddedOutbox {
-    /// Sequence numbers in the index `kind:upstream` in key order, with their key time,
-    /// while `keep` says so (it sees each and decides whether to go on).
-    fn scan(
+    /// Up to `limit` sequence numbers of `upstream`'s lane `pick` (in its order).
+    fn seqs(
         &self,
-        kind: &str,
         upstream: &str,
-        mut keep: impl FnMut(u64, u64) -> bool,
-    ) -> Result<(), OutboxError> {
-        let txn = self.read()?;
-        let Some(index) = read_index(&txn, kind, upstream)? else {
-            return Ok(());
-        };
-        for entry in index.iter().map_err(storage)? {
-            let (key, _) = entry.map_err(storage)?;
-            let (at, seq) = key.value();
-            if !keep(at, seq) {
-                break;
-            }
-        }
-        Ok(())
+        pick: impl Fn(&Lanes) -> &std::collections::BTreeSet<(u64, u64)>,
+        limit: usize,
+    ) -> Vec<u64> {
+        let memory = self.memory();
+        memory.lanes(upstream).map_or_else(Vec::new, |lanes| {
+            pick(lanes)
+                .iter()
+                .take(limit)
+                .map(|(_, seq)| *seq)
+                .collect()
+        })
     }
 
     fn load_many(&self, seqs: &[u64]) -> Result<Vec<Delivery>, OutboxError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
         let txn = self.read()?;
         let Some(records) = read_records(&txn)? else {
             return Ok(Vec::new());
@@ -83,38 +68,12 @@ impl Outbox for EmbeddedOutbox {
         lease_ms: u64,
         limit: usize,
     ) -> Result<Vec<Delivery>, OutboxError> {
-        let mut seqs = Vec::new();
-        {
-            let mut claims = self.claims();
-            self.scan("due", upstream, |at, seq| {
-                if at > now_ms || seqs.len() >= limit {
-                    return false;
-                }
-                if claims.get(&seq).is_none_or(|until| *until <= now_ms) {
-                    claims.insert(seq, now_ms.saturating_add(lease_ms));
-                    seqs.push(seq);
-                }
-                true
-            })?;
-        }
+        let seqs = self.memory().claim(upstream, now_ms, lease_ms, limit);
         self.load_many(&seqs)
     }
 
     async fn next_due(&self, upstream: &str) -> Result<Option<u64>, OutboxError> {
-        let claims = self.claims().clone();
-        let mut next: Option<u64> = None;
-        self.scan("due", upstream, |at, seq| match claims.get(&seq) {
-            // Claimed: due again when the claim ends (if it is not settled first).
-            Some(until) => {
-                next = Some(next.map_or(*until, |n| n.min(*until)));
-                true
-            }
-            None => {
-                next = Some(next.map_or(at, |n| n.min(at)));
-                false
-            }
-        })?;
-        Ok(next)
+        Ok(self.memory().next_due(upstream))
     }
 
     async fn delivered(&self, _upstream: &str, id: DeliveryId) -> Result<(), OutboxError> {
@@ -173,16 +132,10 @@ impl Outbox for EmbeddedOutbox {
         status: Status,
         limit: usize,
     ) -> Result<Vec<Delivery>, OutboxError> {
-        let kind = match status {
-            Status::Pending => "due",
-            Status::Dead => "dead",
+        let seqs = match status {
+            Status::Pending => self.seqs(upstream, |l| &l.due, limit),
+            Status::Dead => self.seqs(upstream, |l| &l.dead, limit),
         };
-        let mut seqs = Vec::new();
-        self.scan(kind, upstream, |_, seq| {
-            seqs.push(seq);
-            seqs.len() < limit
-        })?;
-        seqs.truncate(limit);
         self.load_many(&seqs)
     }
 
@@ -204,11 +157,7 @@ impl Outbox for EmbeddedOutbox {
     }
 
     async fn retry_dead(&self, upstream: &str, now_ms: u64) -> Result<u64, OutboxError> {
-        let mut seqs = Vec::new();
-        self.scan("dead", upstream, |_, seq| {
-            seqs.push(seq);
-            true
-        })?;
+        let seqs = self.seqs(upstream, |l| &l.dead, usize::MAX);
         self.write(move |tables| {
             let mut n = 0;
             for seq in seqs {
@@ -234,22 +183,7 @@ impl Outbox for EmbeddedOutbox {
     }
 
     async fn counts(&self, upstream: &str) -> Result<Counts, OutboxError> {
-        let txn = self.read()?;
-        let len = |kind: &str| -> Result<u64, OutboxError> {
-            match read_index(&txn, kind, upstream)? {
-                Some(t) => t.len().map_err(storage),
-                None => Ok(0),
-            }
-        };
-        let oldest = match read_index(&txn, "age", upstream)? {
-            Some(t) => t.first().map_err(storage)?.map(|(k, _)| k.value().0),
-            None => None,
-        };
-        Ok(Counts {
-            pending: len("due")?,
-            dead: len("dead")?,
-            oldest_queued_ms: oldest,
-        })
+        Ok(self.memory().counts(upstream))
     }
 
     async fn ping(&self) -> Result<(), OutboxError> {

@@ -1,18 +1,16 @@
-//! The embedded outbox's tables: writing and removing a delivery with its index entries
-//! inside the writer's transaction.
+//! The embedded outbox's one table, written inside the writer's transaction: a delivery's
+//! record is put, changed or removed there, and what that does to the indexes in memory
+//! is noted beside it, to be applied once the batch is committed.
 
 use std::collections::HashMap;
 use std::sync::PoisonError;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::{storage, Ids, Index, RECORDS};
+use super::index::{Change, Place};
+use super::{storage, Shared, RECORDS};
 use crate::outbox::record::{decode, encode};
-use crate::outbox::{Delivery, DeliveryId, OutboxError, Status};
-
-pub(super) fn index_name(kind: &str, upstream: &str) -> String {
-    format!("{kind}:{upstream}")
-}
+use crate::outbox::{Delivery, DeliveryId, OutboxError};
 
 /// A record's value: the id, then the encoded delivery.
 pub(super) fn split(value: &[u8]) -> Option<(DeliveryId, &[u8])> {
@@ -20,70 +18,68 @@ pub(super) fn split(value: &[u8]) -> Option<(DeliveryId, &[u8])> {
     Some((DeliveryId::from_bytes(*id), rest))
 }
 
-/// Reads the record at `seq` inside a transaction; a record that does not decode is
-/// corrupt.
+/// Decodes the record at `seq`; one that does not decode is corrupt.
+pub(super) fn decode_record(seq: u64, value: &[u8]) -> Result<Delivery, OutboxError> {
+    let corrupt = |e: &str| OutboxError::Corrupt(format!("record {seq}: {e}"));
+    let (id, rest) = split(value).ok_or_else(|| corrupt("no id"))?;
+    decode(id, rest).map_err(|e| OutboxError::Corrupt(format!("delivery {id}: {e}")))
+}
+
+/// Reads the record at `seq` inside a transaction.
 pub(super) fn load(
     table: &impl ReadableTable<u64, &'static [u8]>,
     seq: u64,
 ) -> Result<Option<Delivery>, OutboxError> {
-    let Some(value) = table.get(seq).map_err(storage)? else {
-        return Ok(None);
-    };
-    let corrupt = |e: &str| OutboxError::Corrupt(format!("record {seq}: {e}"));
-    let (id, rest) = split(value.value()).ok_or_else(|| corrupt("no id"))?;
-    decode(id, rest)
-        .map(Some)
-        .map_err(|e| OutboxError::Corrupt(format!("delivery {id}: {e}")))
+    match table.get(seq).map_err(storage)? {
+        Some(value) => decode_record(seq, value.value()).map(Some),
+        None => Ok(None),
+    }
 }
 
-/// The tables one batch of changes writes, each opened once per transaction: opening and
-/// closing a redb table costs a lookup and a write of its root, which per change would
-/// be most of a commit's work. Also the batch's changes to the id map, applied once the
-/// batch is committed.
+/// The records table of one batch of changes, opened once per transaction (opening and
+/// closing a redb table costs a lookup and a write of its root), and the batch's changes
+/// to the indexes, applied once the batch is committed.
 pub(super) struct Tables<'t> {
     txn: &'t WriteTransaction,
     records: Option<Table<'t, u64, &'static [u8]>>,
-    indexes: HashMap<String, Table<'t, (u64, u64), ()>>,
-    ids: &'t Ids,
+    memory: &'t Shared,
     /// Ids this batch queued (`Some(seq)`) or removed (`None`).
     staged: HashMap<DeliveryId, Option<u64>>,
+    changes: Vec<Change>,
     next_seq: u64,
 }
 
-/// What a batch did to the id map.
+/// What a batch did to the indexes.
 pub(super) struct Staged {
-    changes: HashMap<DeliveryId, Option<u64>>,
+    changes: Vec<Change>,
     pub(super) next_seq: u64,
 }
 
 impl Staged {
-    /// The batch was committed: the map follows.
-    pub(super) fn apply(self, ids: &Ids) {
-        let mut ids = ids.lock().unwrap_or_else(PoisonError::into_inner);
-        for (id, seq) in self.changes {
-            match seq {
-                Some(seq) => ids.insert(id, seq),
-                None => ids.remove(&id),
-            };
+    /// The batch was committed: the indexes follow.
+    pub(super) fn apply(self, memory: &Shared) {
+        let mut memory = memory.lock().unwrap_or_else(PoisonError::into_inner);
+        for change in self.changes {
+            memory.apply(change);
         }
     }
 }
 
 impl<'t> Tables<'t> {
-    pub(super) fn new(txn: &'t WriteTransaction, ids: &'t Ids, next_seq: u64) -> Self {
+    pub(super) fn new(txn: &'t WriteTransaction, memory: &'t Shared, next_seq: u64) -> Self {
         Self {
             txn,
             records: None,
-            indexes: HashMap::new(),
-            ids,
+            memory,
             staged: HashMap::new(),
+            changes: Vec::new(),
             next_seq,
         }
     }
 
     pub(super) fn finish(self) -> Staged {
         Staged {
-            changes: self.staged,
+            changes: self.changes,
             next_seq: self.next_seq,
         }
     }
@@ -93,11 +89,10 @@ impl<'t> Tables<'t> {
         match self.staged.get(&id) {
             Some(seq) => *seq,
             None => self
-                .ids
+                .memory
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .get(&id)
-                .copied(),
+                .seq_of(id),
         }
     }
 
@@ -109,44 +104,16 @@ impl<'t> Tables<'t> {
             .as_mut()
             .ok_or_else(|| OutboxError::Unavailable("records table".into()))
     }
-
-    fn index(
-        &mut self,
-        kind: &str,
-        upstream: &str,
-    ) -> Result<&mut Table<'t, (u64, u64), ()>, OutboxError> {
-        let name = index_name(kind, upstream);
-        if !self.indexes.contains_key(&name) {
-            let table = self.txn.open_table(Index::new(&name)).map_err(storage)?;
-            self.indexes.insert(name.clone(), table);
-        }
-        self.indexes
-            .get_mut(&name)
-            .ok_or_else(|| OutboxError::Unavailable(format!("table {name}")))
-    }
 }
 
-/// The index entries of `d`: (table kind, time).
-fn entries(d: &Delivery) -> Vec<(&'static str, u64)> {
-    match d.status {
-        Status::Pending => vec![("due", d.next_ms), ("age", d.queued_ms)],
-        Status::Dead => vec![("dead", d.queued_ms)],
-    }
-}
-
-/// Writes `d` at `seq` with its index entries (the record is new or its old entries are
-/// removed).
+/// Writes `d` at `seq` (a new record, or one whose old index entries are noted removed).
 fn put_at(tables: &mut Tables<'_>, seq: u64, d: &Delivery) -> Result<(), OutboxError> {
     let mut value = Vec::with_capacity(16 + 256 + d.body.len());
     value.extend_from_slice(&d.id.bytes());
     value.extend_from_slice(&encode(d));
     tables.records()?.insert(seq, &value[..]).map_err(storage)?;
-    for (kind, at) in entries(d) {
-        tables
-            .index(kind, &d.upstream)?
-            .insert((at, seq), ())
-            .map_err(storage)?;
-    }
+    tables.staged.insert(d.id, Some(seq));
+    tables.changes.push(Change::Put(d.id, Place::of(seq, d)));
     Ok(())
 }
 
@@ -158,19 +125,7 @@ pub(super) fn insert_new(tables: &mut Tables<'_>, d: &Delivery) -> Result<u64, O
     let seq = tables.next_seq;
     tables.next_seq += 1;
     put_at(tables, seq, d)?;
-    tables.staged.insert(d.id, Some(seq));
     Ok(1)
-}
-
-/// Removes `d`'s index entries.
-fn unput(tables: &mut Tables<'_>, seq: u64, d: &Delivery) -> Result<(), OutboxError> {
-    for (kind, at) in entries(d) {
-        tables
-            .index(kind, &d.upstream)?
-            .remove((at, seq))
-            .map_err(storage)?;
-    }
-    Ok(())
 }
 
 /// Applies `f` to the delivery `id` inside the writer's transaction: `f` gets it as it
@@ -196,7 +151,9 @@ pub(super) fn change_at(
         return Ok(0);
     };
     let id = old.id;
-    unput(tables, seq, &old)?;
+    tables
+        .changes
+        .push(Change::Removed(id, Place::of(seq, &old)));
     match f(old) {
         Some(new) => put_at(tables, seq, &new)?,
         None => {

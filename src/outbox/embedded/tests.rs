@@ -137,3 +137,51 @@ async fn a_file_of_the_unreleased_id_keyed_layout_is_refused() {
     };
     assert!(e.to_string().contains("unreleased"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_tables_of_the_layout_before_are_dropped_and_rebuilt_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox");
+    let (a, b) = (new("erp", T0 + 5), new("erp", T0));
+    {
+        let outbox = EmbeddedOutbox::open(&path).unwrap();
+        assert!(outbox.enqueue(a.clone()).await.unwrap());
+        assert!(outbox.enqueue(b.clone()).await.unwrap());
+    }
+    // What the layout with index tables left beside the records.
+    let mut written = false;
+    for _ in 0..200 {
+        if let Ok(db) = redb::Database::create(path.join("outbox.redb")) {
+            let txn = db.begin_write().unwrap();
+            for name in ["due:erp", "age:erp", "dead:erp"] {
+                let table: TableDefinition<'_, (u64, u64), ()> = TableDefinition::new(name);
+                txn.open_table(table).unwrap().insert((T0, 0), ()).unwrap();
+            }
+            txn.commit().unwrap();
+            written = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(written, "the file stayed locked");
+    let outbox = reopen(&path).await;
+    let txn = outbox.inner.db.begin_read().unwrap();
+    let names: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| redb::TableHandle::name(&t).to_owned())
+        .collect();
+    drop(txn);
+    assert_eq!(names, ["queue"]);
+    let counts = outbox.counts("erp").await.unwrap();
+    assert_eq!((counts.pending, counts.dead), (2, 0));
+    assert_eq!(counts.oldest_queued_ms, Some(T0));
+    let due: Vec<_> = outbox
+        .claim("erp", T0 + 10, 1000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(due, [b.id(), a.id()], "oldest due first");
+}
