@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
-use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::Full;
 
@@ -86,7 +85,11 @@ where
         let rt = gateway.runtime.load_full();
         Addressee::of(rt, &parts.method, parts.uri.path(), &parts.headers)
     });
-    let response = match call(&gateway, &budget, &to, &parts, body).await {
+    // Only the headers go on: the path (a slice of hyper's read buffer, like the header
+    // values) is routed already and dropped here.
+    let headers = std::mem::take(&mut parts.headers);
+    drop(parts);
+    let response = match call(&gateway, &budget, &to, headers, body).await {
         Ok((sub, signer, answer)) => {
             let signer = sub.signer(signer);
             let mut response = json_response(answer.status, answer.body, Some(signer));
@@ -102,11 +105,15 @@ where
 /// Routes a request, reads its body between the pipeline's checks before and after it,
 /// and has the pipeline answer it; the answer, the subscription and which of its secrets
 /// signs it.
+///
+/// The headers are dropped once the checks are done: their values are slices of the buffer
+/// hyper read the call into, which would stay allocated (8 KiB) for as long as the call
+/// runs, a held backgroundPoll call's whole hold (GATEWAY.md 7, 9).
 async fn call<B>(
     gateway: &Gateway,
     budget: &BodyBudget,
     to: &Addressee,
-    parts: &Parts,
+    headers: HeaderMap,
     body: B,
 ) -> Result<(Arc<Subscription>, usize, Answer), Refusal>
 where
@@ -117,15 +124,14 @@ where
     let rt = &*to.rt;
     let server = &rt.config.server;
     let max = server.max_body_bytes;
-    let declared = parts
-        .headers
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return Err(Refusal::TooLarge { max });
     }
-    let head = pipeline::check_head(rt, event_name, &parts.headers)?;
+    let head = pipeline::check_head(rt, event_name, &headers)?;
     let limits = BodyLimits {
         max_bytes: max as u64,
         budget: server.max_buffered_bytes,
@@ -134,9 +140,10 @@ where
     let (raw, reservation) = read_body(body, declared, budget, limits)
         .await
         .map_err(|e| unread(e, max))?;
-    let verified = pipeline::check_body(head, &parts.headers, raw);
+    let verified = pipeline::check_body(head, &headers, raw);
     // Checked bytes no longer count as a body being read.
     drop(reservation);
+    drop(headers);
     let verified = verified?;
     let sub = verified.subscription().clone();
     let signer = verified.signer();
@@ -173,7 +180,36 @@ fn event_name<'a>(path: &'a str, base_path: &str) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests {
-    use super::event_name;
+    use std::future::Future;
+    use std::sync::Arc;
+
+    use super::{event_name, Gateway};
+
+    /// A gateway over a memory store, from `events` (YAML under `events:`) with the files
+    /// in `files`; its folder must outlive it.
+    fn gateway(events: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, Gateway) {
+        use crate::config::Config;
+        use crate::conversation::{Clock, MemoryStore, Store};
+        use crate::telemetry::Metrics;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("file");
+        }
+        let path = dir.path().join("pollgate.yaml");
+        let yaml = format!(
+            "server: {{listen: '127.0.0.1:0'}}\nadmin: {{listen: '127.0.0.1:0'}}\n\
+             subscriptions:\n  s: {{secret: 'c2VjcmV0'}}\nevents:\n{events}"
+        );
+        std::fs::write(&path, yaml).expect("config");
+        let config = Config::load(&path, &|_| None).expect("config loads");
+        let ttl = config.state.ttl;
+        let metrics = Arc::new(Metrics::new());
+        let runtime = crate::runtime::Runtime::build(config, &metrics, 1).expect("runtime");
+        let store = Store::Memory(MemoryStore::new(ttl));
+        let gateway = Gateway::new(runtime, store, Clock::system(), metrics);
+        (dir, gateway)
+    }
 
     /// The future of one webhook call is moved several times a call (the layer's box,
     /// hyper's dispatcher), so its size is a cost every call pays: the pipeline's stages
@@ -182,31 +218,79 @@ mod tests {
     /// build the handler's future is 1.5 KB, 2.8 KB with the pipeline inline.
     #[test]
     fn a_webhook_calls_future_stays_small() {
-        use std::sync::Arc;
-
-        use crate::config::Config;
-        use crate::conversation::{Clock, MemoryStore, Store};
-        use crate::telemetry::Metrics;
-
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("rule.rhai"), "finish(\"ok\", \"\")").expect("rule");
-        let path = dir.path().join("pollgate.yaml");
-        let yaml = "server: {listen: '127.0.0.1:0'}\nadmin: {listen: '127.0.0.1:0'}\n\
-                    subscriptions:\n  s: {secret: 'c2VjcmV0'}\n\
-                    events:\n  addSessionLine: {rule: rule.rhai, polling: {timeout: 1h}}\n";
-        std::fs::write(&path, yaml).expect("config");
-        let config = Config::load(&path, &|_| None).expect("config loads");
-        let ttl = config.state.ttl;
-        let metrics = Arc::new(Metrics::new());
-        let runtime = crate::runtime::Runtime::build(config, &metrics, 1).expect("runtime");
-        let store = Store::Memory(MemoryStore::new(ttl));
-        let gateway = crate::gateway::Gateway::new(runtime, store, Clock::system(), metrics);
+        let events = "  addSessionLine: {rule: rule.rhai, polling: {timeout: 1h}}\n";
+        let (_dir, gateway) = gateway(events, &[("rule.rhai", "finish(\"ok\", \"\")")]);
         let request = http::Request::post("/webhooks/addSessionLine")
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .expect("request");
         let call = super::handle(gateway, super::BodyBudget::default(), request);
         let size = std::mem::size_of_val(&call);
         assert!(size <= 2048, "a webhook call's future is {size} bytes");
+    }
+
+    /// hyper reads a call into one buffer and hands out its head (path, header values) and
+    /// body as slices of it. A held backgroundPoll call keeps none of them, so the buffer
+    /// (8 KiB) is not kept allocated for the whole hold (GATEWAY.md 7: 10,000 held calls
+    /// in under 256 MB).
+    #[tokio::test(start_paused = true)]
+    async fn a_held_call_keeps_no_slice_of_the_buffer_it_was_read_into() {
+        use std::task::Poll;
+
+        use http::HeaderValue;
+
+        use crate::push::PushMailbox;
+
+        let (_dir, gateway) = gateway("  backgroundPoll: {push: {hold: 1h}}\n", &[]);
+        let body =
+            br#"{"event":{"eventBlocking":true},"sender":{"branchNumber":1,"workplaceNumber":2}}"#;
+        let signature =
+            crate::signature::Secret::decode("c2VjcmV0", crate::signature::Encoding::Base64)
+                .expect("secret")
+                .sign(body);
+        // One buffer for the whole call, as hyper reads it.
+        let path = "/webhooks/backgroundPoll";
+        let mut read = bytes::BytesMut::new();
+        for part in [
+            path.as_bytes(),
+            b"s",
+            b"application/json",
+            signature.as_bytes(),
+            body,
+        ] {
+            read.extend_from_slice(part);
+        }
+        let buffer = read.freeze();
+        let mut at = 0;
+        let mut slice = |len: usize| {
+            at += len;
+            buffer.slice(at - len..at)
+        };
+        let uri = http::Uri::from_maybe_shared(slice(path.len())).expect("uri");
+        let mut request = http::Request::post(uri);
+        for (name, len) in [
+            ("x-mplus-subscription-id", 1),
+            ("content-type", 16),
+            ("x-mplus-signature", signature.len()),
+        ] {
+            let value = HeaderValue::from_maybe_shared(slice(len)).expect("header value");
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(http_body_util::Full::new(slice(body.len())))
+            .expect("request");
+        let held = gateway.push.mailbox().wakers().clone();
+        let mut call = std::pin::pin!(super::handle(
+            gateway.clone(),
+            super::BodyBudget::default(),
+            request
+        ));
+        let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "the call holds");
+        assert_eq!(held.held(), 1);
+        assert!(
+            buffer.is_unique(),
+            "a held call keeps a slice of the buffer it was read into"
+        );
     }
 
     #[test]

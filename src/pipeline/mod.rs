@@ -75,6 +75,15 @@ pub async fn answer(gateway: &Gateway, rt: &Runtime, verified: Verified) -> Answ
             evaluate::error_request(gateway, rt, event, &subscription.id, &event_name, body);
         return Box::pin(error).await;
     }
+    // A push channel forwards nothing, so its call keeps none of the body's bytes: they are
+    // a slice of the buffer hyper read the call into, which a held call would otherwise keep
+    // allocated (8 KiB) for its whole hold (GATEWAY.md 7, 9).
+    let raw = if event.config.push.is_some() {
+        drop(raw);
+        Bytes::new()
+    } else {
+        raw
+    };
     let key = ConversationKey::derive(&rt.config.state.key, &subscription.id, &event_name, &body);
     let blocking = is_blocking(&body);
     let till = till(&body);
