@@ -103,19 +103,13 @@ pub async fn serve<S>(
             slot,
         };
         // Each its own task: a plain connection's task is sized for the connection alone,
-        // not for a TLS handshake too.
-        match tls.as_ref().and_then(|source| source()) {
-            None => drop(tokio::spawn(conn.serve(
-                stream,
-                Phase::new(),
-                service.clone(),
-            ))),
-            Some(config) => drop(tokio::spawn(conn.handshake(
-                stream,
-                config,
-                service.clone(),
-            ))),
-        }
+        // not for a TLS handshake too. Detached: the connection ends on its own.
+        let service = service.clone();
+        let task = match tls.as_ref().and_then(|source| source()) {
+            None => tokio::spawn(conn.serve(stream, Phase::new(), service)),
+            Some(config) => tokio::spawn(conn.handshake(stream, config, service)),
+        };
+        drop(task);
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown())
