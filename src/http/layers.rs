@@ -92,25 +92,54 @@ where
         let rt = self.layer.runtime.load_full();
         let to = Addressee::of(rt, req.method(), req.uri().path(), req.headers());
         req.extensions_mut().insert(to.clone());
-        let future = self.inner.call(req);
         let timeout = self.layer.timeout + push_hold(&to);
-        Box::pin(async move {
-            let mut response = match tokio::time::timeout(timeout, future).await {
-                Ok(response) => response?,
-                Err(_) => {
-                    tracing::error!("a call outlived server.request_timeout ({timeout:?})");
-                    refused(Refusal::Deadline, &to)
-                }
-            };
-            let elapsed = started.elapsed();
-            if let Some(record) = response.extensions_mut().remove::<CallRecord>() {
-                record.metrics.call(record.outcome, elapsed);
-                if to.rt.config.server.access_log {
-                    log_call(&record, response.status().as_u16(), elapsed);
-                }
-            }
-            Ok(response)
+        // Boxed as it is, not in an `async` block: a block keeps the handler's future twice
+        // (captured, and moved into the awaited timeout), and a held backgroundPoll call
+        // keeps it for its whole hold (GATEWAY.md 7, 9).
+        Box::pin(Timed {
+            call: tokio::time::timeout(timeout, self.inner.call(req)),
+            to,
+            started,
+            timeout,
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One call under its deadline; counted and logged when it ends.
+    struct Timed<F> {
+        #[pin]
+        call: tokio::time::Timeout<F>,
+        to: Addressee,
+        started: Instant,
+        timeout: Duration,
+    }
+}
+
+impl<F> Future for Timed<F>
+where
+    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>>,
+{
+    type Output = Result<Response<Full<Bytes>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = match std::task::ready!(this.call.poll(cx)) {
+            Ok(response) => response?,
+            Err(_) => {
+                let timeout = *this.timeout;
+                tracing::error!("a call outlived server.request_timeout ({timeout:?})");
+                refused(Refusal::Deadline, this.to)
+            }
+        };
+        let elapsed = this.started.elapsed();
+        if let Some(record) = response.extensions_mut().remove::<CallRecord>() {
+            record.metrics.call(record.outcome, elapsed);
+            if this.to.rt.config.server.access_log {
+                log_call(&record, response.status().as_u16(), elapsed);
+            }
+        }
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -144,4 +173,42 @@ fn log_call(record: &CallRecord, status: u16, elapsed: Duration) {
         forward = record.note.forward,
         "call"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layer's future is the handler's and a few fields, not twice the handler's (as an
+    /// `async` block awaiting it would be): a held backgroundPoll call keeps it for its
+    /// whole hold (GATEWAY.md 7: 10,000 held calls in under 256 MB).
+    #[tokio::test]
+    async fn the_layers_future_keeps_the_handlers_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("pollgate.yaml");
+        let yaml = "server: {listen: '127.0.0.1:0'}\nadmin: {listen: '127.0.0.1:0'}\n\
+                    subscriptions:\n  s: {secret: 'c2VjcmV0'}\n";
+        std::fs::write(&path, yaml).expect("config");
+        let config = crate::config::Config::load(&path, &|_| None).expect("config loads");
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        let runtime = Runtime::build(config, &metrics, 1).expect("runtime");
+        let layer = CallLayer {
+            timeout: Duration::from_secs(1),
+            runtime: Arc::new(ArcSwap::from_pointee(runtime)),
+        };
+        let handler = |_req: Request<()>| async {
+            let buffer = [1u8; 4096];
+            tokio::task::yield_now().await;
+            let mut response = Response::new(Full::new(Bytes::copy_from_slice(&buffer[..2])));
+            *response.status_mut() = http::StatusCode::ACCEPTED;
+            Ok::<_, Infallible>(response)
+        };
+        let own = std::mem::size_of_val(&handler(Request::new(())));
+        let mut calls = layer.layer(tower::service_fn(handler));
+        let mut call = calls.call(Request::new(()));
+        let size = std::mem::size_of_val(&*call);
+        assert!(size < own + 512, "{size} bytes to time a {own}-byte call");
+        let response = call.as_mut().await.expect("infallible");
+        assert_eq!(response.status(), 202);
+    }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -26,7 +27,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Service, ServiceExt};
 
 use crate::shutdown::Shutdown;
@@ -95,17 +96,20 @@ pub async fn serve<S>(
             () = shutdown.wait() => break,
         };
         let _ = stream.set_nodelay(true);
-        let tls = tls.as_ref().and_then(|source| source());
         let conn = Conn {
             builder: builder.clone(),
             watcher: graceful.watcher(),
             limits,
+            slot,
         };
+        // Each its own task: a plain connection's task is sized for the connection alone,
+        // not for a TLS handshake too. Detached: the connection ends on its own.
         let service = service.clone();
-        tokio::spawn(async move {
-            conn.run(stream, tls, service).await;
-            drop(slot);
-        });
+        let task = match tls.as_ref().and_then(|source| source()) {
+            None => tokio::spawn(conn.serve(stream, Phase::new(), service)),
+            Some(config) => tokio::spawn(conn.handshake(stream, config, service)),
+        };
+        drop(task);
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -123,11 +127,15 @@ struct Conn {
     builder: http1::Builder,
     watcher: hyper_util::server::graceful::Watcher,
     limits: ConnLimits,
+    /// Its place under `server.max_connections`, given back when it closes.
+    slot: OwnedSemaphorePermit,
 }
 
 impl Conn {
-    /// The TLS handshake (when `tls`), then the connection's calls, within its bounds.
-    async fn run<S>(self, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, service: S)
+    /// The TLS handshake, within `limits.header_timeout`; then the connection is served by
+    /// a task of its own, so that this one's state (the handshake) is not kept as long as
+    /// the connection is.
+    async fn handshake<S>(self, stream: TcpStream, config: Arc<rustls::ServerConfig>, service: S)
     where
         S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
             + Clone
@@ -137,21 +145,24 @@ impl Conn {
     {
         // The header timeout runs from here, so a slow handshake eats into it.
         let phase = Phase::new();
-        let Some(config) = tls else {
-            return self.serve(stream, phase, service).await;
-        };
         let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
         match tokio::time::timeout(self.limits.header_timeout, handshake).await {
-            // Boxed: a plain connection's task is sized for its largest branch, and a TLS
-            // stream's is much larger; a connection can be held open a long time (a
-            // backgroundPoll call waiting for a pushed message, GATEWAY.md 9).
-            Ok(Ok(stream)) => Box::pin(self.serve(stream, phase, service)).await,
+            Ok(Ok(stream)) => drop(tokio::spawn(self.serve(stream, phase, service))),
             Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
             Err(_) => tracing::debug!("TLS handshake not done within the header timeout"),
         }
     }
 
-    async fn serve<IO, S>(self, io: IO, phase: Arc<Phase>, service: S)
+    /// The connection's calls, within its bounds: a future made of the connection alone.
+    /// No `async` wrapper: it would keep the connection twice (see [`connection::Bounded`]),
+    /// and a connection may be held open a long time (a backgroundPoll call waiting for a
+    /// pushed message, GATEWAY.md 7, 9).
+    fn serve<IO, S>(
+        self,
+        io: IO,
+        phase: Arc<Phase>,
+        service: S,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
@@ -165,11 +176,15 @@ impl Conn {
         let connection = self
             .watcher
             .watch(self.builder.serve_connection(io, service));
-        match connection::bounded(connection, &phase, self.limits).await {
-            Some(Err(e)) => tracing::debug!("connection ended: {e}"),
-            Some(Ok(())) => {}
-            None => tracing::debug!("connection closed: header or idle timeout"),
-        }
+        let slot = self.slot;
+        connection::bounded(connection, phase, self.limits).map(move |ended| {
+            match ended {
+                Some(Err(e)) => tracing::debug!("connection ended: {e}"),
+                Some(Ok(())) => {}
+                None => tracing::debug!("connection closed: header or idle timeout"),
+            }
+            drop(slot);
+        })
     }
 }
 
@@ -197,12 +212,12 @@ where
     hyper::service::service_fn(move |req| {
         phase.busy();
         let phase = phase.clone();
-        let call = service.clone().oneshot(req);
-        async move {
-            let response = call.await?;
+        // `map`, not an `async` block, which would keep the call's future twice.
+        service.clone().oneshot(req).map(move |response| {
+            let response = response?;
             phase.answered();
             Ok(response.map(|body| Tracked::new(body, phase)))
-        }
+        })
     })
 }
 
@@ -236,5 +251,43 @@ impl Accepting {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain connection's task is hyper's connection and its bounds: no TLS handshake
+    /// beside it, no copy of it (GATEWAY.md 7: 10,000 held calls in under 256 MB).
+    #[tokio::test]
+    async fn a_plain_connections_task_is_its_connection_and_little_more() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connect = || async { TcpStream::connect(addr).await.expect("connect") };
+        let service = tower::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        });
+        let phase = Phase::new();
+        let io = TokioIo::new(Watched::new(connect().await, phase.clone()));
+        let graceful = GracefulShutdown::new();
+        let connection = graceful
+            .watcher()
+            .watch(http1::Builder::new().serve_connection(io, tracked(service, phase.clone())));
+        let own = std::mem::size_of_val(&connection);
+        let slots = Arc::new(Semaphore::new(1));
+        let conn = Conn {
+            builder: http1::Builder::new(),
+            watcher: graceful.watcher(),
+            limits: ConnLimits {
+                header_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(1),
+                max_connections: 1,
+            },
+            slot: slots.try_acquire_owned().expect("a slot"),
+        };
+        let task = conn.serve(connect().await, phase, service);
+        let size = std::mem::size_of_val(&task);
+        assert!(size < own + 512, "{size} bytes for a {own}-byte connection");
     }
 }

@@ -31,7 +31,7 @@ pub use checks::{body_reads, check_body, check_head, subscription, Head, Verifie
 use crate::conversation::{ConversationKey, Snapshot, StoreError, Till};
 use crate::gateway::Gateway;
 use crate::rules::{finish_answer, ForwardRequest};
-use crate::runtime::{CompiledEvent, Runtime};
+use crate::runtime::{CompiledEvent, How, Runtime};
 use crate::telemetry::Outcome;
 use shape::Decision;
 
@@ -51,6 +51,8 @@ struct Call<'a> {
     key: ConversationKey,
     /// `sender.branchNumber` and `sender.workplaceNumber`, for the admin listing.
     till: Till,
+    /// A push channel's call: the till whose pushed messages it takes (GATEWAY.md 9).
+    mailbox: Option<crate::push::Till>,
     started: Instant,
     /// False when the till does not wait for the answer (`event.eventBlocking: false`):
     /// answered at once, never held (GATEWAY.md 5).
@@ -75,9 +77,21 @@ pub async fn answer(gateway: &Gateway, rt: &Runtime, verified: Verified) -> Answ
             evaluate::error_request(gateway, rt, event, &subscription.id, &event_name, body);
         return Box::pin(error).await;
     }
+    let (mut raw, mut body, mut mailbox) = (raw, body, None);
+    if event.config.push.is_some() {
+        // A push channel's call may be held (GATEWAY.md 7, 9) and keeps only what it needs:
+        // it forwards nothing, so none of the body's bytes (a slice of the buffer hyper read
+        // the call into, 8 KiB, kept allocated while any slice is), and without a rule
+        // nothing reads the event once its till is known.
+        raw = Bytes::new();
+        mailbox = Some(crate::push::Till::of_call(&subscription.id, &body));
+    }
     let key = ConversationKey::derive(&rt.config.state.key, &subscription.id, &event_name, &body);
     let blocking = is_blocking(&body);
     let till = till(&body);
+    if matches!(event.how, How::Push) {
+        body = rhai::Map::new();
+    }
     let call = Call {
         gateway,
         rt,
@@ -87,6 +101,7 @@ pub async fn answer(gateway: &Gateway, rt: &Runtime, verified: Verified) -> Answ
         raw,
         key,
         till,
+        mailbox,
         started: Instant::now(),
         blocking,
     };

@@ -26,14 +26,14 @@ impl Call<'_> {
         body: &mut Option<Dynamic>,
         elapsed_ms: u64,
     ) -> Result<Decision, StoreError> {
-        let till = body
-            .as_ref()
-            .and_then(|b| {
-                b.as_map_ref()
-                    .ok()
-                    .map(|m| Till::of_call(self.subscription, &m))
-            })
-            .unwrap_or_else(|| Till::new(self.subscription, "", ""));
+        let unnamed;
+        let till = match &self.mailbox {
+            Some(till) => till,
+            None => {
+                unnamed = Till::new(self.subscription, "", "");
+                &unnamed
+            }
+        };
         let hold = if self.blocking {
             channel.hold
         } else {
@@ -42,7 +42,7 @@ impl Call<'_> {
         let message = self
             .gateway
             .push
-            .next(&till, self.started + hold)
+            .next(till, self.started + hold)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let pushed = match &message {
@@ -67,7 +67,7 @@ impl Call<'_> {
             _ => pushed_answer(pushed),
         };
         if decision.finished && decision.outcome != Outcome::RuleError {
-            decision.taken = message.map(|m| (till, m.id));
+            decision.taken = message.map(|m| (till.clone(), m.id));
         }
         Ok(decision)
     }
