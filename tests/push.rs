@@ -50,14 +50,20 @@ async fn push_with(
     )
 }
 
+/// `GET path` on the admin listener: the status and the JSON answer.
+async fn admin_get(gw: &Gateway, path: &str) -> (u16, Value) {
+    let r = client().get(gw.admin_url(path)).send().await.unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
+    )
+}
+
 async fn pending(gw: &Gateway, path: &str) -> Vec<Value> {
-    let r = client()
-        .get(gw.admin_url(&format!("/push/{path}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+    let (status, listed) = admin_get(gw, &format!("/push/{path}")).await;
+    assert_eq!(status, 200);
+    serde_json::from_value(listed).unwrap()
 }
 
 /// Waits until the gateway holds `n` calls.
@@ -656,9 +662,9 @@ async fn get_push_lists_every_tills_pending_messages_newest_first() {
     let (_, first) = push(&gw, "shop/3/2", &card("1")).await;
     let (_, second) = push(&gw, "shop/4/1", &card("2")).await;
     let (_, third) = push(&gw, "shop/3/2", &card("3")).await;
-    let r = client().get(gw.admin_url("/push")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let listed: Vec<Value> = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let (status, listed) = admin_get(&gw, "/push").await;
+    assert_eq!(status, 200);
+    let listed: Vec<Value> = serde_json::from_value(listed).unwrap();
     let mut tills: Vec<(&str, &str, &str)> = listed
         .iter()
         .map(|m| {
@@ -697,22 +703,17 @@ async fn get_push_lists_every_tills_pending_messages_newest_first() {
         })
     );
 
-    let r = client()
-        .get(gw.admin_url("/push?limit=1"))
-        .send()
-        .await
-        .unwrap();
-    let one: Vec<Value> = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-    assert_eq!(one, listed[..1]);
-    let r = client()
-        .get(gw.admin_url("/push?limit=none"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let (status, one) = admin_get(&gw, "/push?limit=1").await;
     assert_eq!(
-        serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap(),
-        json!({"error": {"code": "INVALID_QUERY", "message": "limit: `none` is not a number from 1 to 1000"}})
+        (status, one.as_array().unwrap().as_slice()),
+        (200, &listed[..1])
+    );
+    assert_eq!(
+        admin_get(&gw, "/push?limit=none").await,
+        (
+            400,
+            json!({"error": {"code": "INVALID_QUERY", "message": "limit: `none` is not a number from 1 to 1000"}})
+        )
     );
     let r = client().post(gw.admin_url("/push")).send().await.unwrap();
     assert_eq!(r.status(), 405);

@@ -40,7 +40,10 @@ pub(super) async fn watch(shared: Weak<Shared>) {
                 shared.failed(why);
             }
         }
-        shared.looked.send_replace(true);
+        // Once: the commands waiting for the first look need to hear of it, no one after.
+        shared
+            .looked
+            .send_if_modified(|looked| !std::mem::replace(looked, true));
         drop(shared);
         let wait = if failures == 0 { HEALTHY_PAUSE } else { pause };
         pause = (pause * 2).min(MAX_PAUSE);

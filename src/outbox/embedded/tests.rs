@@ -36,6 +36,17 @@ fn stored_ids(outbox: &EmbeddedOutbox) -> Vec<DeliveryId> {
 }
 
 /// Opens `path`, waiting for the last handle's writer to let go of the file.
+/// The ids `erp`'s claim at `T0 + 10` takes, in the order it takes them.
+async fn due_ids(outbox: &EmbeddedOutbox) -> Vec<DeliveryId> {
+    outbox
+        .claim("erp", T0 + 10, 1000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect()
+}
+
 async fn reopen(path: &std::path::Path) -> EmbeddedOutbox {
     for _ in 0..200 {
         if let Ok(outbox) = EmbeddedOutbox::open(path) {
@@ -109,13 +120,7 @@ async fn a_reopened_outbox_knows_every_delivery_by_its_id() {
     let d = new("erp", T0 + 3);
     assert!(outbox.enqueue(d.clone()).await.unwrap());
     assert_eq!(stored_ids(&outbox), [b.id(), c.id(), a.id(), d.id()]);
-    let due: Vec<_> = outbox
-        .claim("erp", T0 + 10, 1000, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
+    let due = due_ids(&outbox).await;
     assert_eq!(due, [a.id(), b.id(), d.id()], "oldest due first");
     assert!(outbox.delete("crm", c.id()).await.unwrap());
     assert_eq!(outbox.counts("crm").await.unwrap().dead, 0);
@@ -176,12 +181,6 @@ async fn the_index_tables_of_the_layout_before_are_dropped_and_rebuilt_in_memory
     let counts = outbox.counts("erp").await.unwrap();
     assert_eq!((counts.pending, counts.dead), (2, 0));
     assert_eq!(counts.oldest_queued_ms, Some(T0));
-    let due: Vec<_> = outbox
-        .claim("erp", T0 + 10, 1000, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
+    let due = due_ids(&outbox).await;
     assert_eq!(due, [b.id(), a.id()], "oldest due first");
 }
