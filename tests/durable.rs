@@ -451,7 +451,7 @@ if r == () && e == () { #{ seen: "unit" } } else { #{ seen: "reply" } }"#;
         serde_json::from_slice::<Value>(&erp.requests()[0].body).unwrap(),
         body
     );
-    assert!(gw.dir.path().join("data/outbox/outbox.redb").exists());
+    assert!(gw.dir.path().join("data/outbox/queue").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

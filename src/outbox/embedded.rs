@@ -1,45 +1,47 @@
-//! The memory store's outbox: a redb database in `outbox.path` (one file,
-//! `outbox.redb`), ACID with an fsync on every commit, so a queued delivery survives
-//! `kill -9` and power loss once [`Outbox::enqueue`] returned.
+//! The memory store's outbox: a [fjall](https://docs.rs/fjall) database in
+//! `outbox.path/queue`, every commit written to its journal and synced (`fdatasync`), so a
+//! queued delivery survives `kill -9` and power loss once [`Outbox::enqueue`] returned.
 //!
 //! # Group commit
 //!
-//! Every change goes to one writer thread ([`writer`]), which applies a batch of them in
-//! one write transaction and commits it once (one fsync), then answers each: a burst of
-//! concurrent calls costs one sync, not one each. Reads (claims, listings, counts) use the
-//! indexes in memory and read transactions beside it, and never wait for the writer.
+//! Every change goes to one writer thread ([`writer`]), which puts a batch of them in one
+//! fjall write batch and commits it once (one journal append, one sync), then answers
+//! each: a burst of concurrent calls costs one sync, not one each. Reads (claims, listings,
+//! counts) use the indexes in memory and point reads beside it, and never wait for the
+//! writer.
 //!
-//! # One table
+//! Why fjall: a commit here is an append to a journal and one `fdatasync`, which costs
+//! about what the sync alone costs. The redb file of earlier versions rewrote a dozen
+//! B-tree pages in place at every commit (a leaf, its branches, the allocator's state),
+//! twice the CPU per commit (README, "Durable delivery").
 //!
-//! The file holds one table, `queue`: sequence number (u64) → id (16 bytes), then
-//! [`record::encode`](crate::outbox::record). Everything else (which sequence number
-//! holds an id, each upstream's pending deliveries by due time and by age, its dead ones,
-//! the claims) is kept in memory ([`index`]), built from the records at open, so a commit
-//! writes one B-tree.
+//! # One keyspace
+//!
+//! The database holds one keyspace, `queue`: sequence number (8 bytes, big-endian, so keys
+//! sort in queueing order) → id (16 bytes), then [`record::encode`](crate::outbox::record).
+//! Everything else (which sequence number holds an id, each upstream's pending deliveries
+//! by due time and by age, its dead ones, the claims) is kept in memory ([`index`]), built
+//! from the records at open, so a commit writes the records only.
 //!
 //! Records are keyed by a sequence number given in queueing order (one more than the
-//! highest in the file), not by their id: a delivery's id is a hash, and keyed by it each
-//! insert of a group commit would dirty another leaf page of the tree, each one more page
-//! to write and sync. In queueing order a commit's inserts land on the last page or two,
-//! and deliveries settle roughly in that order too.
+//! highest stored), not by their id, so the listing order survives a restart.
 //!
-//! Earlier layouts: an id-keyed `deliveries` table (before any release) is refused at
-//! open rather than silently ignored; the `due:`, `age:` and `dead:` index tables of the
-//! layout before this one are dropped at open (the records say the same).
+//! An `outbox.redb` file left in `outbox.path` by an earlier version is imported at open
+//! ([`legacy`]) and renamed `outbox.redb.imported`: nothing queued is lost by the upgrade.
 //!
-//! Claims are kept in memory only: this file has one process (redb locks it), and a
-//! process that dies takes its claims with it, so after a restart every pending delivery
-//! is due again (at least once).
+//! Claims are kept in memory only: the database has one process (fjall locks its folder),
+//! and a process that dies takes its claims with it, so after a restart every pending
+//! delivery is due again (at least once).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use redb::ReadTransaction;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use tokio::sync::oneshot;
 
 mod index;
+mod legacy;
 mod queue;
 mod tables;
 #[cfg(test)]
@@ -52,13 +54,18 @@ use writer::{Inbox, Job};
 
 use super::{DeliveryId, OutboxError};
 
-pub(super) const RECORDS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("queue");
-/// The id-keyed table of the layout before the sequence numbers (never released).
-const OLD_RECORDS: &str = "deliveries";
-/// The prefixes of the index tables the file had before the indexes moved to memory.
-const OLD_INDEXES: [&str; 3] = ["due:", "age:", "dead:"];
-
-pub(super) type RecordTable = redb::ReadOnlyTable<u64, &'static [u8]>;
+/// The keyspace of the records.
+const RECORDS: &str = "queue";
+/// The folder under `outbox.path` that holds the database.
+pub(super) const FOLDER: &str = "queue";
+/// fjall's block cache. Pending deliveries are read back once or twice (claimed, then
+/// settled), mostly from the memtable; the cache only serves a backlog that was flushed.
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// The memtable: records (and the tombstones of settled ones) stay in memory until this
+/// much is written, then go to a table file. fjall's 64 MiB would be resident for good.
+const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// The journals on disk before the memtables are flushed: fjall's smallest.
+const JOURNALS_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The indexes and claims, shared by the handles and the writer. A std lock: held for
 /// map work only, never across an await.
@@ -71,63 +78,93 @@ pub struct EmbeddedOutbox {
 }
 
 struct Inner {
-    db: Arc<Database>,
-    /// Commits made (each one fsync): group commit keeps this far below the changes.
+    records: Keyspace,
+    /// Commits made (each one sync): group commit keeps this far below the changes.
     commits: Arc<AtomicU64>,
     /// Where changes wait for the writer thread.
     inbox: Arc<Inbox>,
+    /// The writer thread, joined when the last handle goes (it holds the database).
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The indexes of what is committed, and the claims.
     memory: Arc<Shared>,
+    /// The last commit's error, until a commit succeeds again: what `ping` reports.
+    failing: Arc<Mutex<Option<OutboxError>>>,
     path: PathBuf,
 }
 
 impl Drop for Inner {
-    /// The last handle is gone: the writer answers what is waiting and lets go of the file.
+    /// The last handle is gone: the writer answers what is waiting and lets go of the
+    /// database, which syncs its journal as it closes (and deletes a temporary one). Waited
+    /// for, so the database is closed before the process goes on (or exits).
     fn drop(&mut self) {
         self.inbox.close();
+        let writer = self.writer.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(thread) = writer.take() {
+            let _ = thread.join();
+        }
     }
 }
 
-pub(super) fn storage(e: impl Into<redb::Error>) -> OutboxError {
-    OutboxError::Unavailable(e.into().to_string())
+pub(super) fn storage(e: impl std::fmt::Display) -> OutboxError {
+    OutboxError::Unavailable(e.to_string())
+}
+
+/// A record's key: its sequence number, big-endian.
+pub(super) fn key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
 }
 
 impl EmbeddedOutbox {
     /// Opens (or creates) the outbox in the folder `path`, creating the folder if needed.
-    /// A database left by a crash is recovered here, and the indexes are built from its
+    /// A database left by a crash is recovered here (fjall replays its journal), an
+    /// `outbox.redb` of an earlier version is imported, and the indexes are built from the
     /// records (one pass over them all, each decoded).
     pub fn open(path: &Path) -> Result<Self, OutboxError> {
         std::fs::create_dir_all(path).map_err(|e| {
             OutboxError::Unavailable(format!("cannot create {}: {e}", path.display()))
         })?;
-        let file = path.join("outbox.redb");
-        let db = Database::create(&file).map_err(|e| {
-            OutboxError::Unavailable(format!("cannot open {}: {e}", file.display()))
+        let folder = path.join(FOLDER);
+        let db = builder(&folder).open().map_err(|e| {
+            OutboxError::Unavailable(format!("cannot open {}: {e}", folder.display()))
         })?;
-        Self::with_db(db, file)
+        Self::with_db(db, folder, Some(path))
     }
 
-    /// An outbox in memory, gone with the process: for `pollgate test`, whose durable
+    /// An outbox in a temporary folder, deleted with it: for `pollgate test`, whose durable
     /// events are queued (and never delivered) like in `serve`.
     pub fn in_memory() -> Result<Self, OutboxError> {
-        let db = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(storage)?;
-        Self::with_db(db, PathBuf::from("(memory)"))
+        let folder = std::env::temp_dir().join(format!(
+            "pollgate-outbox-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let db = builder(&folder).temporary(true).open().map_err(|e| {
+            OutboxError::Unavailable(format!("cannot open {}: {e}", folder.display()))
+        })?;
+        Self::with_db(db, PathBuf::from("(temporary)"), None)
     }
 
-    fn with_db(db: Database, file: PathBuf) -> Result<Self, OutboxError> {
-        drop_old_indexes(&db, &file)?;
-        let (memory, next_seq) = read_memory(&db)?;
+    fn with_db(db: Database, folder: PathBuf, legacy: Option<&Path>) -> Result<Self, OutboxError> {
+        let records = db
+            .keyspace(RECORDS, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+            .map_err(storage)?;
+        let (mut memory, mut next_seq) = read_memory(&records)?;
+        if let Some(dir) = legacy {
+            legacy::import(dir, &db, &records, &mut memory, &mut next_seq)?;
+        }
         let memory = Arc::new(Mutex::new(memory));
-        let db = Arc::new(db);
         let inbox = Arc::new(Inbox::new());
         let commits = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(Mutex::new(None));
         let writer = writer::Writer {
-            db: db.clone(),
+            db,
+            records: records.clone(),
             inbox: inbox.clone(),
             commits: commits.clone(),
             memory: memory.clone(),
+            failing: failing.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("pollgate-outbox".into())
@@ -136,26 +173,28 @@ impl EmbeddedOutbox {
         inbox.set_writer(thread.thread().clone());
         Ok(Self {
             inner: Arc::new(Inner {
-                db,
+                records,
                 commits,
                 inbox,
+                writer: Mutex::new(Some(thread)),
                 memory,
-                path: file,
+                failing,
+                path: folder,
             }),
         })
     }
 
-    /// Commits made so far (each one fsync).
+    /// Commits made so far (each one sync).
     pub fn commits(&self) -> u64 {
         self.inner.commits.load(Ordering::Relaxed)
     }
 
-    /// The database file.
+    /// The database's folder.
     pub fn file(&self) -> &Path {
         &self.inner.path
     }
 
-    /// Applies `change` in the writer's next transaction; answers once it is synced.
+    /// Applies `change` in the writer's next batch; answers once it is synced.
     async fn write(
         &self,
         change: impl FnOnce(&mut Tables<'_>) -> Result<u64, OutboxError> + Send + 'static,
@@ -171,10 +210,6 @@ impl EmbeddedOutbox {
         answer
             .await
             .unwrap_or_else(|_| Err(OutboxError::Unavailable("the outbox writer stopped".into())))
-    }
-
-    fn read(&self) -> Result<ReadTransaction, OutboxError> {
-        self.inner.db.begin_read().map_err(storage)
     }
 
     fn memory(&self) -> MutexGuard<'_, Memory> {
@@ -197,51 +232,25 @@ impl EmbeddedOutbox {
     }
 }
 
-/// Refuses a file of the id-keyed layout, and drops the index tables of the layout before
-/// this one (their content is rebuilt from the records).
-fn drop_old_indexes(db: &Database, file: &Path) -> Result<(), OutboxError> {
-    let txn = db.begin_read().map_err(storage)?;
-    let names: Vec<String> = txn
-        .list_tables()
-        .map_err(storage)?
-        .map(|t| t.name().to_owned())
-        .collect();
-    drop(txn);
-    if names.iter().any(|n| n == OLD_RECORDS) {
-        return Err(OutboxError::Unavailable(format!(
-            "{} has the outbox layout of an unreleased development build; move it away",
-            file.display()
-        )));
-    }
-    let old: Vec<&String> = names
-        .iter()
-        .filter(|n| OLD_INDEXES.iter().any(|p| n.starts_with(p)))
-        .collect();
-    if old.is_empty() {
-        return Ok(());
-    }
-    let txn = db.begin_write().map_err(storage)?;
-    for name in old {
-        let table: TableDefinition<'_, (u64, u64), ()> = TableDefinition::new(name);
-        txn.delete_table(table).map_err(storage)?;
-    }
-    txn.commit().map_err(storage)
+/// The database's settings: one background thread (flushes and compactions of a queue
+/// are small), a small block cache, the smallest journals.
+fn builder(folder: &Path) -> fjall::DatabaseBuilder<Database> {
+    Database::builder(folder)
+        .cache_size(CACHE_BYTES)
+        .max_journaling_size(JOURNALS_BYTES)
+        .worker_threads(1)
 }
 
-/// The indexes of the records in `db`, and the next sequence number.
-fn read_memory(db: &Database) -> Result<(Memory, u64), OutboxError> {
-    let txn = db.begin_read().map_err(storage)?;
-    let records = match txn.open_table(RECORDS) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Memory::default(), 0)),
-        Err(e) => return Err(storage(e)),
-    };
+/// The indexes of the records in `records`, and the next sequence number.
+fn read_memory(records: &Keyspace) -> Result<(Memory, u64), OutboxError> {
     let mut memory = Memory::default();
     let mut next = 0;
-    for entry in records.iter().map_err(storage)? {
-        let (seq, value) = entry.map_err(storage)?;
-        let seq = seq.value();
-        let d = tables::decode_record(seq, value.value())?;
+    for entry in records.iter() {
+        let (k, value) = entry.into_inner().map_err(storage)?;
+        let seq = <[u8; 8]>::try_from(&k[..])
+            .map(u64::from_be_bytes)
+            .map_err(|_| OutboxError::Corrupt(format!("a record key of {} bytes", k.len())))?;
+        let d = tables::decode_record(seq, &value)?;
         memory.apply(IndexChange::Put(d.id, Place::of(seq, &d)));
         next = seq + 1;
     }

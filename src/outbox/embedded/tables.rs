@@ -1,14 +1,18 @@
-//! The embedded outbox's one table, written inside the writer's transaction: a delivery's
-//! record is put, changed or removed there, and what that does to the indexes in memory
-//! is noted beside it, to be applied once the batch is committed.
+//! The embedded outbox's records, written inside the writer's batch: a delivery's record is
+//! put, changed or removed there, and what that does to the indexes in memory is noted
+//! beside it, to be applied once the batch is committed.
+//!
+//! A fjall write batch is not read back before it is committed, so the records this batch
+//! wrote are kept beside it ([`Tables::written`]): a later change of the same batch (a
+//! delivery queued and settled within one commit, say) sees them.
 
 use std::collections::HashMap;
 use std::sync::PoisonError;
 
-use redb::{ReadableTable, Table, WriteTransaction};
+use fjall::{Keyspace, OwnedWriteBatch, Slice};
 
 use super::index::{Change, Place};
-use super::{storage, Shared, RECORDS};
+use super::{key, storage, Shared};
 use crate::outbox::record::{decode, encode};
 use crate::outbox::{Delivery, DeliveryId, OutboxError};
 
@@ -25,23 +29,29 @@ pub(super) fn decode_record(seq: u64, value: &[u8]) -> Result<Delivery, OutboxEr
     decode(id, rest).map_err(|e| OutboxError::Corrupt(format!("delivery {id}: {e}")))
 }
 
-/// Reads the record at `seq` inside a transaction.
-pub(super) fn load(
-    table: &impl ReadableTable<u64, &'static [u8]>,
-    seq: u64,
-) -> Result<Option<Delivery>, OutboxError> {
-    match table.get(seq).map_err(storage)? {
-        Some(value) => decode_record(seq, value.value()).map(Some),
+/// The committed record at `seq`.
+pub(super) fn load(records: &Keyspace, seq: u64) -> Result<Option<Delivery>, OutboxError> {
+    match records.get(key(seq)).map_err(storage)? {
+        Some(value) => decode_record(seq, &value).map(Some),
         None => Ok(None),
     }
 }
 
-/// The records table of one batch of changes, opened once per transaction (opening and
-/// closing a redb table costs a lookup and a write of its root), and the batch's changes
-/// to the indexes, applied once the batch is committed.
+/// A record's value for `d`.
+pub(super) fn value_of(d: &Delivery) -> Slice {
+    let mut value = Vec::with_capacity(16 + 256 + d.body.len());
+    value.extend_from_slice(&d.id.bytes());
+    value.extend_from_slice(&encode(d));
+    Slice::from(value)
+}
+
+/// One batch of changes to the records, and its changes to the indexes, applied once the
+/// batch is committed.
 pub(super) struct Tables<'t> {
-    txn: &'t WriteTransaction,
-    records: Option<Table<'t, u64, &'static [u8]>>,
+    records: &'t Keyspace,
+    batch: OwnedWriteBatch,
+    /// The records this batch wrote (`None`: removed), by sequence number.
+    written: HashMap<u64, Option<Slice>>,
     memory: &'t Shared,
     /// Ids this batch queued (`Some(seq)`) or removed (`None`).
     staged: HashMap<DeliveryId, Option<u64>>,
@@ -49,27 +59,33 @@ pub(super) struct Tables<'t> {
     next_seq: u64,
 }
 
-/// What a batch did to the indexes.
+/// What a batch did: its writes, to commit, and its changes to the indexes, to apply once
+/// they are committed.
 pub(super) struct Staged {
-    changes: Vec<Change>,
+    pub(super) batch: OwnedWriteBatch,
+    pub(super) changes: Vec<Change>,
     pub(super) next_seq: u64,
 }
 
-impl Staged {
-    /// The batch was committed: the indexes follow.
-    pub(super) fn apply(self, memory: &Shared) {
-        let mut memory = memory.lock().unwrap_or_else(PoisonError::into_inner);
-        for change in self.changes {
-            memory.apply(change);
-        }
+/// The batch was committed: the indexes follow.
+pub(super) fn apply(changes: Vec<Change>, memory: &Shared) {
+    let mut memory = memory.lock().unwrap_or_else(PoisonError::into_inner);
+    for change in changes {
+        memory.apply(change);
     }
 }
 
 impl<'t> Tables<'t> {
-    pub(super) fn new(txn: &'t WriteTransaction, memory: &'t Shared, next_seq: u64) -> Self {
+    pub(super) fn new(
+        records: &'t Keyspace,
+        batch: OwnedWriteBatch,
+        memory: &'t Shared,
+        next_seq: u64,
+    ) -> Self {
         Self {
-            txn,
-            records: None,
+            records,
+            batch,
+            written: HashMap::new(),
             memory,
             staged: HashMap::new(),
             changes: Vec::new(),
@@ -79,6 +95,7 @@ impl<'t> Tables<'t> {
 
     pub(super) fn finish(self) -> Staged {
         Staged {
+            batch: self.batch,
             changes: self.changes,
             next_seq: self.next_seq,
         }
@@ -96,25 +113,23 @@ impl<'t> Tables<'t> {
         }
     }
 
-    fn records(&mut self) -> Result<&mut Table<'t, u64, &'static [u8]>, OutboxError> {
-        if self.records.is_none() {
-            self.records = Some(self.txn.open_table(RECORDS).map_err(storage)?);
+    /// The record at `seq` as this batch has it so far.
+    fn load(&self, seq: u64) -> Result<Option<Delivery>, OutboxError> {
+        match self.written.get(&seq) {
+            Some(Some(value)) => decode_record(seq, value).map(Some),
+            Some(None) => Ok(None),
+            None => load(self.records, seq),
         }
-        self.records
-            .as_mut()
-            .ok_or_else(|| OutboxError::Unavailable("records table".into()))
     }
 }
 
 /// Writes `d` at `seq` (a new record, or one whose old index entries are noted removed).
-fn put_at(tables: &mut Tables<'_>, seq: u64, d: &Delivery) -> Result<(), OutboxError> {
-    let mut value = Vec::with_capacity(16 + 256 + d.body.len());
-    value.extend_from_slice(&d.id.bytes());
-    value.extend_from_slice(&encode(d));
-    tables.records()?.insert(seq, &value[..]).map_err(storage)?;
+fn put_at(tables: &mut Tables<'_>, seq: u64, d: &Delivery) {
+    let value = value_of(d);
+    tables.batch.insert(tables.records, key(seq), value.clone());
+    tables.written.insert(seq, Some(value));
     tables.staged.insert(d.id, Some(seq));
     tables.changes.push(Change::Put(d.id, Place::of(seq, d)));
-    Ok(())
 }
 
 /// Queues `d` under the next sequence number unless its id is there: 1 if queued.
@@ -124,12 +139,12 @@ pub(super) fn insert_new(tables: &mut Tables<'_>, d: &Delivery) -> Result<u64, O
     }
     let seq = tables.next_seq;
     tables.next_seq += 1;
-    put_at(tables, seq, d)?;
+    put_at(tables, seq, d);
     Ok(1)
 }
 
-/// Applies `f` to the delivery `id` inside the writer's transaction: `f` gets it as it
-/// is and returns it as it should be (`None`: delete). 0 when there is no such delivery.
+/// Applies `f` to the delivery `id` inside the writer's batch: `f` gets it as it is and
+/// returns it as it should be (`None`: delete). 0 when there is no such delivery.
 pub(super) fn change_one(
     tables: &mut Tables<'_>,
     id: DeliveryId,
@@ -147,7 +162,7 @@ pub(super) fn change_at(
     seq: u64,
     f: impl FnOnce(Delivery) -> Option<Delivery>,
 ) -> Result<u64, OutboxError> {
-    let Some(old) = load(tables.records()?, seq)? else {
+    let Some(old) = tables.load(seq)? else {
         return Ok(0);
     };
     let id = old.id;
@@ -155,9 +170,10 @@ pub(super) fn change_at(
         .changes
         .push(Change::Removed(id, Place::of(seq, &old)));
     match f(old) {
-        Some(new) => put_at(tables, seq, &new)?,
+        Some(new) => put_at(tables, seq, &new),
         None => {
-            tables.records()?.remove(seq).map_err(storage)?;
+            tables.batch.remove(tables.records, key(seq));
+            tables.written.insert(seq, None);
             tables.staged.insert(id, None);
         }
     }

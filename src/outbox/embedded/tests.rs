@@ -1,15 +1,15 @@
-//! What only the embedded outbox has: records in queueing order, and the id map rebuilt
-//! from them when the file is opened again.
+//! What only the embedded outbox has: records in queueing order, the id map rebuilt from
+//! them when the database is opened again, and the import of an earlier version's file.
 
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::TableDefinition;
 
-use super::tables::split;
-use super::{EmbeddedOutbox, RECORDS};
+use super::tables::{split, value_of};
+use super::{legacy, EmbeddedOutbox};
 use crate::conversation::conformance::fresh_key;
-use crate::outbox::{DeliveryId, Failure, NewDelivery, Outbox, Status};
+use crate::outbox::{Delivery, DeliveryId, Failure, NewDelivery, Outbox, Status};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -24,18 +24,16 @@ fn new(upstream: &str, now_ms: u64) -> NewDelivery {
     }
 }
 
-/// The ids of the records table, in key order.
+/// The ids of the records, in key order.
 fn stored_ids(outbox: &EmbeddedOutbox) -> Vec<DeliveryId> {
-    let txn = outbox.inner.db.begin_read().unwrap();
-    let table = txn.open_table(RECORDS).unwrap();
-    table
+    outbox
+        .inner
+        .records
         .iter()
-        .unwrap()
-        .map(|e| split(e.unwrap().1.value()).unwrap().0)
+        .map(|e| split(&e.into_inner().unwrap().1).unwrap().0)
         .collect()
 }
 
-/// Opens `path`, waiting for the last handle's writer to let go of the file.
 /// The ids `erp`'s claim at `T0 + 10` takes, in the order it takes them.
 async fn due_ids(outbox: &EmbeddedOutbox) -> Vec<DeliveryId> {
     outbox
@@ -47,6 +45,7 @@ async fn due_ids(outbox: &EmbeddedOutbox) -> Vec<DeliveryId> {
         .collect()
 }
 
+/// Opens `path`, waiting for the last handle's writer to let go of the database.
 async fn reopen(path: &std::path::Path) -> EmbeddedOutbox {
     for _ in 0..200 {
         if let Ok(outbox) = EmbeddedOutbox::open(path) {
@@ -143,44 +142,51 @@ async fn a_file_of_the_unreleased_id_keyed_layout_is_refused() {
     assert!(e.to_string().contains("unreleased"), "{e}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_index_tables_of_the_layout_before_are_dropped_and_rebuilt_in_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox");
-    let (a, b) = (new("erp", T0 + 5), new("erp", T0));
+/// Writes `deliveries` into `dir/outbox.redb` as the redb outbox of earlier versions had
+/// them (sequence numbers from 0), with the index tables of the layout before that.
+fn write_redb_outbox(dir: &std::path::Path, deliveries: &[&NewDelivery]) {
+    let db = redb::Database::create(dir.join(legacy::FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
     {
-        let outbox = EmbeddedOutbox::open(&path).unwrap();
-        assert!(outbox.enqueue(a.clone()).await.unwrap());
-        assert!(outbox.enqueue(b.clone()).await.unwrap());
-    }
-    // What the layout with index tables left beside the records.
-    let mut written = false;
-    for _ in 0..200 {
-        if let Ok(db) = redb::Database::create(path.join("outbox.redb")) {
-            let txn = db.begin_write().unwrap();
-            for name in ["due:erp", "age:erp", "dead:erp"] {
-                let table: TableDefinition<'_, (u64, u64), ()> = TableDefinition::new(name);
-                txn.open_table(table).unwrap().insert((T0, 0), ()).unwrap();
-            }
-            txn.commit().unwrap();
-            written = true;
-            break;
+        let records: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("queue");
+        let mut table = txn.open_table(records).unwrap();
+        for (seq, new) in deliveries.iter().enumerate() {
+            let value = value_of(&Delivery::new((*new).clone()));
+            table.insert(seq as u64, &value[..]).unwrap();
         }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        for name in ["due:erp", "age:erp", "dead:erp"] {
+            let table: TableDefinition<'_, (u64, u64), ()> = TableDefinition::new(name);
+            txn.open_table(table).unwrap().insert((T0, 0), ()).unwrap();
+        }
     }
-    assert!(written, "the file stayed locked");
-    let outbox = reopen(&path).await;
-    let txn = outbox.inner.db.begin_read().unwrap();
-    let names: Vec<String> = txn
-        .list_tables()
-        .unwrap()
-        .map(|t| redb::TableHandle::name(&t).to_owned())
-        .collect();
-    drop(txn);
-    assert_eq!(names, ["queue"]);
-    let counts = outbox.counts("erp").await.unwrap();
-    assert_eq!((counts.pending, counts.dead), (2, 0));
-    assert_eq!(counts.oldest_queued_ms, Some(T0));
-    let due = due_ids(&outbox).await;
-    assert_eq!(due, [b.id(), a.id()], "oldest due first");
+    txn.commit().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redb_file_of_an_earlier_version_is_imported_once_and_renamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (new("erp", T0 + 5), new("erp", T0), new("crm", T0 + 1));
+    write_redb_outbox(dir.path(), &[&a, &b, &c]);
+    {
+        let outbox = EmbeddedOutbox::open(dir.path()).unwrap();
+        assert_eq!(stored_ids(&outbox), [a.id(), b.id(), c.id()], "in their order");
+        let counts = outbox.counts("erp").await.unwrap();
+        assert_eq!((counts.pending, counts.dead), (2, 0));
+        assert_eq!(counts.oldest_queued_ms, Some(T0));
+        assert_eq!(due_ids(&outbox).await, [b.id(), a.id()], "oldest due first");
+        assert!(!outbox.enqueue(a.clone()).await.unwrap(), "known by its id");
+    }
+    assert!(!dir.path().join(legacy::FILE).exists());
+    assert!(dir.path().join(legacy::IMPORTED).exists());
+
+    // A crash after the import's commit and before the rename: the file is there again,
+    // and its deliveries are not queued twice.
+    std::fs::rename(
+        dir.path().join(legacy::IMPORTED),
+        dir.path().join(legacy::FILE),
+    )
+    .unwrap();
+    let outbox = reopen(dir.path()).await;
+    assert_eq!(stored_ids(&outbox), [a.id(), b.id(), c.id()]);
+    assert!(dir.path().join(legacy::IMPORTED).exists());
 }

@@ -1,11 +1,11 @@
 //! The embedded outbox's writer thread and how changes reach it: group commit.
 //!
-//! Every change goes to one thread. It takes all the changes waiting, applies them in one
-//! write transaction and commits it once (one fsync), then answers each: a burst of
-//! concurrent calls costs one sync, not one each.
+//! Every change goes to one thread. It takes all the changes waiting, puts them in one
+//! write batch and commits it once (one journal append and one `fdatasync`), then answers
+//! each: a burst of concurrent calls costs one sync, not one each.
 //!
-//! Before it commits, the writer waits a little for more: a commit costs an fsync and a
-//! few hundred microseconds of CPU whatever it holds, and the callers the last commit
+//! Before it commits, the writer waits a little for more: a commit costs a sync and a
+//! hundred microseconds of CPU or more whatever it holds, and the callers the last commit
 //! answered usually come back with their next change within a millisecond. So it waits
 //! until as many changes are waiting as the last commit answered, or until
 //! [`GAP`] passed without a new one, or [`MAX_LINGER`] in all: a lone change after a quiet
@@ -23,20 +23,20 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use redb::Database;
+use fjall::{Database, Keyspace, PersistMode};
 
-use super::tables::Tables;
+use super::tables::{apply, Tables};
 use super::{storage, Shared};
 use crate::outbox::OutboxError;
 
-/// At most this many changes go into one transaction.
+/// At most this many changes go into one batch.
 pub(super) const MAX_BATCH: usize = 4096;
 /// The writer commits when no change came for this long.
 const GAP: Duration = Duration::from_micros(300);
 /// ... and at the latest this long after the first change of the batch.
 const MAX_LINGER: Duration = Duration::from_millis(2);
 
-/// One change, applied inside the writer's transaction; its number is the answer
+/// One change, applied inside the writer's batch; its number is the answer
 /// (a bool as 0 or 1, or a count).
 pub(super) type Change = Box<dyn FnOnce(&mut Tables<'_>) -> Result<u64, OutboxError> + Send>;
 
@@ -156,14 +156,16 @@ impl Inbox {
 
 /// The writer thread's handles.
 pub(super) struct Writer {
-    pub(super) db: Arc<Database>,
+    pub(super) db: Database,
+    pub(super) records: Keyspace,
     pub(super) inbox: Arc<Inbox>,
     pub(super) commits: Arc<AtomicU64>,
     pub(super) memory: Arc<Shared>,
+    pub(super) failing: Arc<Mutex<Option<OutboxError>>>,
 }
 
 impl Writer {
-    /// One transaction and one commit for each batch, until the inbox closes.
+    /// One batch and one commit for each batch of changes, until the inbox closes.
     pub(super) fn run(self, mut next_seq: u64) {
         let (mut want, mut changes) = (1, 0u64);
         while let Some(batch) = self.inbox.next_batch(want) {
@@ -180,20 +182,11 @@ impl Writer {
 
     /// Applies and commits `batch`, then answers each change; the next sequence number.
     fn commit(&self, batch: Vec<Job>, mut next_seq: u64) -> u64 {
-        let (db, memory, commits) = (&self.db, &*self.memory, &self.commits);
-        let txn = match db.begin_write() {
-            Ok(txn) => txn,
-            Err(e) => {
-                let error = storage(e);
-                for job in batch {
-                    let _ = job.done.send(Err(error.clone()));
-                }
-                return next_seq;
-            }
-        };
+        let memory = &*self.memory;
+        let writes = self.db.batch().durability(Some(PersistMode::SyncData));
         let mut answers = Vec::with_capacity(batch.len());
         let staged = {
-            let mut tables = Tables::new(&txn, memory, next_seq);
+            let mut tables = Tables::new(&self.records, writes, memory, next_seq);
             for job in batch {
                 answers.push(((job.change)(&mut tables), job.done));
             }
@@ -201,20 +194,30 @@ impl Writer {
         };
         // Sequence numbers are never given twice, even when this batch is not committed.
         next_seq = staged.next_seq;
-        // A change that failed inside the transaction fails the whole batch: its half-made
-        // writes must not be committed. The others' callers see an error too and retry.
+        // A change that failed inside the batch fails the whole batch: its half-made writes
+        // must not be committed (dropping the batch writes nothing). The others' callers see
+        // an error too and retry.
         let failed = answers.iter().find_map(|(r, _)| r.as_ref().err().cloned());
         let outcome = match failed {
-            Some(error) => {
-                let _ = txn.abort();
-                Err(error)
-            }
+            Some(error) => Err(error),
             None => {
-                commits.fetch_add(1, Ordering::Relaxed);
-                let committed = txn.commit().map_err(storage);
-                if committed.is_ok() {
-                    staged.apply(memory);
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                let committed = staged.batch.commit().map_err(|e| match e {
+                    // fjall refuses every write after one failed (a full disk, an I/O
+                    // error) until the database is opened again.
+                    fjall::Error::Poisoned => OutboxError::Unavailable(
+                        "the outbox database stopped after a failed write; restart pollgate \
+                         once the disk is writable"
+                            .into(),
+                    ),
+                    e => storage(e),
+                });
+                match &committed {
+                    Ok(()) => apply(staged.changes, memory),
+                    Err(e) => tracing::error!(error = %e, "outbox commit failed"),
                 }
+                *self.failing.lock().unwrap_or_else(PoisonError::into_inner) =
+                    committed.as_ref().err().cloned();
                 committed
             }
         };
