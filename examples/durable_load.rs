@@ -12,7 +12,7 @@
 //!
 //! `cargo build --release && cargo run --release --example durable_load`
 //! (`POLLGATE_BIN` names another binary; `CALLS`, `CONCURRENCY`; `REDIS=redis://...`
-//! adds the Redis store's two runs; `ONLY=redb` keeps the runs whose name has that).
+//! adds the Redis store's two runs; `ONLY=embedded` keeps the runs whose name has that).
 
 #[path = "../tests/common/upstream.rs"]
 mod upstream;
@@ -281,7 +281,7 @@ async fn run() -> Result<(), Error> {
             durable: false,
         },
         Run {
-            name: "memory + redb outbox",
+            name: "memory + embedded outbox",
             store: format!("outbox:\n  path: {}\n", outbox_dir.path().display()),
             durable: true,
         },

@@ -13,7 +13,7 @@
 //! - [`conversation`]: conversation keys, the store trait, the memory and Redis stores.
 //! - [`rules`]: the Rhai engine, the rule API, limits and evaluation.
 //! - [`upstream`]: the HTTP client to back ends and the background forwards.
-//! - [`outbox`]: durable delivery: the queue (embedded redb or Redis) and its workers.
+//! - [`outbox`]: durable delivery: the queue (embedded fjall or Redis) and its workers.
 //! - `redis_connection`: the one Redis connection type of the Redis store and outbox
 //!   (one Redis, TLS or a cluster), made without waiting for Redis and kept reaching it.
 //! - [`push`]: pushing to tills: a till's mailbox (memory or Redis, with wakers for held

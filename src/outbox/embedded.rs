@@ -35,7 +35,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use tokio::sync::oneshot;
@@ -78,7 +78,7 @@ pub struct EmbeddedOutbox {
 }
 
 struct Inner {
-    records: Keyspace,
+    records: Records,
     /// Commits made (each one sync): group commit keeps this far below the changes.
     commits: Arc<AtomicU64>,
     /// Where changes wait for the writer thread.
@@ -98,15 +98,57 @@ impl Drop for Inner {
     /// for, so the database is closed before the process goes on (or exits).
     fn drop(&mut self) {
         self.inbox.close();
-        let writer = self.writer.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let writer = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(thread) = writer.take() {
             let _ = thread.join();
         }
     }
 }
 
-pub(super) fn storage(e: impl std::fmt::Display) -> OutboxError {
-    OutboxError::Unavailable(e.to_string())
+/// A fjall error as a user reads it. fjall shows its errors as `FjallError: Io(Os { code:
+/// 28, .. })`; an I/O error underneath is said as the OS says it ("No space left on device
+/// (os error 28)").
+fn reason(e: &fjall::Error) -> String {
+    match e {
+        fjall::Error::Io(io) | fjall::Error::Storage(fjall::LsmError::Io(io)) => io.to_string(),
+        fjall::Error::Poisoned => "an earlier write failed".into(),
+        fjall::Error::Locked => "the folder is in use by another process".into(),
+        e => format!("{e:?}"),
+    }
+}
+
+/// For `map_err`, which hands the error over.
+#[allow(clippy::needless_pass_by_value)]
+pub(super) fn fjall_error(e: fjall::Error) -> OutboxError {
+    OutboxError::Unavailable(reason(&e))
+}
+
+/// The records' keyspace, shared by the handles and the writer, which opens the database
+/// again after a failed write (fjall refuses every write after one failed): `None` while it
+/// does.
+#[derive(Clone)]
+pub(super) struct Records(Arc<RwLock<Option<Keyspace>>>);
+
+impl Records {
+    fn new(records: Keyspace) -> Self {
+        Self(Arc::new(RwLock::new(Some(records))))
+    }
+
+    /// The keyspace now (a cheap handle).
+    pub(super) fn get(&self) -> Result<Keyspace, OutboxError> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| OutboxError::Unavailable("the outbox database is being reopened".into()))
+    }
+
+    pub(super) fn set(&self, records: Option<Keyspace>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = records;
+    }
 }
 
 /// A record's key: its sequence number, big-endian.
@@ -124,9 +166,7 @@ impl EmbeddedOutbox {
             OutboxError::Unavailable(format!("cannot create {}: {e}", path.display()))
         })?;
         let folder = path.join(FOLDER);
-        let db = builder(&folder).open().map_err(|e| {
-            OutboxError::Unavailable(format!("cannot open {}: {e}", folder.display()))
-        })?;
+        let db = open_db(&folder)?;
         Self::with_db(db, folder, Some(path))
     }
 
@@ -139,27 +179,28 @@ impl EmbeddedOutbox {
             fastrand::u64(..)
         ));
         let db = builder(&folder).temporary(true).open().map_err(|e| {
-            OutboxError::Unavailable(format!("cannot open {}: {e}", folder.display()))
+            OutboxError::Unavailable(format!("cannot open {}: {}", folder.display(), reason(&e)))
         })?;
         Self::with_db(db, PathBuf::from("(temporary)"), None)
     }
 
-    fn with_db(db: Database, folder: PathBuf, legacy: Option<&Path>) -> Result<Self, OutboxError> {
-        let records = db
-            .keyspace(RECORDS, || {
-                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
-            })
-            .map_err(storage)?;
+    /// `dir` is `outbox.path` for a database on disk (`None`: a temporary one, which is
+    /// never opened again).
+    fn with_db(db: Database, folder: PathBuf, dir: Option<&Path>) -> Result<Self, OutboxError> {
+        let records = open_records(&db)?;
         let (mut memory, mut next_seq) = read_memory(&records)?;
-        if let Some(dir) = legacy {
+        if let Some(dir) = dir {
             legacy::import(dir, &db, &records, &mut memory, &mut next_seq)?;
         }
+        let records = Records::new(records);
         let memory = Arc::new(Mutex::new(memory));
         let inbox = Arc::new(Inbox::new());
         let commits = Arc::new(AtomicU64::new(0));
         let failing = Arc::new(Mutex::new(None));
         let writer = writer::Writer {
-            db,
+            db: Some(db),
+            folder: dir.map(|_| folder.clone()),
+            reopened: None,
             records: records.clone(),
             inbox: inbox.clone(),
             commits: commits.clone(),
@@ -232,6 +273,21 @@ impl EmbeddedOutbox {
     }
 }
 
+/// Opens the database in `folder`.
+fn open_db(folder: &Path) -> Result<Database, OutboxError> {
+    builder(folder).open().map_err(|e| {
+        OutboxError::Unavailable(format!("cannot open {}: {}", folder.display(), reason(&e)))
+    })
+}
+
+/// The records' keyspace in `db`.
+fn open_records(db: &Database) -> Result<Keyspace, OutboxError> {
+    db.keyspace(RECORDS, || {
+        KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+    })
+    .map_err(fjall_error)
+}
+
 /// The database's settings: one background thread (flushes and compactions of a queue
 /// are small), a small block cache, the smallest journals.
 fn builder(folder: &Path) -> fjall::DatabaseBuilder<Database> {
@@ -246,7 +302,7 @@ fn read_memory(records: &Keyspace) -> Result<(Memory, u64), OutboxError> {
     let mut memory = Memory::default();
     let mut next = 0;
     for entry in records.iter() {
-        let (k, value) = entry.into_inner().map_err(storage)?;
+        let (k, value) = entry.into_inner().map_err(fjall_error)?;
         let seq = <[u8; 8]>::try_from(&k[..])
             .map(u64::from_be_bytes)
             .map_err(|_| OutboxError::Corrupt(format!("a record key of {} bytes", k.len())))?;

@@ -15,7 +15,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::index::{Change, Memory, Place};
 use super::tables::{decode_record, value_of};
-use super::{key, storage};
+use super::{fjall_error, key};
 use crate::outbox::OutboxError;
 
 /// The file, in `outbox.path`.
@@ -77,7 +77,7 @@ pub(super) fn import(
     drop(txn);
     drop(old);
     let n = imported.len();
-    batch.commit().map_err(storage)?;
+    batch.commit().map_err(fjall_error)?;
     for change in imported {
         memory.apply(change);
     }

@@ -12,7 +12,7 @@ use std::sync::PoisonError;
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 
 use super::index::{Change, Place};
-use super::{key, storage, Shared};
+use super::{fjall_error, key, Shared};
 use crate::outbox::record::{decode, encode};
 use crate::outbox::{Delivery, DeliveryId, OutboxError};
 
@@ -31,7 +31,7 @@ pub(super) fn decode_record(seq: u64, value: &[u8]) -> Result<Delivery, OutboxEr
 
 /// The committed record at `seq`.
 pub(super) fn load(records: &Keyspace, seq: u64) -> Result<Option<Delivery>, OutboxError> {
-    match records.get(key(seq)).map_err(storage)? {
+    match records.get(key(seq)).map_err(fjall_error)? {
         Some(value) => decode_record(seq, &value).map(Some),
         None => Ok(None),
     }

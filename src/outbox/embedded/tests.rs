@@ -29,6 +29,8 @@ fn stored_ids(outbox: &EmbeddedOutbox) -> Vec<DeliveryId> {
     outbox
         .inner
         .records
+        .get()
+        .unwrap()
         .iter()
         .map(|e| split(&e.into_inner().unwrap().1).unwrap().0)
         .collect()
@@ -169,7 +171,11 @@ async fn the_redb_file_of_an_earlier_version_is_imported_once_and_renamed() {
     write_redb_outbox(dir.path(), &[&a, &b, &c]);
     {
         let outbox = EmbeddedOutbox::open(dir.path()).unwrap();
-        assert_eq!(stored_ids(&outbox), [a.id(), b.id(), c.id()], "in their order");
+        assert_eq!(
+            stored_ids(&outbox),
+            [a.id(), b.id(), c.id()],
+            "in their order"
+        );
         let counts = outbox.counts("erp").await.unwrap();
         assert_eq!((counts.pending, counts.dead), (2, 0));
         assert_eq!(counts.oldest_queued_ms, Some(T0));
@@ -189,4 +195,106 @@ async fn the_redb_file_of_an_earlier_version_is_imported_once_and_renamed() {
     let outbox = reopen(dir.path()).await;
     assert_eq!(stored_ids(&outbox), [a.id(), b.id(), c.id()]);
     assert!(dir.path().join(legacy::IMPORTED).exists());
+}
+
+/// A tmpfs of 2 MiB mounted on a temporary folder, unmounted when dropped: a disk that
+/// fills up. `None` where this process may not mount (not root).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount() -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_loudly_and_the_outbox_recovers_once_there_is_room() {
+    let Some(disk) = SmallDisk::mount() else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root): the full-disk test");
+        return;
+    };
+    let path = disk.path().join("outbox");
+    let filler = disk.path().join("filler");
+    {
+        let outbox = EmbeddedOutbox::open(&path).unwrap();
+        let first = new("erp", T0);
+        assert!(outbox.enqueue(first.clone()).await.unwrap());
+        // The disk fills up: the filler takes what is left, and the journal's next pages
+        // cannot be had.
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
+        drop(file);
+        let mut queued = vec![first.id()];
+        let error = loop {
+            let mut d = new("erp", T0 + 1);
+            d.body = Bytes::from(vec![b'x'; 16 * 1024]);
+            match outbox.enqueue(d.clone()).await {
+                Ok(true) => queued.push(d.id()),
+                Ok(false) => panic!("a new delivery was taken for a duplicate"),
+                Err(e) => break e,
+            }
+            assert!(queued.len() < 200, "the disk never filled up");
+        };
+        assert!(
+            error.to_string().contains("No space left on device"),
+            "{error}"
+        );
+        // Said by the readiness check, the same way; writes keep failing while it is full.
+        assert_eq!(
+            outbox.ping().await.unwrap_err().to_string(),
+            error.to_string()
+        );
+        let mut big = new("erp", T0 + 2);
+        big.body = Bytes::from(vec![b'x'; 256 * 1024]);
+        let again = outbox.enqueue(big).await.unwrap_err();
+        assert!(
+            again.to_string().contains("No space left on device"),
+            "{again}"
+        );
+
+        // Room again: the next write opens the database again and goes through, and
+        // nothing queued before was lost.
+        std::fs::remove_file(&filler).unwrap();
+        let last = new("erp", T0 + 3);
+        let mut answer = outbox.enqueue(last.clone()).await;
+        for _ in 0..40 {
+            if answer.is_ok() {
+                break;
+            }
+            // Reopened at most once a second.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            answer = outbox.enqueue(last.clone()).await;
+        }
+        assert!(answer.unwrap(), "queued once there is room");
+        outbox.ping().await.unwrap();
+        queued.push(last.id());
+        for id in &queued {
+            assert!(outbox.get("erp", *id).await.unwrap().is_some(), "{id}");
+        }
+    }
+    // And they are all there after a restart.
+    let outbox = reopen(&path).await;
+    assert!(outbox.counts("erp").await.unwrap().pending >= 2);
 }

@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use std::path::PathBuf;
+
 use fjall::{Database, Keyspace, PersistMode};
 
 use super::tables::{apply, Tables};
-use super::{storage, Shared};
+use super::{fjall_error, open_db, open_records, read_memory, Records, Shared};
 use crate::outbox::OutboxError;
 
 /// At most this many changes go into one batch.
@@ -35,6 +37,11 @@ pub(super) const MAX_BATCH: usize = 4096;
 const GAP: Duration = Duration::from_micros(300);
 /// ... and at the latest this long after the first change of the batch.
 const MAX_LINGER: Duration = Duration::from_millis(2);
+/// After a failed write the database is opened again before the next batch, at most this
+/// often (each batch in between fails at once with the error).
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// How long a reopening waits for fjall's background thread to let go of the folder.
+const UNLOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// One change, applied inside the writer's batch; its number is the answer
 /// (a bool as 0 or 1, or a count).
@@ -156,22 +163,30 @@ impl Inbox {
 
 /// The writer thread's handles.
 pub(super) struct Writer {
-    pub(super) db: Database,
-    pub(super) records: Keyspace,
+    /// The database; `None` only while it is opened again.
+    pub(super) db: Option<Database>,
+    /// Its folder, to open it again after a failed write (`None`: a temporary database,
+    /// deleted when closed, so never opened again).
+    pub(super) folder: Option<PathBuf>,
+    /// When it was last opened again.
+    pub(super) reopened: Option<Instant>,
+    pub(super) records: Records,
     pub(super) inbox: Arc<Inbox>,
     pub(super) commits: Arc<AtomicU64>,
     pub(super) memory: Arc<Shared>,
+    /// The last commit's error, until one succeeds; while it is there the database is
+    /// opened again before the next batch.
     pub(super) failing: Arc<Mutex<Option<OutboxError>>>,
 }
 
 impl Writer {
     /// One batch and one commit for each batch of changes, until the inbox closes.
-    pub(super) fn run(self, mut next_seq: u64) {
+    pub(super) fn run(mut self, mut next_seq: u64) {
         let (mut want, mut changes) = (1, 0u64);
         while let Some(batch) = self.inbox.next_batch(want) {
             want = batch.len();
             changes += want as u64;
-            next_seq = self.commit(batch, next_seq);
+            self.commit(batch, &mut next_seq);
             let n = self.commits.load(Ordering::Relaxed);
             if n.is_multiple_of(1024) {
                 let average = changes as f64 / n as f64;
@@ -180,20 +195,43 @@ impl Writer {
         }
     }
 
-    /// Applies and commits `batch`, then answers each change; the next sequence number.
-    fn commit(&self, batch: Vec<Job>, mut next_seq: u64) -> u64 {
+    fn failing(&self) -> Option<OutboxError> {
+        self.failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Applies and commits `batch`, then answers each change.
+    fn commit(&mut self, batch: Vec<Job>, next_seq: &mut u64) {
+        let usable = match self.failing() {
+            None => self.records.get().and_then(|r| Ok((r, self.database()?))),
+            Some(error) => self.reopen(next_seq).map_err(|e| {
+                tracing::debug!(error = %e, "the outbox database cannot be opened again yet");
+                error
+            }),
+        };
+        let (records, db) = match usable {
+            Ok(handles) => handles,
+            Err(error) => {
+                for job in batch {
+                    let _ = job.done.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
         let memory = &*self.memory;
-        let writes = self.db.batch().durability(Some(PersistMode::SyncData));
+        let writes = db.batch().durability(Some(PersistMode::SyncData));
         let mut answers = Vec::with_capacity(batch.len());
         let staged = {
-            let mut tables = Tables::new(&self.records, writes, memory, next_seq);
+            let mut tables = Tables::new(&records, writes, memory, *next_seq);
             for job in batch {
                 answers.push(((job.change)(&mut tables), job.done));
             }
             tables.finish()
         };
         // Sequence numbers are never given twice, even when this batch is not committed.
-        next_seq = staged.next_seq;
+        *next_seq = staged.next_seq;
         // A change that failed inside the batch fails the whole batch: its half-made writes
         // must not be committed (dropping the batch writes nothing). The others' callers see
         // an error too and retry.
@@ -202,16 +240,7 @@ impl Writer {
             Some(error) => Err(error),
             None => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
-                let committed = staged.batch.commit().map_err(|e| match e {
-                    // fjall refuses every write after one failed (a full disk, an I/O
-                    // error) until the database is opened again.
-                    fjall::Error::Poisoned => OutboxError::Unavailable(
-                        "the outbox database stopped after a failed write; restart pollgate \
-                         once the disk is writable"
-                            .into(),
-                    ),
-                    e => storage(e),
-                });
+                let committed = staged.batch.commit().map_err(fjall_error);
                 match &committed {
                     Ok(()) => apply(staged.changes, memory),
                     Err(e) => tracing::error!(error = %e, "outbox commit failed"),
@@ -227,6 +256,53 @@ impl Writer {
                 Err(e) => Err(e.clone()),
             });
         }
-        next_seq
+    }
+
+    fn database(&self) -> Result<Database, OutboxError> {
+        self.db
+            .clone()
+            .ok_or_else(|| OutboxError::Unavailable("the outbox database is closed".into()))
+    }
+
+    /// Opens the database again after a failed write: fjall refuses every write after one
+    /// failed (a full disk, an I/O error) until then. The indexes are built again from the
+    /// records (a batch whose sync failed may be there after all); the claims are kept, so
+    /// a delivery on its way is not sent twice.
+    fn reopen(&mut self, next_seq: &mut u64) -> Result<(Keyspace, Database), OutboxError> {
+        let Some(folder) = self.folder.clone() else {
+            return Err(OutboxError::Unavailable(
+                "the temporary outbox database failed a write".into(),
+            ));
+        };
+        if self.reopened.is_some_and(|at| at.elapsed() < REOPEN_EVERY) {
+            return Err(OutboxError::Unavailable(
+                "waiting to reopen the outbox database".into(),
+            ));
+        }
+        self.reopened = Some(Instant::now());
+        // Every handle goes first: the folder's lock is let go with the last.
+        self.records.set(None);
+        self.db = None;
+        let deadline = Instant::now() + UNLOCK_WAIT;
+        let db = loop {
+            match open_db(&folder) {
+                Ok(db) => break db,
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        let records = open_records(&db)?;
+        let (fresh, next) = read_memory(&records)?;
+        {
+            let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+            let claims = std::mem::take(&mut memory.claims);
+            *memory = fresh;
+            memory.claims = claims;
+        }
+        *next_seq = (*next_seq).max(next);
+        self.db = Some(db.clone());
+        self.records.set(Some(records.clone()));
+        tracing::warn!(folder = %folder.display(), "opened the outbox database again after a failed write");
+        Ok((records, db))
     }
 }
