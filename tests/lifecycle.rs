@@ -526,17 +526,19 @@ async fn after_sigterm_new_connections_are_refused_while_the_held_call_still_get
     let held = hold_payment(p.till(), &gate).await;
     p.signal("TERM");
     // The reply is still held at the gate, so the call is draining for as long as this takes.
+    // A connection made while the listener closes may be reset rather than refused (the
+    // kernel resets what was still in its accept queue): only a refusal ends the wait.
     let addr = p.addr.clone();
-    let refused = eventually("a new connection to be refused", || {
+    eventually("a new connection to be refused", || {
         let addr = addr.clone();
-        async move { tokio::net::TcpStream::connect(&addr).await.err() }
+        async move {
+            match tokio::net::TcpStream::connect(&addr).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+                _ => None,
+            }
+        }
     })
     .await;
-    assert_eq!(
-        refused.kind(),
-        std::io::ErrorKind::ConnectionRefused,
-        "{refused}"
-    );
     assert!(
         !held.is_finished(),
         "the held call was answered before its reply came"
