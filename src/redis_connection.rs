@@ -25,9 +25,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{
-    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
-};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value};
 
 use crate::config::RedisServer;
 pub(crate) use nodes::Node;
@@ -188,7 +186,8 @@ impl RedisConnection {
         }
     }
 
-    /// The error of a command sent before the cluster ever answered: the last reason.
+    /// The error of a command sent before the cluster ever answered: the last reason, as
+    /// [`watch`] told it (an I/O error, so the caller sees Redis as unreachable).
     fn not_connected(&self) -> RedisError {
         let why = self
             .inner
@@ -196,7 +195,7 @@ impl RedisConnection {
             .lock()
             .map(|t| t.clone().unwrap_or_default())
             .unwrap_or_default();
-        RedisError::from((ErrorKind::Io, "no connection yet", why))
+        RedisError::from(std::io::Error::other(why))
     }
 }
 

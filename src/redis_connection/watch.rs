@@ -94,7 +94,7 @@ async fn check(shared: &Arc<Shared>, failures: u32) -> Result<(), String> {
                     let made = tokio::time::timeout(timeout, client.get_async_connection())
                         .await
                         .map_err(|_| format!("no answer within {timeout:?}"))?
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| no_node(&e))?;
                     connection.store(Some(Arc::new(made.clone())));
                     made
                 }
@@ -103,6 +103,21 @@ async fn check(shared: &Arc<Shared>, failures: u32) -> Result<(), String> {
             let ping = ping.query_async::<()>(&mut conn);
             bounded(tokio::time::timeout(timeout, ping).await).map_err(|e| e.to_string())
         }
+    }
+}
+
+/// The cluster client's "Failed to create initial connections - Io: {why}" as one sentence:
+/// it keeps the reason of the last node it tried (a refused connection, an untrusted
+/// certificate), which is the one worth telling.
+fn no_node(e: &RedisError) -> String {
+    match e.detail() {
+        Some(why)
+            if e.to_string()
+                .starts_with("Failed to create initial connections") =>
+        {
+            format!("cannot connect to any node: {why}")
+        }
+        _ => e.to_string(),
     }
 }
 
