@@ -7,7 +7,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{closed_port, Pki};
+use super::Pki;
 
 /// How long a primary may be silent before the others count it failed: short, so a
 /// crash is taken over within a few seconds (`cluster-node-timeout`).
@@ -43,9 +43,20 @@ impl PrivateCluster {
             ],
             None => Vec::new(),
         };
+        // Twelve distinct free ports (a client port and a bus port per node), all bound at
+        // once so none is handed out twice.
+        let mut held = Vec::new();
+        for _ in 0..12 {
+            held.push(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        }
+        let mut free: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(held);
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            let (port, bus) = (closed_port().await.port(), closed_port().await.port());
+            let (port, bus) = (free.pop().unwrap(), free.pop().unwrap());
             let folder = dir.path().join(port.to_string());
             std::fs::create_dir(&folder).unwrap();
             let mut args: Vec<String> = [
