@@ -12,9 +12,11 @@
 //! One Redis (`redis://`, `rediss://`) is reached through a [`ConnectionManager`], which
 //! reconnects after a broken connection; a Redis Cluster through the redis crate's cluster
 //! client, which follows MOVED and ASK redirects and learns the new primary after a
-//! failover. Both are multiplexed: clones share the connection, and the commands of many
-//! calls travel together.
+//! failover; a script on one slot (every call's) goes the short way instead, straight to
+//! a connection to the primary serving its slot ([`direct`]). All are multiplexed: clones
+//! share the connection, and the commands of many calls travel together.
 
+mod direct;
 mod nodes;
 mod watch;
 
@@ -25,9 +27,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{
-    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
-};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value};
 
 use crate::config::RedisServer;
 pub(crate) use nodes::Node;
@@ -67,10 +67,13 @@ enum Link {
         client: redis::Client,
         config: ConnectionManagerConfig,
     },
-    /// Empty until the cluster first answers; [`watch`] fills it.
+    /// Empty until the cluster first answers; [`watch`] fills it, and the slot table of
+    /// the short way to each primary ([`direct`]).
     Cluster {
         connection: ArcSwapOption<ClusterConnection>,
         client: ClusterClient,
+        /// Boxed: far larger than the other variant's fields.
+        direct: Box<direct::Direct>,
     },
 }
 
@@ -112,12 +115,23 @@ impl Link {
             // A redirect or a reconnect within a call; beyond that the call fails and the
             // next one tries afresh.
             .retries(2);
+        // The short way's connections, like a single Redis's (see [`Link::single`]).
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let url = server.urls.first().map_or("", String::as_str);
+        let ca = server.ca.is_some().then(|| certificates.clone());
+        let direct = Box::new(direct::Direct::new(url, ca, config)?);
         if server.ca.is_some() {
             builder = builder.certs(certificates);
         }
         Ok(Link::Cluster {
             connection: ArcSwapOption::empty(),
             client: builder.build()?,
+            direct,
         })
     }
 }
@@ -188,7 +202,8 @@ impl RedisConnection {
         }
     }
 
-    /// The error of a command sent before the cluster ever answered: the last reason.
+    /// The error of a command sent before the cluster ever answered: the last reason, as
+    /// [`watch`] told it (an I/O error, so the caller sees Redis as unreachable).
     fn not_connected(&self) -> RedisError {
         let why = self
             .inner
@@ -196,7 +211,7 @@ impl RedisConnection {
             .lock()
             .map(|t| t.clone().unwrap_or_default())
             .unwrap_or_default();
-        RedisError::from((ErrorKind::Io, "no connection yet", why))
+        RedisError::from(std::io::Error::other(why))
     }
 }
 
@@ -249,7 +264,8 @@ async fn subscribe_at(
 }
 
 /// Each command goes to the connection of the moment: the manager [`watch`] may have
-/// replaced, or the cluster's once it answered.
+/// replaced, or the cluster's once it answered (a script on one slot straight to the
+/// primary serving it, when the slot table knows it: [`direct`]).
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &self.inner.link {
@@ -258,6 +274,13 @@ impl ConnectionLike for RedisConnection {
                 Box::pin(async move { manager.req_packed_command(cmd).await })
             }
             Link::Cluster { .. } => Box::pin(async move {
+                if let Link::Cluster { direct, .. } = &self.inner.link {
+                    if let Some(conn) = direct.connection_for(cmd) {
+                        if let Some(answer) = direct.send(conn, cmd).await {
+                            return answer;
+                        }
+                    }
+                }
                 let mut connection = self.cluster().await?.ok_or_else(|| self.not_connected())?;
                 connection.req_packed_command(cmd).await
             }),
@@ -382,5 +405,42 @@ mod tests {
             let answer = redis::cmd("PING").query_async::<String>(&mut c).await;
             assert_eq!(answer.expect("answered"), "PONG");
         }
+    }
+
+    /// Once the slot table is known, a script goes straight to its slot's primary, and
+    /// finds there what the cluster client wrote to that key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_script_on_one_slot_takes_the_short_way_to_its_primary() {
+        let Some(conn) = testing::or_skip(testing::cluster(), "Redis Cluster").await else {
+            return;
+        };
+        let super::Link::Cluster { direct, .. } = &conn.inner.link else {
+            panic!("a cluster's connection");
+        };
+        let key = format!("pollgate-test-direct-{:016x}", fastrand::u64(..));
+        let mut script = redis::cmd("EVAL");
+        script
+            .arg("return redis.call('GET', KEYS[1])")
+            .arg(1)
+            .arg(&key);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while direct.connection_for(&script).is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "no slot table");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut c = conn.clone();
+        redis::cmd("SET")
+            .arg(&key)
+            .arg("written")
+            .arg("PX")
+            .arg(60_000)
+            .query_async::<()>(&mut c)
+            .await
+            .expect("SET");
+        let before = direct.short.load(std::sync::atomic::Ordering::Relaxed);
+        let read: String = script.query_async(&mut c).await.expect("EVAL");
+        assert_eq!(read, "written");
+        let after = direct.short.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(after - before, 1);
     }
 }

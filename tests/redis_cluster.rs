@@ -105,8 +105,10 @@ async fn admin_list(p: &Process, path: &str) -> Vec<Value> {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "{path}");
-    let list: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let status = r.status();
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(status, 200, "{path} {}", String::from_utf8_lossy(&bytes));
+    let list: Value = serde_json::from_slice(&bytes).unwrap();
     list.as_array().unwrap().clone()
 }
 

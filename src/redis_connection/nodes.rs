@@ -1,10 +1,11 @@
 //! Commands for one node: what an admin walk over every key needs (`SCAN` per primary on
 //! a cluster, then the keys found read where they live). Off the call path.
 
+use redis::aio::ConnectionManager;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Value};
 
-use super::RedisConnection;
+use super::{Link, RedisConnection};
 
 /// Where a walk over the keys goes: the one Redis, or one primary of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +26,17 @@ impl RedisConnection {
         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
         let value = cluster.route_command(ask, routing).await?;
         let text: String = FromRedisValue::from_redis_value(value)?;
-        Ok(primaries(&text))
+        // The node asked may not have heard of a failover yet: each listed primary says
+        // what it is (`ROLE`), and one that became a replica names its new primary.
+        let mut out = Vec::new();
+        for node in primaries(&text) {
+            let role: Value = self.query_on(&node, &redis::cmd("ROLE")).await?;
+            let node = replaced_by(&role).unwrap_or(node);
+            if !out.contains(&node) {
+                out.push(node);
+            }
+        }
+        Ok(out)
     }
 
     /// `cmd` on `node`.
@@ -34,16 +45,9 @@ impl RedisConnection {
         node: &Node,
         cmd: &Cmd,
     ) -> RedisResult<T> {
-        match (node, self.cluster().await?) {
-            (Node::Primary { host, port }, Some(mut cluster)) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                });
-                let value = cluster.route_command(cmd.clone(), routing).await?;
-                Ok(FromRedisValue::from_redis_value(value)?)
-            }
-            _ => cmd.query_async(&mut self.clone()).await,
+        match self.node_connection(node)? {
+            Some(mut conn) => cmd.query_async(&mut conn).await,
+            None => cmd.query_async(&mut self.clone()).await,
         }
     }
 
@@ -53,20 +57,46 @@ impl RedisConnection {
         node: &Node,
         pipeline: &Pipeline,
     ) -> RedisResult<Vec<Value>> {
-        match (node, self.cluster().await?) {
-            (Node::Primary { host, port }, Some(mut cluster)) => {
-                let routing = SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                };
-                let count = pipeline.len();
-                cluster
-                    .route_pipeline(pipeline.clone(), 0, count, routing)
-                    .await
-            }
-            _ => pipeline.query_async(&mut self.clone()).await,
+        match self.node_connection(node)? {
+            Some(mut conn) => pipeline.query_async(&mut conn).await,
+            None => pipeline.query_async(&mut self.clone()).await,
         }
     }
+
+    /// A connection to one primary of a cluster (`None` for the one Redis). Not the
+    /// cluster client's: that one knows only the nodes it saw at its last look, and a
+    /// primary just promoted is listed by `CLUSTER NODES` before it is known there.
+    fn node_connection(&self, node: &Node) -> RedisResult<Option<ConnectionManager>> {
+        match (node, &self.inner.link) {
+            (Node::Primary { host, port }, Link::Cluster { direct, .. }) => {
+                direct.node(host, *port).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The primary a replica's `ROLE` names (`["slave", host, port, ...]`); `None` for a primary.
+fn replaced_by(role: &Value) -> Option<Node> {
+    let Value::Array(fields) = role else {
+        return None;
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    if text(fields.first()?)? != "slave" {
+        return None;
+    }
+    let port = match fields.get(2)? {
+        Value::Int(port) => u16::try_from(*port).ok()?,
+        _ => return None,
+    };
+    Some(Node::Primary {
+        host: text(fields.get(1)?)?,
+        port,
+    })
 }
 
 /// The primaries in a `CLUSTER NODES` answer: lines of `id host:port@bus[,name] flags ...`.
@@ -92,6 +122,27 @@ fn primaries(text: &str) -> Vec<Node> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_names_its_primary_and_a_primary_nobody() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let replica = Value::Array(vec![
+            bulk("slave"),
+            bulk("127.0.0.1"),
+            Value::Int(7003),
+            bulk("connected"),
+            Value::Int(42),
+        ]);
+        assert_eq!(
+            replaced_by(&replica),
+            Some(Node::Primary {
+                host: "127.0.0.1".into(),
+                port: 7003
+            })
+        );
+        let primary = Value::Array(vec![bulk("master"), Value::Int(42), Value::Array(vec![])]);
+        assert_eq!(replaced_by(&primary), None);
+    }
 
     #[test]
     fn primaries_are_read_from_cluster_nodes_leaving_out_replicas_and_failed_ones() {

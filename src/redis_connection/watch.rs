@@ -8,6 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::RedisError;
 
 use super::{Link, Shared};
@@ -23,6 +24,7 @@ const CLUSTER_REBUILD_AFTER: u32 = 3;
 
 /// Runs until the connection's last handle is gone.
 pub(super) async fn watch(shared: Weak<Shared>) {
+    let shared_weak = shared.clone();
     let mut pause = FIRST_PAUSE;
     let mut failures = 0u32;
     loop {
@@ -47,7 +49,7 @@ pub(super) async fn watch(shared: Weak<Shared>) {
         drop(shared);
         let wait = if failures == 0 { HEALTHY_PAUSE } else { pause };
         pause = (pause * 2).min(MAX_PAUSE);
-        tokio::time::sleep(wait).await;
+        pause_for(&shared_weak, wait).await;
     }
 }
 
@@ -86,7 +88,11 @@ async fn check(shared: &Arc<Shared>, failures: u32) -> Result<(), String> {
             }
             result.map_err(|e| e.to_string())
         }
-        Link::Cluster { connection, client } => {
+        Link::Cluster {
+            connection,
+            client,
+            direct,
+        } => {
             let current = connection.load_full();
             let mut conn = match current {
                 Some(conn) if failures < CLUSTER_REBUILD_AFTER => (*conn).clone(),
@@ -94,15 +100,66 @@ async fn check(shared: &Arc<Shared>, failures: u32) -> Result<(), String> {
                     let made = tokio::time::timeout(timeout, client.get_async_connection())
                         .await
                         .map_err(|_| format!("no answer within {timeout:?}"))?
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| no_node(&e))?;
                     connection.store(Some(Arc::new(made.clone())));
                     made
                 }
             };
             let ping = redis::cmd("PING");
             let ping = ping.query_async::<()>(&mut conn);
-            bounded(tokio::time::timeout(timeout, ping).await).map_err(|e| e.to_string())
+            bounded(tokio::time::timeout(timeout, ping).await).map_err(|e| e.to_string())?;
+            // The slot table of the short way: a failure here is no trouble of the
+            // cluster's (the commands go the long way meanwhile), only a table not learnt.
+            let mut ask = redis::cmd("CLUSTER");
+            ask.arg("SLOTS");
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+            let slots = tokio::time::timeout(timeout, conn.route_command(ask, routing)).await;
+            match slots {
+                Ok(Ok(answer)) => {
+                    if let Err(e) = direct.refresh(&answer) {
+                        tracing::debug!("cluster slot table: {e}");
+                        direct.clear();
+                    }
+                }
+                _ => direct.clear(),
+            }
+            Ok(())
         }
+    }
+}
+
+/// The pause before the next look: `wait`, or shorter (but at least [`FIRST_PAUSE`]) when
+/// a cluster command missed the short way and its slot table is worth asking again.
+async fn pause_for(shared: &Weak<Shared>, wait: Duration) {
+    let missed = async {
+        let Some(shared) = shared.upgrade() else {
+            return std::future::pending().await;
+        };
+        let Link::Cluster { direct, .. } = &shared.link else {
+            return std::future::pending().await;
+        };
+        if !direct.is_stale() {
+            direct.miss.notified().await;
+        }
+    };
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        () = missed => tokio::time::sleep(FIRST_PAUSE.min(wait)).await,
+    }
+}
+
+/// The cluster client's "Failed to create initial connections - Io: {why}" as one sentence:
+/// it keeps the reason of the last node it tried (a refused connection, an untrusted
+/// certificate), which is the one worth telling.
+fn no_node(e: &RedisError) -> String {
+    match e.detail() {
+        Some(why)
+            if e.to_string()
+                .starts_with("Failed to create initial connections") =>
+        {
+            format!("cannot connect to any node: {why}")
+        }
+        _ => e.to_string(),
     }
 }
 

@@ -23,10 +23,13 @@ use pollgate::App;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+mod cluster;
 mod pki;
 mod redis;
 mod upstream;
 // Not every test binary uses the mock upstream or a private Redis.
+#[allow(unused_imports)]
+pub use cluster::*;
 #[allow(unused_imports)]
 pub use pki::*;
 #[allow(unused_imports)]
