@@ -88,14 +88,7 @@ impl Link {
             Some(_) => redis::Client::build_with_tls(url, certificates)?,
             None => redis::Client::open(url)?,
         };
-        // One quick retry absorbs a blip; beyond that a command fails and the next one
-        // triggers a fresh reconnect, rather than queueing calls behind a long backoff.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
+        let config = manager_config(timeout);
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
         Ok(Link::Single {
             manager: ArcSwap::from_pointee(manager),
@@ -115,13 +108,8 @@ impl Link {
             // A redirect or a reconnect within a call; beyond that the call fails and the
             // next one tries afresh.
             .retries(2);
-        // The short way's connections, like a single Redis's (see [`Link::single`]).
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
+        // The short way's connections, like a single Redis's.
+        let config = manager_config(timeout);
         let url = server.urls.first().map_or("", String::as_str);
         let ca = server.ca.is_some().then(|| certificates.clone());
         let direct = Box::new(direct::Direct::new(url, ca, config)?);
@@ -379,6 +367,18 @@ pub(crate) mod testing {
         let _ = writeln!(std::io::stderr(), "skipped: no {why}");
         None
     }
+}
+
+/// A connection's settings, for a single Redis and for each of a cluster's primaries: one
+/// quick retry absorbs a blip; beyond that a command fails and the next one triggers a
+/// fresh reconnect, rather than queueing calls behind a long backoff.
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500))
 }
 
 #[cfg(test)]
