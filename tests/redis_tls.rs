@@ -64,16 +64,25 @@ async fn rediss_with_a_private_ca_carries_conversations_and_an_unknown_ca_is_ref
 
     // Another CA of the same name: its signature does not verify Redis's certificate, so
     // the handshake fails, pollgate says why and serves the fallback.
+    let q = refused_with_another_ca(
+        &config(redis.port),
+        &format!(
+            "outbox unavailable: Redis at rediss://pollgate:***@127.0.0.1:{}/0: invalid peer certificate: BadSignature",
+            redis.port
+        ),
+    )
+    .await;
+    assert!(!q.log().contains(PASSWORD), "{}", q.log());
+}
+
+/// pollgate started on `config` trusting a CA that did not sign Redis's certificate: no
+/// connection is trusted, `/readyz` answers 503 with exactly `reason`, and a till gets the
+/// store-failure answer. The process, for more checks.
+async fn refused_with_another_ca(config: &str, reason: &str) -> Process {
     let other = Pki::new();
     let other_ca = other.read("ca.pem");
     let files = [("rule.rhai", RULE), ("ca.pem", other_ca.as_str())];
-    let q = Process::start_in(
-        tempfile::tempdir().unwrap(),
-        &config(redis.port),
-        &files,
-        true,
-    )
-    .await;
+    let q = Process::start_in(tempfile::tempdir().unwrap(), config, &files, true).await;
     let r = client()
         .get(format!("http://{}/readyz", q.admin))
         .send()
@@ -81,19 +90,13 @@ async fn rediss_with_a_private_ca_carries_conversations_and_an_unknown_ca_is_ref
         .unwrap();
     assert_eq!(r.status(), 503);
     let why: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-    assert_eq!(
-        why["reason"],
-        format!(
-            "outbox unavailable: Redis at rediss://pollgate:***@127.0.0.1:{}/0: invalid peer certificate: BadSignature",
-            redis.port
-        )
-    );
+    assert_eq!(why["reason"], reason);
     let refused = q.till().call_json("addSessionLine", &body(5, 1)).await;
     assert_eq!(
         refused.message().as_deref(),
         Some(pollgate::error_answer::STORE_DOWN_MESSAGE)
     );
-    assert!(!q.log().contains(PASSWORD), "{}", q.log());
+    q
 }
 
 /// `state:` for the TLS cluster's nodes, trusting `ca.pem`.
@@ -131,27 +134,12 @@ async fn a_cluster_over_tls_carries_a_conversation_across_replicas_and_an_unknow
 
     // A CA that did not sign the nodes' certificate: no node is trusted, pollgate says why
     // and serves the fallback.
-    let other = Pki::new();
-    let other_ca = other.read("ca.pem");
-    let files = [("rule.rhai", RULE), ("ca.pem", other_ca.as_str())];
-    let q = Process::start_in(tempfile::tempdir().unwrap(), &config, &files, true).await;
-    let r = client()
-        .get(format!("http://{}/readyz", q.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let why: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-    assert_eq!(
-        why["reason"],
-        format!(
+    refused_with_another_ca(
+        &config,
+        &format!(
             "outbox unavailable: Redis at {}: cannot connect to any node: invalid peer certificate: BadSignature",
             cluster.urls().join(", ")
-        )
-    );
-    let refused = q.till().call_json("addSessionLine", &body(7, 1)).await;
-    assert_eq!(
-        refused.message().as_deref(),
-        Some(pollgate::error_answer::STORE_DOWN_MESSAGE)
-    );
+        ),
+    )
+    .await;
 }

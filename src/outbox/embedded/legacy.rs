@@ -14,7 +14,7 @@ use fjall::{Database, Keyspace, PersistMode};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::index::{Change, Memory, Place};
-use super::tables::{decode_record, value_of};
+use super::tables::decode_record;
 use super::{fjall_error, key};
 use crate::outbox::OutboxError;
 
@@ -67,7 +67,8 @@ pub(super) fn import(
                 }
                 let seq = *next_seq;
                 *next_seq += 1;
-                batch.insert(records, key(seq), value_of(&d));
+                // The value has the same format now: stored as it was read.
+                batch.insert(records, key(seq), value.value());
                 imported.push(Change::Put(d.id, Place::of(seq, &d)));
             }
         }
