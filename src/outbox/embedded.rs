@@ -33,7 +33,7 @@
 //! and a process that dies takes its claims with it, so after a restart every pending
 //! delivery is due again (at least once).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
@@ -89,7 +89,6 @@ struct Inner {
     memory: Arc<Shared>,
     /// The last commit's error, until a commit succeeds again: what `ping` reports.
     failing: Arc<Mutex<Option<OutboxError>>>,
-    path: PathBuf,
 }
 
 impl Drop for Inner {
@@ -165,9 +164,8 @@ impl EmbeddedOutbox {
         std::fs::create_dir_all(path).map_err(|e| {
             OutboxError::Unavailable(format!("cannot create {}: {e}", path.display()))
         })?;
-        let folder = path.join(FOLDER);
-        let db = open_db(&folder)?;
-        Self::with_db(db, folder, Some(path))
+        let db = open_db(&path.join(FOLDER), false)?;
+        Self::with_db(db, Some(path))
     }
 
     /// An outbox in a temporary folder, deleted with it: for `pollgate test`, whose durable
@@ -178,15 +176,12 @@ impl EmbeddedOutbox {
             std::process::id(),
             fastrand::u64(..)
         ));
-        let db = builder(&folder).temporary(true).open().map_err(|e| {
-            OutboxError::Unavailable(format!("cannot open {}: {}", folder.display(), reason(&e)))
-        })?;
-        Self::with_db(db, PathBuf::from("(temporary)"), None)
+        Self::with_db(open_db(&folder, true)?, None)
     }
 
     /// `dir` is `outbox.path` for a database on disk (`None`: a temporary one, which is
     /// never opened again).
-    fn with_db(db: Database, folder: PathBuf, dir: Option<&Path>) -> Result<Self, OutboxError> {
+    fn with_db(db: Database, dir: Option<&Path>) -> Result<Self, OutboxError> {
         let records = open_records(&db)?;
         let (mut memory, mut next_seq) = read_memory(&records)?;
         if let Some(dir) = dir {
@@ -199,7 +194,7 @@ impl EmbeddedOutbox {
         let failing = Arc::new(Mutex::new(None));
         let writer = writer::Writer {
             db: Some(db),
-            folder: dir.map(|_| folder.clone()),
+            folder: dir.map(|dir| dir.join(FOLDER)),
             reopened: None,
             records: records.clone(),
             inbox: inbox.clone(),
@@ -220,7 +215,6 @@ impl EmbeddedOutbox {
                 writer: Mutex::new(Some(thread)),
                 memory,
                 failing,
-                path: folder,
             }),
         })
     }
@@ -228,11 +222,6 @@ impl EmbeddedOutbox {
     /// Commits made so far (each one sync).
     pub fn commits(&self) -> u64 {
         self.inner.commits.load(Ordering::Relaxed)
-    }
-
-    /// The database's folder.
-    pub fn file(&self) -> &Path {
-        &self.inner.path
     }
 
     /// Applies `change` in the writer's next batch; answers once it is synced.
@@ -273,9 +262,9 @@ impl EmbeddedOutbox {
     }
 }
 
-/// Opens the database in `folder`.
-fn open_db(folder: &Path) -> Result<Database, OutboxError> {
-    builder(folder).open().map_err(|e| {
+/// Opens the database in `folder`; a temporary one is deleted when it is closed.
+fn open_db(folder: &Path, temporary: bool) -> Result<Database, OutboxError> {
+    builder(folder).temporary(temporary).open().map_err(|e| {
         OutboxError::Unavailable(format!("cannot open {}: {}", folder.display(), reason(&e)))
     })
 }

@@ -285,7 +285,7 @@ impl Writer {
         self.db = None;
         let deadline = Instant::now() + UNLOCK_WAIT;
         let db = loop {
-            match open_db(&folder) {
+            match open_db(&folder, false) {
                 Ok(db) => break db,
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
